@@ -1,0 +1,190 @@
+"""Audio I/O, the one home for it: checking and reading source files, shaping audio for the
+model, joining continuations and writing output files atomically."""
+
+from __future__ import annotations
+
+import os
+import stat
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from .errors import InputForbidden, InputNotFound, InputTooLarge, InvalidInput
+
+OutputFormat = Literal["wav", "flac", "ogg", "mp3"]
+
+# soundfile's (format, subtype) per output format; 16-bit PCM where the format has a choice.
+_WRITE_FORMATS: dict[str, tuple[str, str]] = {
+    "wav": ("WAV", "PCM_16"),
+    "flac": ("FLAC", "PCM_16"),
+    "ogg": ("OGG", "VORBIS"),
+    "mp3": ("MP3", "MPEG_LAYER_III"),
+}
+MEDIA_TYPES: dict[str, str] = {
+    "wav": "audio/wav",
+    "flac": "audio/flac",
+    "ogg": "audio/ogg",
+    "mp3": "audio/mpeg",
+}
+# How long the correction at a continuation's join fades out: long enough to be inaudible,
+# short enough not to touch the music.
+_JOIN_FADE_S = 0.005
+
+
+@dataclass(frozen=True)
+class AudioClip:
+    """Audio as float32 samples shaped (channels, frames), with its sample rate."""
+
+    samples: torch.Tensor
+    sample_rate: int
+
+    @property
+    def channels(self) -> int:
+        return int(self.samples.shape[0])
+
+    @property
+    def frames(self) -> int:
+        return int(self.samples.shape[1])
+
+    @property
+    def duration_s(self) -> float:
+        return self.frames / self.sample_rate
+
+
+@dataclass(frozen=True)
+class InputLimits:
+    """What a source file may be: where it lies, how large and how long."""
+
+    roots: tuple[Path, ...] = ()
+    max_bytes: int = 200 * 1024 * 1024
+    max_duration_s: float = 1200.0
+
+
+def resolve_input_path(raw_path: str, limits: InputLimits, field: str = "audio_path") -> Path:
+    """Checks that `raw_path` names a readable regular file inside the allowed roots.
+
+    Returns the resolved (symlinks followed) absolute path.
+    """
+    if not raw_path or not raw_path.strip():
+        raise InvalidInput("give the absolute path of an audio file on the server's disk", field=field)
+    path = Path(raw_path).expanduser()
+    if not path.is_absolute():
+        raise InvalidInput(f"{raw_path!r} is relative; give an absolute path", field=field)
+    resolved = path.resolve()
+    if limits.roots and not any(resolved.is_relative_to(root) for root in limits.roots):
+        allowed = ", ".join(str(root) for root in limits.roots)
+        raise InputForbidden(f"{raw_path!r} lies outside the allowed input directories ({allowed})", field=field)
+    try:
+        mode = resolved.stat().st_mode
+    except FileNotFoundError:
+        raise InputNotFound(f"no file at {raw_path!r}", field=field) from None
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {raw_path!r}: {exc.strerror}", field=field) from None
+    if stat.S_ISDIR(mode):
+        raise InvalidInput(f"{raw_path!r} is a directory; give the path of an audio file", field=field)
+    if not stat.S_ISREG(mode):
+        raise InvalidInput(f"{raw_path!r} is not a regular file (device, pipe or socket)", field=field)
+    size = resolved.stat().st_size
+    if size == 0:
+        raise InvalidInput(f"{raw_path!r} is empty", field=field)
+    if size > limits.max_bytes:
+        raise InputTooLarge(
+            f"{raw_path!r} is {size / 1e6:.1f} MB; the limit is {limits.max_bytes / 1e6:.0f} MB", field=field
+        )
+    if not os.access(resolved, os.R_OK):
+        raise InvalidInput(f"the server may not read {raw_path!r}", field=field)
+    return resolved
+
+
+def read_audio(path: Path, limits: InputLimits, field: str = "audio_path") -> AudioClip:
+    """Decodes a wav, flac, ogg or mp3 file into float32 samples, refusing what can't be used."""
+    unreadable = f"{str(path)!r} is not a readable audio file; wav, flac, ogg and mp3 are accepted"
+    try:
+        info = sf.info(str(path))
+    except (sf.LibsndfileError, RuntimeError, TypeError):
+        raise InvalidInput(unreadable, field=field) from None
+    if info.samplerate <= 0 or info.channels <= 0:
+        raise InvalidInput(unreadable, field=field)
+    if info.frames > 0 and info.frames / info.samplerate > limits.max_duration_s:
+        raise InputTooLarge(
+            f"{str(path)!r} lasts {info.frames / info.samplerate:.1f} s; the limit is {limits.max_duration_s:.0f} s",
+            field=field,
+        )
+    try:
+        data, sample_rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, ValueError):
+        raise InvalidInput(f"{str(path)!r} is truncated or corrupt and could not be decoded", field=field) from None
+    if data.shape[0] == 0:
+        raise InvalidInput(f"{str(path)!r} holds no audio samples", field=field)
+    if not np.isfinite(data).all():
+        raise InvalidInput(f"{str(path)!r} holds non-finite samples", field=field)
+    return AudioClip(torch.from_numpy(np.ascontiguousarray(data.T)), int(sample_rate))
+
+
+def to_model_format(clip: AudioClip, sample_rate: int, channels: int) -> AudioClip:
+    """Resamples to the model's rate (torchaudio) and mixes or duplicates to its channel count."""
+    samples = clip.samples
+    if clip.sample_rate != sample_rate:
+        import torchaudio.functional as audio_functional
+
+        samples = audio_functional.resample(samples, clip.sample_rate, sample_rate)
+    if samples.shape[0] != channels:
+        mono = samples.mean(dim=0, keepdim=True)
+        samples = mono.expand(channels, -1).contiguous()
+    return AudioClip(samples.contiguous(), sample_rate)
+
+
+def fit_length(samples: torch.Tensor, frames: int) -> torch.Tensor:
+    """Cuts `samples` (channels, n) to `frames`, or pads with silence."""
+    if samples.shape[1] >= frames:
+        return samples[:, :frames]
+    padding = torch.zeros(samples.shape[0], frames - samples.shape[1], dtype=samples.dtype)
+    return torch.cat([samples, padding], dim=1)
+
+
+def smooth_join(before: torch.Tensor, after: torch.Tensor, reference_end: torch.Tensor, sample_rate: int) -> torch.Tensor:
+    """Shifts the start of `after` so it continues from the last sample of `before` without a click.
+
+    The model decodes its prompt and continuation as one stream, so `after` continues smoothly
+    from the model's own rendering of the prompt (`reference_end`, its last sample per channel),
+    not from the original source. The difference between the two at the join is added to
+    `after` and faded out over a few milliseconds.
+    """
+    fade = min(after.shape[1], max(1, int(_JOIN_FADE_S * sample_rate)))
+    offset = (before[:, -1] - reference_end).unsqueeze(1)
+    ramp = torch.linspace(1.0, 0.0, fade, dtype=after.dtype).unsqueeze(0)
+    joined = after.clone()
+    joined[:, :fade] += offset * ramp
+    return joined
+
+
+def write_audio(samples: torch.Tensor, sample_rate: int, directory: Path, output_format: str) -> Path:
+    """Writes a new file in `directory` and returns its absolute path.
+
+    The file is written under a hidden temporary name and hard-linked into place only when
+    complete, so readers never see a partial file and nothing existing is ever overwritten.
+    A failed write leaves nothing behind.
+    """
+    container, subtype = _WRITE_FORMATS[output_format]
+    directory.mkdir(parents=True, exist_ok=True)
+    name = f"musicgen-{uuid.uuid4().hex}.{output_format}"
+    final = directory / name
+    partial = directory / f".{name}.partial"
+    data = samples.detach().to(torch.float32).clamp(-1.0, 1.0).T.contiguous().numpy()
+    try:
+        sf.write(str(partial), data, sample_rate, format=container, subtype=subtype)
+        os.link(partial, final)
+    finally:
+        partial.unlink(missing_ok=True)
+    return final.resolve()
+
+
+def audio_file_duration_s(path: Path) -> float:
+    """Length of an audio file as its decoder reports it."""
+    info = sf.info(str(path))
+    return info.frames / info.samplerate

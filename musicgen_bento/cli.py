@@ -1,0 +1,142 @@
+"""The command line: `musicgen-bento serve|models ...`, also run as `python -m musicgen_bento`.
+
+`serve` turns its flags into the service's environment variables and hands over to
+`bentoml serve`, so the node orchestrator's command line and `bentoml serve` configure
+exactly the same settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .errors import MusicGenError
+from .settings import Settings, SettingsError, setting_specs
+
+SERVICE = "service:MusicGen"
+
+
+def project_root() -> Path:
+    """The directory holding `service.py` next to this package (a checkout or a built bento)."""
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "service.py").is_file():
+        raise SystemExit(f"service.py not found next to the musicgen_bento package in {root}")
+    return root
+
+
+def _add_serve_flags(parser: argparse.ArgumentParser) -> None:
+    for spec in setting_specs():
+        if spec["flag"] is None:
+            continue
+        help_text = f"{spec['help']} [env {spec['env']}]"
+        if spec["is_bool"]:
+            parser.add_argument(spec["flag"], dest=spec["name"], action="store_true", default=None, help=help_text)
+        else:
+            parser.add_argument(spec["flag"], dest=spec["name"], default=None, metavar=spec["env"], help=help_text)
+
+
+def serve_environment(args: argparse.Namespace, base: dict[str, str]) -> dict[str, str]:
+    """The server's environment: `base` with every flag given on the command line applied."""
+    env = dict(base)
+    for spec in setting_specs():
+        value = getattr(args, spec["name"], None)
+        if value is None:
+            continue
+        env[spec["env"]] = "1" if value is True else str(value)
+    return env
+
+
+def serve(args: argparse.Namespace) -> int:
+    env = serve_environment(args, dict(os.environ))
+    try:
+        settings = Settings.from_env(env)
+    except SettingsError as error:
+        print(f"musicgen-bento: {error}", file=sys.stderr)
+        return 2
+    bentoml_cli = shutil.which("bentoml", path=str(Path(sys.executable).parent)) or "bentoml"
+    command = [
+        bentoml_cli,
+        "serve",
+        SERVICE,
+        "--working-dir",
+        str(project_root()),
+        "--host",
+        settings.host,
+        "--port",
+        str(settings.port),
+    ]
+    os.execvpe(command[0], command, env)
+    return 0  # not reached: exec replaces this process
+
+
+def models_import(args: argparse.Namespace) -> int:
+    from .model_store import import_model
+
+    info = import_model(args.source, name=args.name, progress=lambda line: print(line, file=sys.stderr))
+    print(f"imported {info.source} as {info.tag} ({info.kind}, {info.sample_rate} Hz, {info.channels} ch, licence {info.licence})")
+    return 0
+
+
+def models_create_tiny(args: argparse.Namespace) -> int:
+    from .model_store import create_tiny
+
+    kinds = ["text", "melody"] if args.kind == "all" else [args.kind]
+    for kind in kinds:
+        info = create_tiny(kind)
+        print(f"created {info.tag} ({info.kind}; random weights: noise, not music)")
+    return 0
+
+
+def models_list(args: argparse.Namespace) -> int:
+    from .model_store import list_models
+
+    found = list_models()
+    if not found:
+        print("no MusicGen models in the store; `musicgen-bento models import` or `models create-tiny` adds some")
+        return 0
+    print(f"{'TAG':50} {'KIND':7} {'RATE':>6} {'CH':>3}  {'LICENCE':20} SOURCE")
+    for info in found:
+        print(f"{info.tag:50} {info.kind:7} {info.sample_rate:>6} {info.channels:>3}  {info.licence[:20]:20} {info.source}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="musicgen-bento", description="Serve Meta's MusicGen over HTTP.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve_parser = commands.add_parser("serve", help="Start the HTTP service (the default command).")
+    _add_serve_flags(serve_parser)
+    serve_parser.set_defaults(run=serve)
+
+    models = commands.add_parser("models", help="Manage MusicGen checkpoints in the BentoML model store.")
+    model_commands = models.add_subparsers(dest="models_command", required=True)
+    importer = model_commands.add_parser("import", help="Import a hub id or a local transformers checkpoint.")
+    importer.add_argument("source", help="hub id (facebook/musicgen-melody) or local checkpoint directory")
+    importer.add_argument("--name", help="store name (default: the hub id with '/' as '--', or the directory name)")
+    importer.set_defaults(run=models_import)
+    tiny = model_commands.add_parser("create-tiny", help="Build tiny random-weight models for tests and offline runs.")
+    tiny.add_argument("--kind", choices=["text", "melody", "all"], default="all")
+    tiny.set_defaults(run=models_create_tiny)
+    lister = model_commands.add_parser("list", help="List the MusicGen models in the store.")
+    lister.set_defaults(run=models_list)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # The orchestrator runs `python -m musicgen_bento --model ... --port ...`: no command means serve.
+    if not argv or argv[0].startswith("-") and argv[0] not in {"-h", "--help"}:
+        argv = ["serve", *argv]
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args))
+    except MusicGenError as error:
+        print(f"musicgen-bento: {error.message}", file=sys.stderr)
+        return 1

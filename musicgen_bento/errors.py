@@ -1,0 +1,199 @@
+"""The service's one exception hierarchy, and the one place errors become HTTP responses.
+
+Every error a user can cause carries its HTTP status, the request field at fault and a
+message that says what to change. Unexpected errors are logged with their traceback and
+answered with a generic 500, so no traceback ever reaches a client.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from starlette.responses import JSONResponse
+
+logger = logging.getLogger("musicgen_bento")
+
+
+class MusicGenError(Exception):
+    """Base of every error the service reports to a client."""
+
+    status_code = 500
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+    def headers(self) -> dict[str, str]:
+        return {}
+
+    def body(self) -> dict[str, Any]:
+        text = f"{self.field}: {self.message}" if self.field else self.message
+        body: dict[str, Any] = {"error": text}
+        if self.field:
+            body["field"] = self.field
+        return body
+
+
+class InvalidInput(MusicGenError):
+    """A request value that is well-formed but cannot be used (bad range, unreadable file)."""
+
+    status_code = 422
+
+
+class InputNotFound(MusicGenError):
+    """A path in the request names no file."""
+
+    status_code = 404
+
+
+class InputForbidden(MusicGenError):
+    """A path in the request lies outside the allowed input directories."""
+
+    status_code = 403
+
+
+class InputTooLarge(MusicGenError):
+    """A source file over the configured size or duration limit."""
+
+    status_code = 413
+
+
+class NotReady(MusicGenError):
+    """The model is still loading (or failed to load): the client should retry later."""
+
+    status_code = 503
+
+    def __init__(self, message: str, *, retry_after_s: int = 5) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_s)}
+
+
+class GenerationCanceled(MusicGenError):
+    """The caller's cancel check asked generation to stop."""
+
+    status_code = 499
+
+
+class ModelStoreError(MusicGenError):
+    """A model could not be found, imported or loaded; raised at start-up and by the CLI."""
+
+
+def error_response(error: MusicGenError) -> JSONResponse:
+    """The HTTP response for a client-facing error."""
+    return JSONResponse(error.body(), status_code=error.status_code, headers=error.headers())
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def answers_errors(func: F) -> F:
+    """Wraps an API method so `MusicGenError`s become their responses and nothing else leaks."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except MusicGenError as error:
+            if error.status_code >= 500:
+                logger.warning("%s failed: %s", func.__name__, error.message)
+            return error_response(error)
+        except Exception:
+            logger.exception("%s failed unexpectedly", func.__name__)
+            return JSONResponse(
+                {"error": "internal error while handling the request; the server log has the details"},
+                status_code=500,
+            )
+
+    return wrapper  # type: ignore[return-value]
+
+
+# pydantic's wording for the errors whose default message does not say what to do.
+_FRIENDLIER = {
+    "missing": "is required",
+    "extra_forbidden": "is not a field of this request; check its spelling against the API page served at /",
+    "json_invalid": "the request body is not valid JSON",
+}
+
+
+def describe_validation_errors(errors: list[dict[str, Any]]) -> str:
+    """One readable sentence per invalid field of a pydantic validation error list."""
+    parts = []
+    for error in errors:
+        location = ".".join(str(part) for part in error.get("loc", ()) if part not in ("body",))
+        message = _FRIENDLIER.get(str(error.get("type")), error.get("msg", "is invalid"))
+        parts.append(f"{location}: {message}" if location else message)
+    return "; ".join(parts) or "the request body is invalid"
+
+
+class ReadableErrorsMiddleware:
+    """Rewrites BentoML's own 4xx bodies (validation, malformed JSON) into this service's shape.
+
+    BentoML validates arguments before our code runs and answers with a generic headline and a
+    list of pydantic errors (or, for other client errors, a list wrapping the message). Clients
+    get `{"error": "<field>: <what is accepted>", "field": ..., "detail": [...]}` instead.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start: dict[str, Any] = {}
+        chunks: list[bytes] = []
+
+        async def capture(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                if 400 <= message["status"] < 500 and _is_json(message):
+                    start.update(message)
+                    return
+                await send(message)
+            elif message["type"] == "http.response.body" and start:
+                chunks.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    await _send_rewritten(start, b"".join(chunks), send)
+            else:
+                await send(message)
+
+        await self.app(scope, receive, capture)
+
+
+def _is_json(start_message: dict[str, Any]) -> bool:
+    headers = dict(start_message.get("headers", []))
+    return headers.get(b"content-type", b"").startswith(b"application/json")
+
+
+async def _send_rewritten(start: dict[str, Any], raw: bytes, send: Any) -> None:
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        body = None
+    rewritten = _rewrite_body(body)
+    payload = raw if rewritten is None else json.dumps(rewritten).encode()
+    headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+    headers.append((b"content-length", str(len(payload)).encode()))
+    await send({**start, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})
+
+
+def _rewrite_body(body: Any) -> dict[str, Any] | None:
+    # BentoML wraps non-validation client errors as a one-element list: [{"error": "..."}].
+    if isinstance(body, list) and len(body) == 1 and isinstance(body[0], dict):
+        return body[0]
+    if isinstance(body, dict) and isinstance(body.get("detail"), list) and "field" not in body:
+        detail = body["detail"]
+        fields = [".".join(str(p) for p in e.get("loc", ())) for e in detail if isinstance(e, dict)]
+        rewritten = {"error": describe_validation_errors(detail), "detail": detail}
+        if fields and fields[0]:
+            rewritten["field"] = fields[0]
+        return rewritten
+    return None

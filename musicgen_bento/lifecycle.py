@@ -1,0 +1,93 @@
+"""The served model's life: resolved, imported or downloaded, loaded and warmed up in the
+background while health reports `loading`, then `ready`, or `error` with the reason."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Literal
+
+from .errors import MusicGenError, NotReady
+from .generator import GenerationParams, GenerationRequest, MusicGenGenerator, pick_device, pick_dtype
+from .mock import MockMusicGenGenerator
+from .model_store import resolve
+from .settings import Settings
+
+logger = logging.getLogger("musicgen_bento")
+
+Status = Literal["loading", "ready", "error"]
+Generator = MusicGenGenerator | MockMusicGenGenerator
+
+
+@dataclass(frozen=True)
+class HealthSnapshot:
+    """The model's state as health reports it."""
+
+    status: Status
+    model: str
+    device: str
+    detail: str | None
+    licence: str | None
+
+
+class ModelHost:
+    """Owns the one generator of this process and the state of getting it ready."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._lock = threading.Lock()
+        self._status: Status = "loading"
+        self._detail: str | None = "starting"
+        self._generator: Generator | None = None
+        self._device = "cpu"
+        self._licence: str | None = None
+        self._model_name = "mock" if settings.mock else settings.model
+
+    def start(self) -> None:
+        """Gets the model ready on a background thread; returns at once."""
+        if self.settings.mock:
+            self._set(status="ready", detail=None, generator=MockMusicGenGenerator(), licence="MIT (mock: no model)")
+            return
+        threading.Thread(target=self._prepare, name="musicgen-model-loader", daemon=True).start()
+
+    def health(self) -> HealthSnapshot:
+        with self._lock:
+            return HealthSnapshot(self._status, self._model_name, self._device, self._detail, self._licence)
+
+    def generator(self) -> Generator:
+        """The ready generator; raises `NotReady` (503) while loading or after a failed load."""
+        with self._lock:
+            if self._status == "ready" and self._generator is not None:
+                return self._generator
+            if self._status == "error":
+                raise NotReady(f"the model failed to load: {self._detail}", retry_after_s=60)
+            raise NotReady(f"the model is loading ({self._detail}); retry shortly", retry_after_s=5)
+
+    def _set(self, **changes: object) -> None:
+        with self._lock:
+            for name, value in changes.items():
+                setattr(self, f"_{name}", value)
+
+    def _prepare(self) -> None:
+        settings = self.settings
+        try:
+            self._device = pick_device(settings.gpu_id)
+            self._set(detail=f"resolving {settings.model} in the model store")
+            info = resolve(settings.model, settings.allow_download, progress=lambda line: self._set(detail=line))
+            self._set(licence=info.licence, detail=f"loading {info.tag} onto {self._device}")
+            generator = MusicGenGenerator(
+                info, self._device, pick_dtype(self._device, settings.dtype), settings.window_s, settings.extend_stride_s
+            )
+            generator.load()
+            if settings.warmup_s > 0:
+                self._set(detail="warming up")
+                generator.generate(GenerationRequest(GenerationParams(duration_s=settings.warmup_s, seed=0)))
+            self._set(status="ready", detail=None, generator=generator)
+            logger.info("model %s ready on %s", info.tag, self._device)
+        except MusicGenError as error:
+            logger.error("model %s failed to load: %s", settings.model, error.message)
+            self._set(status="error", detail=error.message)
+        except Exception as error:  # a load can fail in many ways; health must say so, not hang in loading
+            logger.exception("model %s failed to load", settings.model)
+            self._set(status="error", detail=f"{type(error).__name__}: {error}")

@@ -1,0 +1,49 @@
+"""A stand-in generator for client development without a GPU (CF_MUSICGEN_MOCK=1).
+
+It loads no model and returns audio of exactly the shape a real generation would have: the
+audio prompt (the end of the source) at MusicGen's rate and channel count, cut or padded with
+silence to the requested length. It is never music, and never presented as such.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+
+import torch
+
+from .audio import fit_length
+from .generator import CancelFn, GenerationRequest, GenerationResult, ProgressFn
+
+MOCK_SAMPLE_RATE = 32000
+MOCK_CHANNELS = 1
+
+
+class MockMusicGenGenerator:
+    """Same interface as `MusicGenGenerator`; generation is a copy of the prompt."""
+
+    name = "mock"
+    sample_rate = MOCK_SAMPLE_RATE
+    channels = MOCK_CHANNELS
+    is_melody = False
+    frame_samples = 640
+    device = "cpu"
+
+    def load(self) -> None:
+        """Nothing to load."""
+
+    def generate(
+        self,
+        request: GenerationRequest,
+        progress: ProgressFn | None = None,
+        should_cancel: CancelFn | None = None,
+    ) -> GenerationResult:
+        started = time.perf_counter()
+        params = request.params
+        frames = round(params.duration_s * self.sample_rate)
+        source = request.audio_prompt.samples if request.audio_prompt is not None else torch.zeros(self.channels, 0)
+        audio = fit_length(source, frames)
+        if progress is not None:
+            progress(1, 1)
+        seed = params.seed if params.seed is not None else secrets.randbelow(2**31)
+        return GenerationResult(audio, self.sample_rate, seed, time.perf_counter() - started)

@@ -117,7 +117,6 @@ class _StepWatcher:
     def __init__(self, total: int, progress: ProgressFn | None, should_cancel: CancelFn | None) -> None:
         self.total = total
         self.done = 0
-        self.canceled = False
         self._progress = progress
         self._should_cancel = should_cancel
 
@@ -129,7 +128,7 @@ class _StepWatcher:
         class Criterion(StoppingCriteria):  # type: ignore[misc]
             def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
                 watcher.step()
-                return torch.full((input_ids.shape[0],), watcher.canceled, dtype=torch.bool, device=input_ids.device)
+                return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
         return Criterion()
 
@@ -137,8 +136,10 @@ class _StepWatcher:
         self.done += 1
         if self._progress is not None:
             self._progress(min(self.done, self.total), self.total)
+        # Raising out of the decoding loop stops it at once; a stopping criterion that merely
+        # returns True would leave transformers to decode a sequence cut short by the delay pattern.
         if self._should_cancel is not None and self._should_cancel():
-            self.canceled = True
+            raise GenerationCanceled("generation was canceled")
 
 
 class MusicGenGenerator:
@@ -232,8 +233,6 @@ class MusicGenGenerator:
                     window_prompt = history[:, history.shape[1] - window.prompt_frames * hop :]
                     window_melody = window_prompt if self.is_melody else None
                 new_audio = self._generate_window(params, window_prompt, window_melody, window.new_frames, watcher)
-                if watcher.canceled:
-                    raise GenerationCanceled("generation was canceled")
                 produced.append(new_audio)
                 history = new_audio if history is None else torch.cat([history, new_audio], dim=1)
         audio = torch.cat(produced, dim=1)[:, : round(params.duration_s * self.sample_rate)]
@@ -279,7 +278,7 @@ class MusicGenGenerator:
         decoded = output[0].to(torch.float32).cpu()
         prompt_samples = 0 if prompt is None else prompt.shape[1]
         new_audio = decoded[:, prompt_samples : prompt_samples + new_frames * hop]
-        if new_audio.shape[1] < new_frames * hop and not watcher.canceled:
+        if new_audio.shape[1] < new_frames * hop:
             raise RuntimeError(f"the model returned {new_audio.shape[1]} samples; {new_frames * hop} were expected")
         if prompt is not None and prompt_samples > 0:
             new_audio = smooth_join(prompt, new_audio, decoded[:, prompt_samples - 1], self.sample_rate)

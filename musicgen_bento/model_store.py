@@ -90,13 +90,14 @@ def list_models() -> list[ModelInfo]:
     return [_info_from(model) for model in found]
 
 
-def _read_licence(directory: Path, source: str) -> str:
+def _read_licence(directory: Path, *origins: str) -> str:
+    """The licence in the model card's front matter, else Meta's for its checkpoints, else unknown."""
     readme = directory / "README.md"
     if readme.is_file():
         match = re.search(r"^license:\s*(\S+)", readme.read_text(errors="replace"), re.MULTILINE)
         if match:
             return match.group(1)
-    if source.lower().startswith("facebook/musicgen"):
+    if any(origin.lower().startswith("facebook/musicgen") for origin in origins):
         return _META_LICENCE
     return "unknown"
 
@@ -131,7 +132,7 @@ def import_directory(directory: Path, name: str, source: str, licence: str | Non
 
     directory = directory.resolve()
     metadata = _describe_checkpoint(directory)
-    metadata.update({"source": source, "licence": licence or _read_licence(directory, source)})
+    metadata.update({"source": source, "licence": licence or _read_licence(directory, source, name)})
     labels = {"kind": metadata["kind"], "framework": "transformers"}
     with bentoml.models.create(store_name(name), labels=labels, metadata=metadata) as model:
         for item in directory.iterdir():

@@ -90,6 +90,10 @@ def build_tiny_model(kind: ModelKind, channels: int = 1, seed: int = 0) -> tuple
         "max_position_embeddings": 2048,
         "pad_token_id": _CODEBOOK_SIZE,
         "bos_token_id": _CODEBOOK_SIZE,
+        # transformers' default (0.02) gives a tiny model near-uniform logits, so changing the
+        # text or the melody would rarely change a sampled token; wider weights make the
+        # conditioning visible in the output, which the tests check.
+        "initializer_factor": 0.5,
     }
     parts = {
         "text_encoder": _text_encoder_config().to_dict(),
@@ -113,8 +117,23 @@ def build_tiny_model(kind: ModelKind, channels: int = 1, seed: int = 0) -> tuple
             feature_extractor=EncodecFeatureExtractor(feature_size=channels, sampling_rate=_SAMPLE_RATE),
             tokenizer=tokenizer,
         )
+    _randomise_codebooks(model)
     _set_musicgen_generation_defaults(model)
     return model.eval(), processor
+
+
+def _randomise_codebooks(model: Any) -> None:
+    # EnCodec's codebooks are buffers that transformers initialises to zeros (training fills
+    # them in); all-zero codebooks would decode every token sequence to the same audio.
+    import torch
+    from transformers.models.encodec.modeling_encodec import EncodecEuclideanCodebook
+
+    with torch.no_grad():
+        for module in model.audio_encoder.modules():
+            if isinstance(module, EncodecEuclideanCodebook):
+                module.embed.normal_()
+                module.embed_avg.copy_(module.embed)
+                module.cluster_size.fill_(1.0)
 
 
 def _set_musicgen_generation_defaults(model: Any) -> None:
@@ -173,6 +192,7 @@ def build_real_shape_model(shape: str, seed: int = 0) -> tuple[Any, Any]:
     )
     torch.manual_seed(seed)
     model = MusicgenForConditionalGeneration(config)
+    _randomise_codebooks(model)
     _set_musicgen_generation_defaults(model)
     processor = MusicgenProcessor(
         feature_extractor=EncodecFeatureExtractor(feature_size=1, sampling_rate=_SAMPLE_RATE),

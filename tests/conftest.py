@@ -1,0 +1,146 @@
+"""Shared fixtures: a model store with the tiny random models, audio files, and real servers.
+
+The store lives in a temporary BENTOML_HOME made once per test session, so tests never touch
+the developer's own store. Servers are started with the same commands users run and stopped
+at the end of their module.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+ROOT = Path(__file__).resolve().parent.parent
+BENTOML_HOME = Path(tempfile.mkdtemp(prefix="musicgen-tests-home-"))
+# Set before anything imports bentoml, which reads it once.
+os.environ["BENTOML_HOME"] = str(BENTOML_HOME)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+BIN = Path(sys.executable).parent
+
+TINY_TEXT = "musicgen-tiny-random"
+TINY_MELODY = "musicgen-melody-tiny-random"
+
+
+@pytest.fixture(scope="session")
+def tiny_models() -> dict[str, str]:
+    """Creates the tiny text and melody models in the session's store, through the CLI."""
+    subprocess.run([str(BIN / "musicgen-bento"), "models", "create-tiny"], check=True, capture_output=True)
+    return {"text": TINY_TEXT, "melody": TINY_MELODY}
+
+
+def write_tone(
+    path: Path,
+    seconds: float = 3.0,
+    sample_rate: int = 44100,
+    channels: int = 2,
+    subtype: str | None = None,
+) -> Path:
+    """Writes a tone (a different pitch per channel) in the format the suffix names."""
+    t = np.arange(int(seconds * sample_rate)) / sample_rate
+    data = np.stack([0.3 * np.sin(2 * np.pi * (220 + 110 * c) * t) for c in range(channels)], axis=1)
+    formats = {".wav": "WAV", ".flac": "FLAC", ".ogg": "OGG", ".mp3": "MP3"}
+    sf.write(str(path), data.astype(np.float32), sample_rate, format=formats[path.suffix], subtype=subtype)
+    return path
+
+
+@pytest.fixture
+def make_tone(tmp_path: Path) -> Callable[..., Path]:
+    def make(name: str = "source.wav", **kwargs: object) -> Path:
+        return write_tone(tmp_path / name, **kwargs)  # type: ignore[arg-type]
+
+    return make
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Server:
+    """A service process started with a real command line, its URL and its log."""
+
+    def __init__(self, command: list[str], env: dict[str, str], port: int, log_path: Path) -> None:
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.log_path = log_path
+        self._log = log_path.open("wb")
+        self.process = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-6000:]
+
+    def health(self) -> dict[str, object] | None:
+        import httpx
+
+        try:
+            return httpx.get(f"{self.url}/health", timeout=5).json()  # type: ignore[no-any-return]
+        except (httpx.HTTPError, ValueError):
+            return None
+
+    def wait_until(self, status: str, timeout: float = 120) -> dict[str, object]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"server exited with {self.process.returncode}:\n{self.log()}")
+            body = self.health()
+            if body is not None and body.get("status") == status:
+                return body
+            time.sleep(0.2)
+        raise AssertionError(f"server not {status} after {timeout} s; last health {self.health()}:\n{self.log()}")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self._log.close()
+
+
+def server_env(output_dir: Path, **settings: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MUSICGEN_", "CF_MUSICGEN_"))}
+    env.update({"BENTOML_HOME": str(BENTOML_HOME), "MUSICGEN_OUTPUT_DIR": str(output_dir), "MUSICGEN_WARMUP_S": "0"})
+    env.update(settings)
+    return env
+
+
+@pytest.fixture(scope="module")
+def start_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Server]]:
+    """Starts servers for a module; each is stopped when the module ends.
+
+    `start_server(settings={...})` runs `bentoml serve service:MusicGen`;
+    `start_server(cli_args=[...])` runs `python -m musicgen_bento ...` as the orchestrator does.
+    """
+    started: list[Server] = []
+
+    def start(settings: dict[str, str] | None = None, cli_args: list[str] | None = None) -> Server:
+        port = free_port()
+        workdir = tmp_path_factory.mktemp("server")
+        env = server_env(workdir / "output", **(settings or {}))
+        if cli_args is None:
+            command = [str(BIN / "bentoml"), "serve", "service:MusicGen", "--port", str(port), "--host", "127.0.0.1"]
+        else:
+            command = [sys.executable, "-m", "musicgen_bento", *cli_args, "--port", str(port), "--host", "127.0.0.1"]
+        server = Server(command, env, port, workdir / "server.log")
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()

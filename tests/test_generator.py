@@ -1,0 +1,172 @@
+"""The generator on the tiny random models: exact lengths, seeds, joins, windows, melody, progress
+and cancel. Random weights make the content noise; the structure is what is checked."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from musicgen_bento.audio import AudioClip
+from musicgen_bento.errors import GenerationCanceled
+from musicgen_bento.generator import (
+    GenerationParams,
+    GenerationRequest,
+    MusicGenGenerator,
+    Window,
+    plan_windows,
+)
+from musicgen_bento.model_store import find
+
+SAMPLE_RATE = 32000
+
+
+def _generator(name: str, window_s: float = 30.0, stride_s: float = 18.0) -> MusicGenGenerator:
+    info = find(name)
+    assert info is not None
+    return MusicGenGenerator(info, "cpu", torch.float32, window_s, stride_s)
+
+
+@pytest.fixture(scope="module")
+def text_generator(tiny_models: dict[str, str]) -> MusicGenGenerator:
+    return _generator(tiny_models["text"])
+
+
+@pytest.fixture(scope="module")
+def melody_generator(tiny_models: dict[str, str]) -> MusicGenGenerator:
+    return _generator(tiny_models["melody"])
+
+
+def _tone(seconds: float, channels: int = 1, hz: float = 220.0) -> AudioClip:
+    t = torch.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
+    samples = 0.3 * torch.sin(2 * torch.pi * hz * t).repeat(channels, 1)
+    return AudioClip(samples, SAMPLE_RATE)
+
+
+@pytest.mark.parametrize(
+    ("prompt", "new", "expected"),
+    [
+        (500, 250, [Window(500, 250)]),
+        (500, 1000, [Window(500, 1000)]),
+        (500, 1500, [Window(500, 1000), Window(600, 500)]),
+        (0, 3000, [Window(0, 1500), Window(600, 900), Window(600, 600)]),
+    ],
+    ids=["fits", "fills-window", "two-windows", "text-only-three-windows"],
+)
+def test_plan_windows_keeps_each_window_within_the_limit(prompt: int, new: int, expected: list[Window]) -> None:
+    windows = plan_windows(prompt, new, window_frames=1500, stride_frames=900)
+    assert windows == expected
+    assert sum(w.new_frames for w in windows) == new
+    assert all(w.prompt_frames + w.new_frames <= 1500 for w in windows)
+
+
+def test_plan_windows_refuses_a_prompt_that_fills_the_window() -> None:
+    with pytest.raises(ValueError, match="shorter than the window"):
+        plan_windows(1500, 10, window_frames=1500, stride_frames=900)
+
+
+@pytest.mark.parametrize("duration_s", [0.5, 1.0, 2.37], ids=["half-second", "one-second", "odd-length"])
+def test_output_is_exactly_the_requested_length(text_generator: MusicGenGenerator, duration_s: float) -> None:
+    request = GenerationRequest(GenerationParams(prompt="drums", duration_s=duration_s, seed=1), audio_prompt=_tone(1.0))
+    result = text_generator.generate(request)
+    assert result.audio.shape == (1, round(duration_s * SAMPLE_RATE))
+    assert result.sample_rate == SAMPLE_RATE
+    assert torch.isfinite(result.audio).all()
+
+
+def test_same_seed_same_audio_and_different_seed_different_audio(text_generator: MusicGenGenerator) -> None:
+    def run(seed: int) -> torch.Tensor:
+        params = GenerationParams(prompt="jazz", duration_s=1.0, seed=seed)
+        return text_generator.generate(GenerationRequest(params, audio_prompt=_tone(1.0))).audio
+
+    first, again, other = run(7), run(7), run(8)
+    assert torch.equal(first, again)
+    assert not torch.equal(first, other)
+
+
+def test_a_random_seed_is_chosen_and_reported(text_generator: MusicGenGenerator) -> None:
+    result = text_generator.generate(GenerationRequest(GenerationParams(duration_s=0.5)))
+    replay = text_generator.generate(GenerationRequest(GenerationParams(duration_s=0.5, seed=result.seed)))
+    assert torch.equal(result.audio, replay.audio)
+
+
+def test_continuation_joins_the_prompt_without_a_jump(text_generator: MusicGenGenerator) -> None:
+    prompt = _tone(2.0)
+    result = text_generator.generate(GenerationRequest(GenerationParams(duration_s=1.0, seed=3), audio_prompt=prompt))
+    join_step = (result.audio[:, 0] - prompt.samples[:, -1]).abs().max().item()
+    largest_step_inside = result.audio.diff(dim=1).abs().max().item()
+    assert join_step <= largest_step_inside
+
+
+def test_greedy_decoding_is_deterministic_without_a_seed(text_generator: MusicGenGenerator) -> None:
+    params = GenerationParams(duration_s=0.5, temperature=0.0)
+    first = text_generator.generate(GenerationRequest(params, audio_prompt=_tone(1.0)))
+    second = text_generator.generate(GenerationRequest(params, audio_prompt=_tone(1.0)))
+    assert torch.equal(first.audio, second.audio)
+
+
+def test_windows_stitch_to_the_exact_length(tiny_models: dict[str, str]) -> None:
+    # A 2 s window with a 1 s stride forces five windows for 4.5 s after a 1 s prompt.
+    generator = _generator(tiny_models["text"], window_s=2.0, stride_s=1.0)
+    steps: list[tuple[int, int]] = []
+    params = GenerationParams(duration_s=4.5, seed=2)
+    result = generator.generate(
+        GenerationRequest(params, audio_prompt=_tone(1.0)), progress=lambda d, t: steps.append((d, t))
+    )
+    assert result.audio.shape == (1, 4.5 * SAMPLE_RATE)
+    total = steps[-1][1]
+    assert steps[-1][0] == total
+    assert total == 225 + 5 * 3  # 225 frames plus the delay pattern's 3 extra steps per window
+
+
+def test_progress_counts_every_step_and_ends_complete(text_generator: MusicGenGenerator) -> None:
+    steps: list[tuple[int, int]] = []
+    text_generator.generate(
+        GenerationRequest(GenerationParams(duration_s=1.0, seed=0)), progress=lambda d, t: steps.append((d, t))
+    )
+    assert steps[0][0] == 1
+    assert steps[-1][0] == steps[-1][1] == 50 + 3
+    assert [d for d, _ in steps] == sorted(d for d, _ in steps)
+
+
+def test_cancel_stops_generation_at_the_next_step(text_generator: MusicGenGenerator) -> None:
+    steps: list[int] = []
+    with pytest.raises(GenerationCanceled):
+        text_generator.generate(
+            GenerationRequest(GenerationParams(duration_s=5.0, seed=0)),
+            progress=lambda d, t: steps.append(d),
+            should_cancel=lambda: len(steps) >= 10,
+        )
+    assert len(steps) == 10
+
+
+def test_melody_model_continues_conditioned_on_the_prompt_melody(melody_generator: MusicGenGenerator) -> None:
+    assert melody_generator.is_melody
+    prompt = _tone(2.0)
+    params = GenerationParams(prompt="piano", duration_s=1.0, seed=5)
+    with_melody = melody_generator.generate(GenerationRequest(params, audio_prompt=prompt, melody=prompt))
+    other_melody = _tone(2.0, hz=311.0)  # D sharp instead of A: another chroma
+    with_other = melody_generator.generate(GenerationRequest(params, audio_prompt=prompt, melody=other_melody))
+    assert with_melody.audio.shape == (1, SAMPLE_RATE)
+    # The melody conditions generation: the same seed with another melody gives other audio.
+    assert not torch.equal(with_melody.audio, with_other.audio)
+
+
+def test_concurrent_calls_are_safe_and_each_keeps_its_own_parameters(text_generator: MusicGenGenerator) -> None:
+    expected = {
+        seed: text_generator.generate(GenerationRequest(GenerationParams(duration_s=0.5, seed=seed))).audio
+        for seed in (11, 12, 13)
+    }
+    results: dict[int, torch.Tensor] = {}
+
+    def run(seed: int) -> None:
+        results[seed] = text_generator.generate(GenerationRequest(GenerationParams(duration_s=0.5, seed=seed))).audio
+
+    threads = [threading.Thread(target=run, args=(seed,)) for seed in expected]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for seed, audio in expected.items():
+        assert torch.equal(results[seed], audio)

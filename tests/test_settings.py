@@ -1,0 +1,61 @@
+"""Settings are read once from environment variables, with clear errors for bad values."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from musicgen_bento.settings import Settings, SettingsError, setting_specs
+
+
+def test_defaults_serve_musicgen_small_on_gpu_zero() -> None:
+    settings = Settings.from_env({})
+    assert settings.model == "facebook/musicgen-small"
+    assert settings.gpu_id == 0
+    assert settings.mock is False
+    assert settings.max_duration_s == 30.0
+    assert settings.output_dir.is_absolute()
+
+
+def test_variables_override_defaults(tmp_path: Path) -> None:
+    settings = Settings.from_env(
+        {
+            "MUSICGEN_MODEL": "facebook/musicgen-melody",
+            "MUSICGEN_GPU_ID": "3",
+            "CF_MUSICGEN_MOCK": "1",
+            "MUSICGEN_OUTPUT_DIR": str(tmp_path),
+            "MUSICGEN_INPUT_ROOTS": f"{tmp_path}/a{os.pathsep}{tmp_path}/b",
+            "MUSICGEN_MAX_DURATION_S": "60",
+        }
+    )
+    assert settings.model == "facebook/musicgen-melody"
+    assert settings.gpu_id == 3
+    assert settings.mock is True
+    assert settings.output_dir == tmp_path.resolve()
+    assert settings.input_roots == ((tmp_path / "a").resolve(), (tmp_path / "b").resolve())
+    assert settings.max_duration_s == 60.0
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("MUSICGEN_GPU_ID", "first", "MUSICGEN_GPU_ID"),
+        ("CF_MUSICGEN_MOCK", "maybe", "CF_MUSICGEN_MOCK"),
+        ("MUSICGEN_DTYPE", "int8", "MUSICGEN_DTYPE"),
+        ("MUSICGEN_MAX_DURATION_S", "0", "MUSICGEN_MAX_DURATION_S"),
+        ("MUSICGEN_EXTEND_STRIDE_S", "40", "MUSICGEN_EXTEND_STRIDE_S"),
+        ("MUSICGEN_WARMUP_S", "-1", "MUSICGEN_WARMUP_S"),
+    ],
+    ids=["gpu-not-int", "mock-not-bool", "unknown-dtype", "zero-max-duration", "stride-over-window", "negative-warmup"],
+)
+def test_bad_values_name_the_variable(variable: str, value: str, message: str) -> None:
+    with pytest.raises(SettingsError, match=message):
+        Settings.from_env({variable: value})
+
+
+def test_every_setting_has_a_variable_and_help() -> None:
+    for spec in setting_specs():
+        assert spec["env"].startswith(("MUSICGEN_", "CF_MUSICGEN_"))
+        assert spec["help"]

@@ -78,4 +78,5 @@ class MusicGen:
         )
 
 
-MusicGen.add_asgi_middleware(ReadableErrorsMiddleware)
+# `@bentoml.service` makes MusicGen a bentoml.Service; the stacked decorators hide that from mypy.
+MusicGen.add_asgi_middleware(ReadableErrorsMiddleware)  # type: ignore[attr-defined]

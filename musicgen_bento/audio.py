@@ -14,7 +14,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from .errors import InputForbidden, InputNotFound, InputTooLarge, InvalidInput
+from .errors import InputForbidden, InputNotFound, InputTooLarge, InvalidInput, InvalidParameter
 
 OutputFormat = Literal["wav", "flac", "ogg", "mp3"]
 
@@ -71,10 +71,10 @@ def resolve_input_path(raw_path: str, limits: InputLimits, field: str = "audio_p
     Returns the resolved (symlinks followed) absolute path.
     """
     if not raw_path or not raw_path.strip():
-        raise InvalidInput("give the absolute path of an audio file on the server's disk", field=field)
+        raise InvalidParameter("give the absolute path of an audio file on the server's disk", field=field)
     path = Path(raw_path).expanduser()
     if not path.is_absolute():
-        raise InvalidInput(f"{raw_path!r} is relative; give an absolute path", field=field)
+        raise InvalidParameter(f"{raw_path!r} is relative; give an absolute path", field=field)
     resolved = path.resolve()
     if limits.roots and not any(resolved.is_relative_to(root) for root in limits.roots):
         allowed = ", ".join(str(root) for root in limits.roots)
@@ -147,7 +147,9 @@ def fit_length(samples: torch.Tensor, frames: int) -> torch.Tensor:
     return torch.cat([samples, padding], dim=1)
 
 
-def smooth_join(before: torch.Tensor, after: torch.Tensor, reference_end: torch.Tensor, sample_rate: int) -> torch.Tensor:
+def smooth_join(
+    before: torch.Tensor, after: torch.Tensor, reference_end: torch.Tensor, sample_rate: int
+) -> torch.Tensor:
     """Shifts the start of `after` so it continues from the last sample of `before` without a click.
 
     The model decodes its prompt and continuation as one stream, so `after` continues smoothly

@@ -78,7 +78,10 @@ def models_import(args: argparse.Namespace) -> int:
     from .model_store import import_model
 
     info = import_model(args.source, name=args.name, progress=lambda line: print(line, file=sys.stderr))
-    print(f"imported {info.source} as {info.tag} ({info.kind}, {info.sample_rate} Hz, {info.channels} ch, licence {info.licence})")
+    print(
+        f"imported {info.source} as {info.tag} "
+        f"({info.kind}, {info.sample_rate} Hz, {info.channels} ch, licence {info.licence})"
+    )
     return 0
 
 
@@ -101,7 +104,10 @@ def models_list(args: argparse.Namespace) -> int:
         return 0
     print(f"{'TAG':50} {'KIND':7} {'RATE':>6} {'CH':>3}  {'LICENCE':20} SOURCE")
     for info in found:
-        print(f"{info.tag:50} {info.kind:7} {info.sample_rate:>6} {info.channels:>3}  {info.licence[:20]:20} {info.source}")
+        print(
+            f"{info.tag:50} {info.kind:7} {info.sample_rate:>6} {info.channels:>3}  "
+            f"{info.licence[:20]:20} {info.source}"
+        )
     return 0
 
 
@@ -130,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # The orchestrator runs `python -m musicgen_bento --model ... --port ...`: no command means serve.
-    if not argv or argv[0].startswith("-") and argv[0] not in {"-h", "--help"}:
+    if not argv or (argv[0].startswith("-") and argv[0] not in {"-h", "--help"}):
         argv = ["serve", *argv]
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("transformers").setLevel(logging.ERROR)

@@ -6,8 +6,16 @@ import time
 
 import torch
 
-from .audio import AudioClip, InputLimits, audio_file_duration_s, read_audio, resolve_input_path, to_model_format, write_audio
-from .errors import InvalidInput
+from .audio import (
+    AudioClip,
+    InputLimits,
+    audio_file_duration_s,
+    read_audio,
+    resolve_input_path,
+    to_model_format,
+    write_audio,
+)
+from .errors import InvalidInput, InvalidParameter
 from .generator import CancelFn, GenerationParams, GenerationRequest, ProgressFn
 from .lifecycle import Generator
 from .schemas import ContinueRequest, ContinueResponse, GenerationOptions
@@ -25,8 +33,9 @@ def input_limits(settings: Settings) -> InputLimits:
 def check_options(options: GenerationOptions, settings: Settings) -> None:
     """Checks the limits that depend on settings (the fixed ones live in the schema)."""
     if options.duration_s > settings.max_duration_s:
-        raise InvalidInput(
-            f"must be at most {settings.max_duration_s:g} seconds (MUSICGEN_MAX_DURATION_S); got {options.duration_s:g}",
+        raise InvalidParameter(
+            f"must be at most {settings.max_duration_s:g} seconds (MUSICGEN_MAX_DURATION_S); "
+            f"got {options.duration_s:g}",
             field="duration_s",
         )
 
@@ -72,7 +81,7 @@ def continue_music(
     started = time.perf_counter()
     check_options(request, settings)
     if request.prompt_duration_s > settings.max_prompt_s:
-        raise InvalidInput(
+        raise InvalidParameter(
             f"must be at most {settings.max_prompt_s:g} seconds so the {settings.window_s:g} s window keeps room "
             f"for new music; got {request.prompt_duration_s:g}",
             field="prompt_duration_s",
@@ -85,7 +94,9 @@ def continue_music(
             f"({generator.frame_samples / generator.sample_rate * 1000:.0f} ms) is needed",
             field="audio_path",
         )
-    generation = GenerationRequest(params_of(request), audio_prompt=prompt, melody=prompt if generator.is_melody else None)
+    generation = GenerationRequest(
+        params_of(request), audio_prompt=prompt, melody=prompt if generator.is_melody else None
+    )
     result = generator.generate(generation, progress=progress, should_cancel=should_cancel)
     audio = torch.cat([source.samples, result.audio], dim=1) if request.include_source else result.audio
     path = write_audio(audio, result.sample_rate, settings.output_dir, request.output_format)

@@ -39,8 +39,14 @@ class MusicGenError(Exception):
         return body
 
 
+class InvalidParameter(MusicGenError):
+    """A request value out of the range the server's settings allow (the same status as a schema violation)."""
+
+    status_code = 400
+
+
 class InvalidInput(MusicGenError):
-    """A request value that is well-formed but cannot be used (bad range, unreadable file)."""
+    """A source file that cannot be used: a directory, a device, empty, truncated or not audio."""
 
     status_code = 422
 

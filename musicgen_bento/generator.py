@@ -149,7 +149,9 @@ class MusicGenGenerator:
     many threads at once; generations on the device run one at a time.
     """
 
-    def __init__(self, info: ModelInfo, device: str, dtype: torch.dtype, window_s: float, extend_stride_s: float) -> None:
+    def __init__(
+        self, info: ModelInfo, device: str, dtype: torch.dtype, window_s: float, extend_stride_s: float
+    ) -> None:
         self.info = info
         self.device = device
         self.dtype = dtype
@@ -180,7 +182,7 @@ class MusicGenGenerator:
     def frame_samples(self) -> int:
         """Samples per codec frame (640 at MusicGen's 32 kHz and 50 Hz)."""
         self.load()
-        return int(round(self.sample_rate / self._model.config.audio_encoder.frame_rate))
+        return round(self.sample_rate / self._model.config.audio_encoder.frame_rate)
 
     def load(self) -> None:
         with self._load_lock:
@@ -244,7 +246,7 @@ class MusicGenGenerator:
         # last frame arrives codebooks-1 steps after the first.
         self.load()
         decoder = self._model.config.decoder
-        return int(decoder.num_codebooks // decoder.audio_channels) - 1
+        return decoder.num_codebooks // decoder.audio_channels - 1  # type: ignore[no-any-return]
 
     def _generate_window(
         self,
@@ -293,8 +295,6 @@ class MusicGenGenerator:
         encoder = self._model.audio_encoder
         values = prompt.to(self.device, self.dtype).unsqueeze(0)
         per_channel = [encoder.encode(values[:, c : c + 1, :]).audio_codes[0] for c in range(values.shape[1])]
-        if len(per_channel) == 1:
-            codes = per_channel[0]
-        else:
-            codes = torch.stack(per_channel, dim=2).flatten(1, 2)  # (batch, codebooks * channels, frames)
+        # (batch, codebooks * channels, frames), channels alternating within each codebook
+        codes = per_channel[0] if len(per_channel) == 1 else torch.stack(per_channel, dim=2).flatten(1, 2)
         return codes.reshape(-1, codes.shape[-1])

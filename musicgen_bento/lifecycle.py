@@ -77,7 +77,11 @@ class ModelHost:
             info = resolve(settings.model, settings.allow_download, progress=lambda line: self._set(detail=line))
             self._set(licence=info.licence, detail=f"loading {info.tag} onto {self._device}")
             generator = MusicGenGenerator(
-                info, self._device, pick_dtype(self._device, settings.dtype), settings.window_s, settings.extend_stride_s
+                info,
+                self._device,
+                pick_dtype(self._device, settings.dtype),
+                settings.window_s,
+                settings.extend_stride_s,
             )
             generator.load()
             if settings.warmup_s > 0:

@@ -164,7 +164,9 @@ def download_from_hub(hub_id: str, directory: Path, progress: ProgressCallback |
         raise ModelStoreError(f"the hub has no model {hub_id!r}; check the id") from None
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelStoreError(f"could not download {hub_id!r} from the Hugging Face hub ({first_line}). {_NO_HUB_ADVICE}") from None
+        raise ModelStoreError(
+            f"could not download {hub_id!r} from the Hugging Face hub ({first_line}). {_NO_HUB_ADVICE}"
+        ) from None
     return directory
 
 
@@ -182,9 +184,7 @@ def _progress_reporter(hub_id: str, progress: ProgressCallback | None) -> Any:
     return Reporter
 
 
-def import_model(
-    source: str, name: str | None = None, progress: ProgressCallback | None = None
-) -> ModelInfo:
+def import_model(source: str, name: str | None = None, progress: ProgressCallback | None = None) -> ModelInfo:
     """Imports a hub id or a local checkpoint directory into the store.
 
     Args:
@@ -210,7 +210,9 @@ def create_tiny(kind: str) -> ModelInfo:
         raise ModelStoreError(f"kind must be 'text' or 'melody'; got {kind!r}")
     with tempfile.TemporaryDirectory(prefix="musicgen-tiny-") as scratch:
         directory = save_tiny_model(kind, Path(scratch))  # type: ignore[arg-type]
-        return import_directory(directory, TINY_NAMES[kind], source=f"generated: tiny {kind} model, random weights", licence=TINY_LICENCE)
+        return import_directory(
+            directory, TINY_NAMES[kind], source=f"generated: tiny {kind} model, random weights", licence=TINY_LICENCE
+        )
 
 
 def resolve(model_ref: str, allow_download: bool, progress: ProgressCallback | None = None) -> ModelInfo:
@@ -235,7 +237,9 @@ def load(info: ModelInfo, device: str, dtype: Any) -> tuple[Any, Any]:
     """Loads a stored checkpoint's model (on `device`, in `dtype`) and processor."""
     from transformers import AutoProcessor, MusicgenForConditionalGeneration, MusicgenMelodyForConditionalGeneration
 
-    model_class = MusicgenMelodyForConditionalGeneration if info.kind == "melody" else MusicgenForConditionalGeneration
+    model_class: Any = (
+        MusicgenMelodyForConditionalGeneration if info.kind == "melody" else MusicgenForConditionalGeneration
+    )
     model = model_class.from_pretrained(info.path, dtype=dtype).to(device).eval()
     processor = AutoProcessor.from_pretrained(info.path)
     return model, processor

@@ -76,7 +76,9 @@ class Settings:
         f"'{os.pathsep}'-separated directories that source files must lie in (symlinks followed); empty allows any.",
         _parse_paths,
     )
-    max_input_mb: float = _setting(200.0, "MUSICGEN_MAX_INPUT_MB", "--max-input-mb", "Largest accepted source file, in MB.")
+    max_input_mb: float = _setting(
+        200.0, "MUSICGEN_MAX_INPUT_MB", "--max-input-mb", "Largest accepted source file, in MB."
+    )
     max_input_s: float = _setting(
         1200.0, "MUSICGEN_MAX_INPUT_S", "--max-input-s", "Longest accepted source file, in seconds."
     )

@@ -26,15 +26,13 @@ _PIECES = list("abcdefghijklmnopqrstuvwxyz0123456789▁")
 def build_tokenizer() -> Any:
     """A T5-style (Unigram, SentencePiece word marker) tokenizer made in code, no download."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
-    from transformers import T5TokenizerFast
+    from transformers import T5Tokenizer  # tokenizers-backed since transformers 5
 
     vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + [(piece, -1.0) for piece in _PIECES]
     backend = Tokenizer(models.Unigram(vocab, unk_id=2))
     backend.normalizer = normalizers.Lowercase()
     backend.pre_tokenizer = pre_tokenizers.Metaspace()
-    return T5TokenizerFast(
-        tokenizer_object=backend, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", extra_ids=0
-    )
+    return T5Tokenizer(tokenizer_object=backend, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", extra_ids=0)
 
 
 def _audio_encoder_config(width: int = 8) -> Any:
@@ -101,6 +99,8 @@ def build_tiny_model(kind: ModelKind, channels: int = 1, seed: int = 0) -> tuple
     }
     torch.manual_seed(seed)
     tokenizer = build_tokenizer()
+    config: Any
+    model: Any
     if kind == "melody":
         config = MusicgenMelodyConfig(
             decoder=MusicgenMelodyDecoderConfig(**decoder_args).to_dict(), num_chroma=12, chroma_length=235, **parts
@@ -156,7 +156,7 @@ def save_tiny_model(kind: ModelKind, directory: Path) -> Path:
 
 
 # Published decoder shapes (hidden size, layers, heads, ffn) of the text-to-music checkpoints.
-REAL_DECODER_SHAPES: dict[str, dict[str, int]] = {
+REAL_DECODER_SHAPES: dict[str, dict[str, Any]] = {
     "musicgen-small": {"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16, "ffn_dim": 4096},
     "musicgen-medium": {"hidden_size": 1536, "num_hidden_layers": 48, "num_attention_heads": 24, "ffn_dim": 6144},
 }

@@ -68,7 +68,9 @@ def test_plan_windows_refuses_a_prompt_that_fills_the_window() -> None:
 
 @pytest.mark.parametrize("duration_s", [0.5, 1.0, 2.37], ids=["half-second", "one-second", "odd-length"])
 def test_output_is_exactly_the_requested_length(text_generator: MusicGenGenerator, duration_s: float) -> None:
-    request = GenerationRequest(GenerationParams(prompt="drums", duration_s=duration_s, seed=1), audio_prompt=_tone(1.0))
+    request = GenerationRequest(
+        GenerationParams(prompt="drums", duration_s=duration_s, seed=1), audio_prompt=_tone(1.0)
+    )
     result = text_generator.generate(request)
     assert result.audio.shape == (1, round(duration_s * SAMPLE_RATE))
     assert result.sample_rate == SAMPLE_RATE

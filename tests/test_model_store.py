@@ -18,7 +18,10 @@ from .conftest import BIN
 
 @pytest.mark.parametrize(
     ("ref", "expected"),
-    [("facebook/musicgen-small", "facebook--musicgen-small"), ("Facebook/MusicGen-Melody", "facebook--musicgen-melody")],
+    [
+        ("facebook/musicgen-small", "facebook--musicgen-small"),
+        ("Facebook/MusicGen-Melody", "facebook--musicgen-melody"),
+    ],
     ids=["hub-id", "mixed-case"],
 )
 def test_hub_ids_map_to_store_names(ref: str, expected: str) -> None:

@@ -13,6 +13,7 @@ from typing import Literal
 import numpy as np
 import soundfile as sf
 import torch
+import torchaudio.functional as audio_functional
 
 from .errors import InputForbidden, InputNotFound, InputTooLarge, InvalidInput, InvalidParameter
 
@@ -130,8 +131,6 @@ def to_model_format(clip: AudioClip, sample_rate: int, channels: int) -> AudioCl
     """Resamples to the model's rate (torchaudio) and mixes or duplicates to its channel count."""
     samples = clip.samples
     if clip.sample_rate != sample_rate:
-        import torchaudio.functional as audio_functional
-
         samples = audio_functional.resample(samples, clip.sample_rate, sample_rate)
     if samples.shape[0] != channels:
         mono = samples.mean(dim=0, keepdim=True)

@@ -35,7 +35,9 @@ def _add_serve_flags(parser: argparse.ArgumentParser) -> None:
             continue
         help_text = f"{spec['help']} [env {spec['env']}]"
         if spec["is_bool"]:
-            parser.add_argument(spec["flag"], dest=spec["name"], action="store_true", default=None, help=help_text)
+            parser.add_argument(
+                spec["flag"], dest=spec["name"], action=argparse.BooleanOptionalAction, default=None, help=help_text
+            )
         else:
             parser.add_argument(spec["flag"], dest=spec["name"], default=None, metavar=spec["env"], help=help_text)
 
@@ -47,7 +49,9 @@ def serve_environment(args: argparse.Namespace, base: dict[str, str]) -> dict[st
         value = getattr(args, spec["name"], None)
         if value is None:
             continue
-        env[spec["env"]] = "1" if value is True else str(value)
+        if isinstance(value, bool):
+            value = "1" if value else "0"
+        env[spec["env"]] = str(value)
     return env
 
 

@@ -8,6 +8,9 @@ import threading
 from dataclasses import dataclass
 from typing import Literal
 
+import torch
+
+from .audio import AudioClip
 from .errors import MusicGenError, NotReady
 from .generator import GenerationParams, GenerationRequest, MusicGenGenerator, pick_device, pick_dtype
 from .mock import MockMusicGenGenerator
@@ -69,6 +72,13 @@ class ModelHost:
             for name, value in changes.items():
                 setattr(self, f"_{name}", value)
 
+    def _warmup_request(self, generator: MusicGenGenerator) -> GenerationRequest:
+        # A continuation of one second of silence: it runs the codec's encoder as well as the
+        # decoder, so the first real /continue pays no first-use cost either.
+        silence = AudioClip(torch.zeros(generator.channels, generator.sample_rate), generator.sample_rate)
+        params = GenerationParams(duration_s=self.settings.warmup_s, seed=0)
+        return GenerationRequest(params, audio_prompt=silence, melody=silence if generator.is_melody else None)
+
     def _prepare(self) -> None:
         settings = self.settings
         try:
@@ -86,7 +96,7 @@ class ModelHost:
             generator.load()
             if settings.warmup_s > 0:
                 self._set(detail="warming up")
-                generator.generate(GenerationRequest(GenerationParams(duration_s=settings.warmup_s, seed=0)))
+                generator.generate(self._warmup_request(generator))
             self._set(status="ready", detail=None, generator=generator)
             logger.info("model %s ready on %s", info.tag, self._device)
         except MusicGenError as error:

@@ -6,33 +6,78 @@ response. Configuration comes from environment variables (see the README's setti
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import bentoml
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from musicgen_bento.errors import ReadableErrorsMiddleware, answers_errors
-from musicgen_bento.schemas import ContinueRequest, ContinueResponse, HealthResponse
+from musicgen_bento.schemas import (
+    ContinueRequest,
+    ContinueResponse,
+    GenerateRequest,
+    HealthResponse,
+    JobAccepted,
+    JobView,
+)
 from musicgen_bento.settings import Settings
 
 with bentoml.importing():
     from musicgen_bento.continuation import continue_music
+    from musicgen_bento.jobs import JobService, JobWorker, open_queue
     from musicgen_bento.lifecycle import ModelHost
 
 SETTINGS = Settings.from_env()
 
 
+async def _answer(call: Callable[[], Any]) -> Response:
+    """Runs a blocking handler off the event loop; errors become their responses."""
+    outcome = await run_in_threadpool(answers_errors(call))
+    if isinstance(outcome, Response):
+        return outcome
+    if isinstance(outcome, tuple):  # (audio bytes, media type)
+        return Response(outcome[0], media_type=outcome[1])
+    return JSONResponse(outcome.model_dump(mode="json", exclude_none=False))
+
+
+def _service() -> MusicGen:
+    return http_routes.state.service  # type: ignore[no-any-return]
+
+
 async def get_health(request: Request) -> JSONResponse:
     """GET /health: what an orchestrator polls until the model is ready."""
-    service: MusicGen = http_routes.state.service
-    return JSONResponse(service.health_report().model_dump(exclude_none=True))
+    return JSONResponse(_service().health_report().model_dump(exclude_none=True))
 
 
-# BentoML's API methods answer POST only; the orchestrator polls health with GET.
-http_routes = Starlette(routes=[Route("/health", get_health, methods=["GET"])])
+async def get_job(request: Request) -> Response:
+    """GET /jobs/{job_id}: a job's status, progress and result."""
+    return await _answer(lambda: _service().jobs.view(request.path_params["job_id"]))
+
+
+async def get_job_audio(request: Request) -> Response:
+    """GET /jobs/{job_id}/audio: a succeeded job's audio, from any replica."""
+    return await _answer(lambda: _service().jobs.audio(request.path_params["job_id"]))
+
+
+async def delete_job(request: Request) -> Response:
+    """DELETE /jobs/{job_id}: cancels a queued job, or stops a running one at its next step."""
+    return await _answer(lambda: _service().jobs.cancel(request.path_params["job_id"]))
+
+
+# BentoML's API methods answer POST only; health, job status, audio and cancel need GET and DELETE.
+http_routes = Starlette(
+    routes=[
+        Route("/health", get_health, methods=["GET"]),
+        Route("/jobs/{job_id}", get_job, methods=["GET"]),
+        Route("/jobs/{job_id}", delete_job, methods=["DELETE"]),
+        Route("/jobs/{job_id}/audio", get_job_audio, methods=["GET"]),
+    ]
+)
 
 
 @bentoml.service(
@@ -43,16 +88,25 @@ http_routes = Starlette(routes=[Route("/health", get_health, methods=["GET"])])
 )
 @bentoml.asgi_app(http_routes, path="/")
 class MusicGen:
-    """MusicGen continuation and health over HTTP."""
+    """MusicGen continuation, asynchronous generation jobs and health over HTTP."""
 
     def __init__(self) -> None:
         self.settings = SETTINGS
         self.host = ModelHost(self.settings)
         self.host.start()
+        queue = open_queue(self.settings)
+        self.jobs = JobService(queue, self.host, self.settings)
+        self.worker = JobWorker(queue, self.host, self.settings)
+        self.worker.start()
         http_routes.state.service = self
 
     def __is_ready__(self) -> bool:
         return self.host.health().status == "ready"
+
+    @bentoml.on_shutdown
+    def shutdown(self) -> None:
+        self.worker.stop()
+        self.jobs.queue.close()
 
     @bentoml.api(route="/continue", input_spec=ContinueRequest, output_spec=ContinueResponse)
     @answers_errors
@@ -60,6 +114,27 @@ class MusicGen:
         """Continue the music in a file on the server's disk; returns the path of a new file."""
         request = ContinueRequest.model_construct(**fields)
         return continue_music(request, self.host.generator(), self.settings)
+
+    @bentoml.api(route="/generate", input_spec=GenerateRequest, output_spec=JobAccepted)
+    @answers_errors
+    def generate(self, ctx: bentoml.Context, **fields: Any) -> JobAccepted:
+        """Queue a generation job; answers 202 at once with the job's id and where to poll it."""
+        accepted = self.jobs.submit(GenerateRequest.model_construct(**fields))
+        ctx.response.status_code = 202
+        ctx.response.headers["Location"] = accepted.status_url
+        return accepted
+
+    @bentoml.api(route="/jobs/status")
+    @answers_errors
+    def job_status(self, job_id: str) -> JobView:
+        """The same answer as GET /jobs/{job_id}, for `bentoml.SyncHTTPClient`."""
+        return self.jobs.view(job_id)
+
+    @bentoml.api(route="/jobs/cancel")
+    @answers_errors
+    def cancel_job(self, job_id: str) -> JobView:
+        """The same as DELETE /jobs/{job_id}, for `bentoml.SyncHTTPClient`."""
+        return self.jobs.cancel(job_id)
 
     @bentoml.api(route="/health")
     def health(self) -> HealthResponse:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import torch
 
@@ -57,6 +58,14 @@ def load_source(raw_path: str, settings: Settings, sample_rate: int, channels: i
     limits = input_limits(settings)
     path = resolve_input_path(raw_path, limits, field=field)
     return to_model_format(read_audio(path, limits, field=field), sample_rate, channels)
+
+
+def check_source(raw_path: str, settings: Settings, field: str) -> Path:
+    """Refuses a source file that could not be used, before any work is queued for it."""
+    limits = input_limits(settings)
+    path = resolve_input_path(raw_path, limits, field=field)
+    read_audio(path, limits, field=field)  # decoding once is the only sure check of the content
+    return path
 
 
 def prompt_from_end(source: AudioClip, prompt_duration_s: float, frame_samples: int) -> AudioClip:

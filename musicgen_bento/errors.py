@@ -82,6 +82,31 @@ class NotReady(MusicGenError):
         return {"Retry-After": str(self.retry_after_s)}
 
 
+class JobNotFound(MusicGenError):
+    """No job has this id (or it expired)."""
+
+    status_code = 404
+
+
+class Conflict(MusicGenError):
+    """The request clashes with the state of a job: audio of an unfinished job, a reused idempotency key."""
+
+    status_code = 409
+
+
+class QueueFull(MusicGenError):
+    """The job queue holds its maximum; the client should retry later."""
+
+    status_code = 503
+
+    def __init__(self, message: str, *, retry_after_s: int = 30) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_s)}
+
+
 class GenerationCanceled(MusicGenError):
     """The caller's cancel check asked generation to stop."""
 
@@ -110,13 +135,20 @@ def answers_errors(func: F) -> F:
         except MusicGenError as error:
             if error.status_code >= 500:
                 logger.warning("%s failed: %s", func.__name__, error.message)
-            return error_response(error)
+            response = error_response(error)
         except Exception:
             logger.exception("%s failed unexpectedly", func.__name__)
-            return JSONResponse(
+            response = JSONResponse(
                 {"error": "internal error while handling the request; the server log has the details"},
                 status_code=500,
             )
+        # A method that takes BentoML's context gets the context's status and headers applied to
+        # whatever it returns, so the error's must be set there too.
+        context = kwargs.get("ctx")
+        if context is not None:
+            context.response.status_code = response.status_code
+            context.response.headers.update({k: v for k, v in response.headers.items() if k.lower() == "retry-after"})
+        return response
 
     return wrapper  # type: ignore[return-value]
 

@@ -46,6 +46,7 @@ class ModelHost:
         self._device = "cpu"
         self._licence: str | None = None
         self._model_name = "mock" if settings.mock else settings.model
+        self._ready = threading.Event()
 
     def start(self) -> None:
         """Gets the model ready on a background thread; returns at once."""
@@ -67,10 +68,22 @@ class ModelHost:
                 raise NotReady(f"the model failed to load: {self._detail}", retry_after_s=60)
             raise NotReady(f"the model is loading ({self._detail}); retry shortly", retry_after_s=5)
 
+    def ready_generator(self) -> Generator | None:
+        """The generator when ready, else None (never raises)."""
+        with self._lock:
+            return self._generator if self._status == "ready" else None
+
+    def wait_until_ready(self, timeout_s: float) -> Generator | None:
+        """Waits up to `timeout_s` for the model to be ready; the generator, or None."""
+        self._ready.wait(timeout_s)
+        return self.ready_generator()
+
     def _set(self, **changes: object) -> None:
         with self._lock:
             for name, value in changes.items():
                 setattr(self, f"_{name}", value)
+            if self._status == "ready":
+                self._ready.set()
 
     def _warmup_request(self, generator: MusicGenGenerator) -> GenerationRequest:
         # A continuation of one second of silence: it runs the codec's encoder as well as the

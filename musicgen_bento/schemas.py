@@ -71,3 +71,74 @@ class HealthResponse(BaseModel):
     device: str
     detail: str | None = None
     licence: str | None = Field(None, description="Licence of the served weights, from the model store.")
+
+
+JobStatusField = Literal["queued", "running", "succeeded", "failed", "canceled"]
+
+
+class GenerateRequest(GenerationOptions):
+    """Body of POST /generate: an asynchronous job."""
+
+    prompt: str = Field(
+        "",
+        max_length=2000,
+        description="Text conditioning; required unless melody_path or continue_from is given.",
+    )
+    duration_s: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds of music (up to MUSICGEN_MAX_JOB_DURATION_S, 120 by default; past the window it is "
+        "generated in overlapping windows).",
+    )
+    melody_path: str | None = Field(
+        None, description="Melody models: an audio file on the server's disk whose melody conditions the music."
+    )
+    continue_from: str | None = Field(
+        None, description="An audio file on the server's disk to continue, with /continue's semantics."
+    )
+    prompt_duration_s: float = Field(
+        10.0, gt=0, description="With continue_from: seconds at the end of that file used as the audio prompt."
+    )
+    idempotency_key: str | None = Field(
+        None,
+        min_length=1,
+        max_length=200,
+        description="Submitting the same key again returns the first job instead of queueing another.",
+    )
+
+
+class JobAccepted(BaseModel):
+    """Body of POST /generate's 202 answer."""
+
+    job_id: str
+    status: JobStatusField
+    queue_position: int | None = Field(description="Jobs ahead of this one (0: next to run); null once it runs.")
+    status_url: str
+
+
+class JobResult(BaseModel):
+    """What a succeeded job produced."""
+
+    audio_url: str = Field(description="GET this for the audio, from any replica.")
+    audio_path: str = Field(description="The file on the disk of the replica that generated it.")
+    duration_s: float
+    sample_rate: int
+    channels: int
+    seed: int
+    model: str
+    cached: bool = Field(description="True when an identical earlier request's result was returned.")
+
+
+class JobView(BaseModel):
+    """Body of GET /jobs/{id}."""
+
+    job_id: str
+    status: JobStatusField
+    progress: float = Field(description="0..1, from decoding steps.")
+    queue_position: int | None
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+    request: dict[str, object]
+    result: JobResult | None
+    error: str | None

@@ -116,13 +116,60 @@ class Settings:
         "--warmup-s",
         "Seconds of audio generated once at start-up so the first request pays no warm-up cost; 0 skips it.",
     )
+    data_dir: Path = _setting(
+        Path("data"),
+        "MUSICGEN_DATA_DIR",
+        "--data-dir",
+        "Directory of the embedded job queue's database (SQLite), used when no Redis URL is set.",
+    )
+    redis_url: str = _setting(
+        "",
+        "MUSICGEN_REDIS_URL",
+        "--redis-url",
+        "Redis URL (redis://host:6379/0) of a job queue shared by several replicas; empty uses the embedded queue.",
+    )
+    redis_prefix: str = _setting(
+        "musicgen", "MUSICGEN_REDIS_PREFIX", "--redis-prefix", "Prefix of every Redis key this service uses."
+    )
+    job_ttl_s: float = _setting(
+        86400.0,
+        "MUSICGEN_JOB_TTL_S",
+        "--job-ttl-s",
+        "Seconds a finished job, its result and its audio are kept.",
+    )
+    max_queue: int = _setting(
+        100, "MUSICGEN_MAX_QUEUE", "--max-queue", "Most jobs waiting in the queue; past it POST /generate answers 503."
+    )
+    max_job_duration_s: float = _setting(
+        120.0,
+        "MUSICGEN_MAX_JOB_DURATION_S",
+        "--max-job-duration-s",
+        "Most seconds of music one job may ask for (longer than the window uses overlapping windows).",
+    )
+    visibility_timeout_s: float = _setting(
+        60.0,
+        "MUSICGEN_VISIBILITY_TIMEOUT_S",
+        "--visibility-timeout-s",
+        "Redis queue: seconds without a heartbeat after which another replica takes over a running job.",
+    )
 
     def __post_init__(self) -> None:
         # Relative output directories are anchored where the process starts, once.
         object.__setattr__(self, "output_dir", Path(self.output_dir).expanduser().resolve())
+        object.__setattr__(self, "data_dir", Path(self.data_dir).expanduser().resolve())
         if self.dtype not in {"auto", "float32", "float16", "bfloat16"}:
             raise SettingsError(f"MUSICGEN_DTYPE: expected auto, float32, float16 or bfloat16; got {self.dtype!r}")
-        for name in ("max_input_mb", "max_input_s", "max_duration_s", "window_s", "extend_stride_s"):
+        for name in (
+            "max_input_mb",
+            "max_input_s",
+            "max_duration_s",
+            "window_s",
+            "extend_stride_s",
+            "job_ttl_s",
+            "max_queue",
+            "max_job_duration_s",
+            "visibility_timeout_s",
+        ):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{_env_of(name)}: must be greater than 0; got {getattr(self, name)}")
         if self.extend_stride_s >= self.window_s:

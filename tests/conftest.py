@@ -102,6 +102,11 @@ class Server:
             time.sleep(0.2)
         raise AssertionError(f"server not {status} after {timeout} s; last health {self.health()}:\n{self.log()}")
 
+    def kill(self) -> None:
+        """SIGKILL the whole process group: a crash, with no chance to clean up."""
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=30)
+
     def stop(self) -> None:
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
@@ -129,18 +134,82 @@ def start_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[
     """
     started: list[Server] = []
 
-    def start(settings: dict[str, str] | None = None, cli_args: list[str] | None = None) -> Server:
+    def start(
+        settings: dict[str, str] | None = None, cli_args: list[str] | None = None, workdir: Path | None = None
+    ) -> Server:
         port = free_port()
-        workdir = tmp_path_factory.mktemp("server")
-        env = server_env(workdir / "output", **(settings or {}))
+        workdir = workdir or tmp_path_factory.mktemp("server")
+        env = server_env(workdir / "output", **{"MUSICGEN_DATA_DIR": str(workdir / "data"), **(settings or {})})
         if cli_args is None:
             command = [str(BIN / "bentoml"), "serve", "service:MusicGen", "--port", str(port), "--host", "127.0.0.1"]
         else:
             command = [sys.executable, "-m", "musicgen_bento", *cli_args, "--port", str(port), "--host", "127.0.0.1"]
-        server = Server(command, env, port, workdir / "server.log")
+        server = Server(command, env, port, workdir / f"server-{port}.log")
         started.append(server)
         return server
 
     yield start
     for server in started:
         server.stop()
+
+
+def _redis_reachable(url: str) -> bool:
+    import redis
+
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=2).ping())
+    except redis.RedisError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A real Redis: MUSICGEN_TEST_REDIS_URL, else 127.0.0.1:6379, else a `redis-server` started here.
+
+    Without any, Redis tests are skipped with the reason, unless MUSICGEN_TESTS_REQUIRE_REDIS=1
+    (CI sets it), which turns the skip into a failure.
+    """
+    import shutil
+
+    url = os.environ.get("MUSICGEN_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+    if _redis_reachable(url):
+        yield url
+        return
+    server_binary = shutil.which("redis-server")
+    if server_binary is not None:
+        port = free_port()
+        process = subprocess.Popen(
+            [server_binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        url = f"redis://127.0.0.1:{port}/0"
+        for _ in range(50):
+            if _redis_reachable(url):
+                break
+            time.sleep(0.1)
+        try:
+            yield url
+        finally:
+            process.terminate()
+            process.wait(timeout=10)
+        return
+    reason = f"no Redis at {url} and no redis-server installed to start one"
+    if os.environ.get("MUSICGEN_TESTS_REQUIRE_REDIS") == "1":
+        pytest.fail(f"MUSICGEN_TESTS_REQUIRE_REDIS=1 but {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def redis_prefix(redis_url: str) -> Iterator[str]:
+    """A key prefix of this test's own, deleted afterwards."""
+    import uuid
+
+    import redis
+
+    prefix = f"musicgen-test-{uuid.uuid4().hex[:10]}"
+    yield prefix
+    client = redis.Redis.from_url(redis_url)
+    keys = list(client.scan_iter(match=f"{prefix}:*", count=500))
+    if keys:
+        client.delete(*keys)

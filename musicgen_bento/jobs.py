@@ -1,0 +1,378 @@
+"""Asynchronous generation jobs: submitting, following, canceling, caching, and the worker that
+runs them. The queue itself lives behind `JobQueue`, embedded (SQLite) or shared (Redis)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from .audio import MEDIA_TYPES, audio_file_duration_s, write_audio
+from .continuation import check_source, load_source, params_of, prompt_from_end
+from .errors import Conflict, GenerationCanceled, InvalidParameter, JobNotFound, MusicGenError
+from .generator import GenerationRequest
+from .lifecycle import Generator, ModelHost
+from .schemas import GenerateRequest, JobAccepted, JobResult, JobView
+from .settings import Settings
+
+logger = logging.getLogger("musicgen_bento")
+
+FINISHED = frozenset({"succeeded", "failed", "canceled"})
+
+
+@dataclass
+class Job:
+    """A job as a queue stores it."""
+
+    job_id: str
+    status: str
+    request: dict[str, Any]
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    progress: float = 0.0
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    queue_position: int | None = None
+    attempts: int = 0
+    cache_key: str | None = None
+    completions: int = 0
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A worker's hold on a running job. `token` fences it: a stale holder can't finish the job."""
+
+    job: Job
+    token: str
+
+
+class JobQueue(Protocol):
+    """What both queue backends provide. Every method is safe to call from any thread."""
+
+    def submit(self, job: Job, idempotency_key: str | None, fingerprint: str, max_queued: int) -> tuple[Job, bool]:
+        """Queues `job`, or returns the job an earlier submission with the same key made (and False)."""
+
+    def add_finished(self, job: Job, audio_from: str) -> Job:
+        """Stores an already-succeeded job whose audio is that of the job `audio_from` (a cache hit)."""
+
+    def cached(self, cache_key: str) -> Job | None:
+        """The succeeded job remembered under `cache_key`, if it is still kept."""
+
+    def get(self, job_id: str) -> Job | None: ...
+
+    def claim(self, worker_id: str, wait_s: float) -> Claim | None:
+        """Takes the next queued job (or one abandoned by a dead worker), waiting up to `wait_s`."""
+
+    def heartbeat(self, claim: Claim) -> bool:
+        """Keeps the claim alive; False when another worker took the job over meanwhile."""
+
+    def report_progress(self, claim: Claim, progress: float) -> None: ...
+
+    def complete(self, claim: Claim, result: dict[str, Any], audio_path: Path) -> bool:
+        """Records the result (and, where the backend keeps it, the audio); False if the claim was lost."""
+
+    def fail(self, claim: Claim, error: str) -> None: ...
+
+    def mark_canceled(self, claim: Claim) -> None: ...
+
+    def cancel(self, job_id: str) -> Job | None:
+        """Cancels a queued job at once; asks a running one to stop. None if unknown."""
+
+    def cancel_requested(self, job_id: str) -> bool: ...
+
+    def audio(self, job_id: str) -> bytes | None: ...
+
+    def sweep(self) -> None:
+        """Deletes finished jobs (and their audio) older than the retention time."""
+
+    def close(self) -> None: ...
+
+
+def open_queue(settings: Settings) -> JobQueue:
+    """The queue the settings choose: Redis when a URL is set, else the embedded SQLite one."""
+    if settings.redis_url:
+        from .queue_redis import RedisJobQueue
+
+        return RedisJobQueue(
+            settings.redis_url, settings.redis_prefix, settings.job_ttl_s, settings.visibility_timeout_s
+        )
+    from .queue_sqlite import SqliteJobQueue
+
+    return SqliteJobQueue(settings.data_dir / "jobs.sqlite3", settings.job_ttl_s)
+
+
+def iso(timestamp: float | None) -> str | None:
+    return None if timestamp is None else datetime.fromtimestamp(timestamp, UTC).isoformat()
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def request_fingerprint(request: GenerateRequest) -> str:
+    """What makes two submissions the same request (for idempotency keys)."""
+    body = request.model_dump(exclude={"idempotency_key"})
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def cache_key_for(request: GenerateRequest, model: str, inputs: dict[str, Path]) -> str | None:
+    """The artifact cache's key: model, parameters and the inputs' content. None without a seed."""
+    if request.seed is None:
+        return None
+    body = request.model_dump(exclude={"idempotency_key", "melody_path", "continue_from"})
+    body["model"] = model
+    body["inputs"] = {name: _file_digest(path) for name, path in sorted(inputs.items())}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def execute(
+    request: GenerateRequest,
+    generator: Generator,
+    settings: Settings,
+    progress: Any = None,
+    should_cancel: Any = None,
+) -> tuple[dict[str, Any], Path]:
+    """Runs one job's generation and writes its file; returns the result fields and the path."""
+    audio_prompt = melody = None
+    if request.continue_from:
+        source = load_source(
+            request.continue_from, settings, generator.sample_rate, generator.channels, "continue_from"
+        )
+        audio_prompt = prompt_from_end(source, request.prompt_duration_s, generator.frame_samples)
+        melody = audio_prompt if generator.is_melody else None
+    if request.melody_path:
+        melody = load_source(request.melody_path, settings, generator.sample_rate, generator.channels, "melody_path")
+    generation = GenerationRequest(params_of(request), audio_prompt=audio_prompt, melody=melody)
+    outcome = generator.generate(generation, progress=progress, should_cancel=should_cancel)
+    audio: torch.Tensor = outcome.audio
+    path = write_audio(audio, outcome.sample_rate, settings.output_dir, request.output_format)
+    result = {
+        "audio_path": str(path),
+        "duration_s": round(audio_file_duration_s(path), 6),
+        "sample_rate": outcome.sample_rate,
+        "channels": int(audio.shape[0]),
+        "seed": outcome.seed,
+        "model": generator.name,
+        "cached": False,
+    }
+    return result, path
+
+
+class JobService:
+    """The jobs API's logic: validation before queueing, idempotency, the cache, views."""
+
+    def __init__(self, queue: JobQueue, host: ModelHost, settings: Settings) -> None:
+        self.queue = queue
+        self.host = host
+        self.settings = settings
+
+    def submit(self, request: GenerateRequest) -> JobAccepted:
+        """Validates and queues a job (or answers from the cache or an earlier idempotent submission)."""
+        inputs = self._check(request)
+        ready = self.host.ready_generator()
+        cache_key = cache_key_for(request, ready.name, inputs) if ready is not None else None
+        now = time.time()
+        job = Job(
+            job_id=uuid.uuid4().hex,
+            status="queued",
+            request=request.model_dump(exclude_none=True),
+            created_at=now,
+            cache_key=cache_key,
+        )
+        if cache_key is not None and request.idempotency_key is None:
+            hit = self.queue.cached(cache_key)
+            if hit is not None and hit.result is not None:
+                job.status, job.started_at, job.finished_at, job.progress = "succeeded", now, now, 1.0
+                job.result = {**hit.result, "cached": True}
+                return self._accepted(self.queue.add_finished(job, audio_from=hit.job_id))
+        stored, _ = self.queue.submit(
+            job, request.idempotency_key, request_fingerprint(request), self.settings.max_queue
+        )
+        return self._accepted(stored)
+
+    def _check(self, request: GenerateRequest) -> dict[str, Path]:
+        """Refuses what can't run, before anything is queued; returns the input files by field."""
+        settings = self.settings
+        if not request.prompt.strip() and not request.melody_path and not request.continue_from:
+            raise InvalidParameter("give a text prompt, a melody_path or a continue_from file", field="prompt")
+        if request.duration_s > settings.max_job_duration_s:
+            raise InvalidParameter(
+                f"must be at most {settings.max_job_duration_s:g} seconds (MUSICGEN_MAX_JOB_DURATION_S); "
+                f"got {request.duration_s:g}",
+                field="duration_s",
+            )
+        inputs: dict[str, Path] = {}
+        for name in ("continue_from", "melody_path"):
+            raw = getattr(request, name)
+            if raw:
+                inputs[name] = check_source(raw, settings, name)
+        if request.continue_from and request.prompt_duration_s > settings.max_prompt_s:
+            raise InvalidParameter(
+                f"must be at most {settings.max_prompt_s:g} seconds; got {request.prompt_duration_s:g}",
+                field="prompt_duration_s",
+            )
+        ready = self.host.ready_generator()
+        if request.melody_path and ready is not None and not ready.is_melody:
+            raise InvalidParameter(
+                f"the served model {ready.name} is not a melody model; melody_path needs one "
+                "(e.g. facebook/musicgen-melody)",
+                field="melody_path",
+            )
+        return inputs
+
+    def view(self, job_id: str) -> JobView:
+        job = self.queue.get(job_id)
+        if job is None:
+            raise JobNotFound(f"no job {job_id!r}; it never existed or its results expired", field="job_id")
+        result = None
+        if job.result is not None:
+            result = JobResult(audio_url=f"/jobs/{job.job_id}/audio", **job.result)
+        return JobView(
+            job_id=job.job_id,
+            status=job.status,  # type: ignore[arg-type]
+            progress=round(job.progress, 4),
+            queue_position=job.queue_position,
+            created_at=iso(job.created_at) or "",
+            started_at=iso(job.started_at),
+            finished_at=iso(job.finished_at),
+            request=job.request,
+            result=result,
+            error=job.error,
+        )
+
+    def cancel(self, job_id: str) -> JobView:
+        if self.queue.cancel(job_id) is None:
+            raise JobNotFound(f"no job {job_id!r}; it never existed or its results expired", field="job_id")
+        return self.view(job_id)
+
+    def audio(self, job_id: str) -> tuple[bytes, str]:
+        """The job's audio and its media type."""
+        view = self.view(job_id)
+        if view.status != "succeeded":
+            raise Conflict(f"job {job_id} is {view.status}; audio exists only for succeeded jobs", field="job_id")
+        data = self.queue.audio(job_id)
+        if data is None:
+            raise JobNotFound(f"the audio of job {job_id!r} is no longer kept", field="job_id")
+        output_format = str(view.request.get("output_format", "wav"))
+        return data, MEDIA_TYPES[output_format]
+
+    def _accepted(self, job: Job) -> JobAccepted:
+        return JobAccepted(
+            job_id=job.job_id,
+            status=job.status,  # type: ignore[arg-type]
+            queue_position=job.queue_position,
+            status_url=f"/jobs/{job.job_id}",
+        )
+
+
+@dataclass
+class _Throttle:
+    """Lets a call through at most once per `interval_s`."""
+
+    interval_s: float
+    last: float = field(default=0.0)
+
+    def due(self) -> bool:
+        now = time.monotonic()
+        if now - self.last >= self.interval_s:
+            self.last = now
+            return True
+        return False
+
+
+class JobWorker:
+    """Runs queued jobs one at a time on this process's generator, on a background thread."""
+
+    def __init__(self, queue: JobQueue, host: ModelHost, settings: Settings) -> None:
+        self.queue = queue
+        self.host = host
+        self.settings = settings
+        self.worker_id = f"{uuid.uuid4().hex[:12]}"
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="musicgen-job-worker", daemon=True)
+        self._sweeps = _Throttle(30.0)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._thread.join(timeout=10)
+
+    def _loop(self) -> None:
+        while not self._stopping.is_set():
+            generator = self.host.wait_until_ready(timeout_s=1.0)
+            if generator is None:
+                continue
+            try:
+                if self._sweeps.due():
+                    self.queue.sweep()
+                claim = self.queue.claim(self.worker_id, wait_s=2.0)
+            except Exception:  # the queue's store may be briefly unreachable; keep serving
+                logger.exception("job queue unavailable; retrying")
+                self._stopping.wait(2.0)
+                continue
+            if claim is not None:
+                self.run(claim, generator)
+
+    def run(self, claim: Claim, generator: Generator) -> None:
+        """Runs one claimed job to its end: succeeded, failed or canceled."""
+        job_id = claim.job.job_id
+        lost = threading.Event()
+        heartbeat = threading.Thread(target=self._keep_alive, args=(claim, lost), daemon=True)
+        heartbeat.start()
+        progress_throttle, cancel_throttle = _Throttle(0.25), _Throttle(0.1)
+        cancel_seen = False
+
+        def progress(done: int, total: int) -> None:
+            if progress_throttle.due() or done == total:
+                self.queue.report_progress(claim, done / total)
+
+        def should_cancel() -> bool:
+            nonlocal cancel_seen
+            if not cancel_seen and cancel_throttle.due():
+                cancel_seen = self.queue.cancel_requested(job_id)
+            return cancel_seen or lost.is_set()
+
+        try:
+            request = GenerateRequest.model_validate(claim.job.request)
+            result, path = execute(request, generator, self.settings, progress, should_cancel)
+            if self.queue.complete(claim, result, path):
+                logger.info("job %s succeeded (%s)", job_id, result["audio_path"])
+            else:
+                logger.warning("job %s was taken over by another worker; its result is discarded", job_id)
+        except GenerationCanceled:
+            if not lost.is_set():
+                self.queue.mark_canceled(claim)
+        except MusicGenError as error:
+            self.queue.fail(claim, str(error.body()["error"]))
+        except Exception:
+            logger.exception("job %s failed", job_id)
+            self.queue.fail(claim, "internal error while generating; the server log has the details")
+        finally:
+            lost.set()
+            heartbeat.join(timeout=5)
+
+    def _keep_alive(self, claim: Claim, done: threading.Event) -> None:
+        interval = max(0.2, self.settings.visibility_timeout_s / 4)
+        while not done.wait(interval):
+            try:
+                if not self.queue.heartbeat(claim):
+                    done.set()
+                    return
+            except Exception:
+                logger.exception("heartbeat for job %s failed", claim.job.job_id)

@@ -1,0 +1,288 @@
+"""The decoding engine on the tiny random models: the same tokens as transformers' `generate()`
+(greedy and seeded sampling, text and melody models, with and without an audio prompt, alone and
+batched with other requests), arrival-order admission, cancel, and the generator on both engines."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import torch
+
+from musicgen_bento.audio import AudioClip
+from musicgen_bento.engine import DecodeEngine, DecodeRequest, Sampling
+from musicgen_bento.errors import GenerationCanceled
+from musicgen_bento.generator import GenerationParams, GenerationRequest, MusicGenGenerator
+from musicgen_bento.model_store import find
+from musicgen_bento.tiny_models import build_tiny_model
+
+SAMPLE_RATE = 32000
+
+
+@dataclass(frozen=True)
+class Case:
+    """One generation: conditioning, prompt, length, sampling and seed."""
+
+    text: str
+    prompt_frames: int
+    new_frames: int
+    sampling: Sampling
+    seed: int
+    melody_hz: float = 220.0
+
+
+class Tiny:
+    """A tiny model with its processor, a reference through `generate()`, and an engine."""
+
+    def __init__(self, kind: str, slots: int = 4) -> None:
+        self.kind = kind
+        self.model, self.processor = build_tiny_model(kind)  # type: ignore[arg-type]
+        self.engine = DecodeEngine(self.model, "cpu", slots)
+        self._captured: list[torch.Tensor] = []
+        decode = self.model.audio_encoder.decode
+
+        def capture(codes: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+            self._captured.append(codes.clone())
+            return decode(codes, *args, **kwargs)
+
+        self.model.audio_encoder.decode = capture
+
+    def inputs(self, case: Case) -> dict[str, torch.Tensor]:
+        args: dict[str, Any] = {"text": [case.text], "padding": True, "return_tensors": "pt"}
+        if self.kind == "melody":
+            t = torch.arange(SAMPLE_RATE) / SAMPLE_RATE
+            args.update(audio=(0.3 * torch.sin(2 * torch.pi * case.melody_hz * t)).numpy(), sampling_rate=SAMPLE_RATE)
+        return dict(self.processor(**args))
+
+    def prompt(self, case: Case) -> torch.Tensor | None:
+        if case.prompt_frames == 0:
+            return None
+        return torch.randint(0, 2048, (4, case.prompt_frames), generator=torch.Generator().manual_seed(case.seed))
+
+    def reference(self, case: Case) -> torch.Tensor:
+        """The codes transformers' `generate()` produces, seeded as the service seeds it."""
+        sampling = case.sampling
+        sample = not sampling.greedy
+        prompt = self.prompt(case)
+        extra = {} if prompt is None else {"decoder_input_ids": prompt}
+        torch.manual_seed(case.seed)
+        with torch.inference_mode():
+            self.model.generate(
+                **self.inputs(case),
+                **extra,
+                max_new_tokens=case.new_frames + 3,
+                do_sample=sample,
+                temperature=sampling.temperature if sample else None,
+                top_k=sampling.top_k if sample and sampling.top_k > 0 else None,
+                top_p=sampling.top_p if sample and sampling.top_p > 0 else None,
+                guidance_scale=sampling.cfg_coef if sampling.guided else None,
+            )
+        return self._captured[-1][0, 0]
+
+    def request(self, case: Case) -> DecodeRequest:
+        with torch.inference_mode():
+            states, mask = self.engine.encode_conditioning(self.inputs(case))
+        generator = torch.Generator().manual_seed(case.seed)
+        return DecodeRequest(states, mask, self.prompt(case), case.new_frames, case.sampling, generator)
+
+    def decode(self, case: Case, order: int = 0, on_step: Any = None) -> torch.Tensor:
+        return self.engine.decode(self.request(case), (order,), on_step=on_step)
+
+
+@pytest.fixture(scope="module", params=["text", "melody"])
+def tiny(request: pytest.FixtureRequest) -> Tiny:
+    return Tiny(request.param)
+
+
+GREEDY = Sampling(cfg_coef=3.0, temperature=0.0)
+TOP_K = Sampling(cfg_coef=3.0, temperature=1.0, top_k=250)
+UNGUIDED = Sampling(cfg_coef=1.0, temperature=1.0, top_k=50)
+TOP_P = Sampling(cfg_coef=3.0, temperature=0.7, top_k=0, top_p=0.9)
+BOTH = Sampling(cfg_coef=5.0, temperature=1.3, top_k=100, top_p=0.8)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        Case("jazz", 20, 30, GREEDY, 0),
+        Case("jazz", 20, 30, TOP_K, 1),
+        Case("", 20, 30, UNGUIDED, 2),
+        Case("soft piano", 20, 30, TOP_P, 3),
+        Case("drums", 20, 30, BOTH, 4),
+        Case("lo fi", 0, 40, TOP_K, 5),
+        Case("lo fi", 0, 40, GREEDY, 6),
+        Case("short", 1, 2, TOP_K, 7),
+    ],
+    ids=[
+        "greedy",
+        "top-k",
+        "no-guidance",
+        "top-p",
+        "top-k-and-top-p",
+        "no-prompt",
+        "no-prompt-greedy",
+        "shortest-window",
+    ],
+)
+def test_engine_gives_the_tokens_transformers_gives(tiny: Tiny, case: Case) -> None:
+    expected = tiny.reference(case)
+    codes = tiny.decode(case)
+    assert codes.shape == (4, case.prompt_frames + case.new_frames)
+    assert torch.equal(codes, expected)
+
+
+def test_a_window_shorter_than_the_delay_pattern_is_refused(tiny: Tiny) -> None:
+    with pytest.raises(ValueError, match="frames in all"):
+        tiny.decode(Case("short", 1, 1, TOP_K, 7))
+
+
+BATCH = [
+    Case("jazz", 20, 30, TOP_K, 11),
+    Case("rock", 5, 45, GREEDY, 12, melody_hz=311.0),
+    Case("", 0, 12, UNGUIDED, 13),
+    Case("piano solo with strings", 33, 20, BOTH, 14, melody_hz=440.0),
+    Case("ambient", 10, 25, TOP_P, 15),
+    Case("x", 2, 8, TOP_K, 16),
+]
+
+
+def _run_concurrently(tiny: Tiny, cases: list[Case]) -> dict[int, torch.Tensor]:
+    results: dict[int, torch.Tensor] = {}
+    requests = [tiny.request(case) for case in cases]
+
+    def run(index: int) -> None:
+        results[index] = tiny.engine.decode(requests[index], (index,))
+
+    threads = [threading.Thread(target=run, args=(index,)) for index in range(len(cases))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    return results
+
+
+def test_batched_requests_each_give_their_own_tokens(tiny: Tiny) -> None:
+    # Six requests on four slots: they join and leave the batch at different steps, each with
+    # its own text, prompt, length, sampling and seed.
+    expected = {index: tiny.reference(case) for index, case in enumerate(BATCH)}
+    steps_before = tiny.engine.steps_run
+    results = _run_concurrently(tiny, BATCH)
+    assert sorted(results) == list(range(len(BATCH)))
+    for index, codes in results.items():
+        assert torch.equal(codes, expected[index]), f"request {index} differs"
+    steps = tiny.engine.steps_run - steps_before
+    alone = sum(case.new_frames + 3 - 1 for case in BATCH)  # the first token of each comes from its prefill
+    assert steps < alone  # requests shared steps
+
+
+def test_requests_are_admitted_in_arrival_order() -> None:
+    tiny = Tiny("text", slots=1)
+    finished: list[int] = []
+    release = threading.Event()
+
+    def first_step() -> None:
+        release.wait(timeout=30)
+
+    def run(index: int) -> None:
+        case = Case("a", 0, 10, TOP_K, index)
+        tiny.decode(case, order=index, on_step=first_step if index == 0 else None)
+        finished.append(index)
+
+    threads = []
+    for index in range(4):
+        thread = threading.Thread(target=run, args=(index,))
+        threads.append(thread)
+        thread.start()
+        # Let each request reach the queue before the next arrives.
+        deadline = time.monotonic() + 10
+        while len(tiny.engine._waiting) + len(tiny.engine._active) <= index and time.monotonic() < deadline:
+            time.sleep(0.01)
+    release.set()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert finished == [0, 1, 2, 3]
+
+
+def test_a_canceled_request_leaves_and_the_others_are_unaffected(tiny: Tiny) -> None:
+    staying = Case("jazz", 10, 40, TOP_K, 21)
+    leaving = Case("rock", 10, 200, TOP_K, 22)
+    expected = tiny.reference(staying)
+    steps: list[int] = []
+
+    def count_and_cancel() -> None:
+        steps.append(1)
+        if len(steps) == 5:
+            raise GenerationCanceled("generation was canceled")
+
+    errors: list[BaseException] = []
+
+    def run_leaving() -> None:
+        try:
+            tiny.decode(leaving, order=0, on_step=count_and_cancel)
+        except GenerationCanceled as error:
+            errors.append(error)
+
+    thread = threading.Thread(target=run_leaving)
+    thread.start()
+    codes = tiny.decode(staying, order=1)
+    thread.join(timeout=60)
+    assert len(errors) == 1 and len(steps) == 5
+    assert torch.equal(codes, expected)
+    deadline = time.monotonic() + 10
+    while tiny.engine._active and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not tiny.engine._active  # the canceled request left the batch
+
+
+@pytest.fixture(scope="module")
+def generators(tiny_models: dict[str, str]) -> Iterator[dict[tuple[str, str], MusicGenGenerator]]:
+    made = {}
+    for kind, name in tiny_models.items():
+        info = find(name)
+        assert info is not None
+        for engine in ("static", "transformers"):
+            made[kind, engine] = MusicGenGenerator(info, "cpu", torch.float32, 2.0, 1.0, engine=engine)
+    yield made
+
+
+def _tone(seconds: float, hz: float = 220.0) -> AudioClip:
+    t = torch.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
+    return AudioClip((0.3 * torch.sin(2 * torch.pi * hz * t)).unsqueeze(0), SAMPLE_RATE)
+
+
+@pytest.mark.parametrize("kind", ["text", "melody"])
+def test_both_engines_give_the_same_audio_across_windows(
+    generators: dict[tuple[str, str], MusicGenGenerator], kind: str
+) -> None:
+    # A 2 s window with a 1 s stride: 2.5 s after a 1 s prompt takes three windows, the
+    # later ones prompted (and, for melody models, conditioned) on generated audio.
+    prompt = _tone(1.0)
+    params = GenerationParams(prompt="organ", duration_s=2.5, seed=9)
+    request = GenerationRequest(params, audio_prompt=prompt, melody=prompt if kind == "melody" else None)
+    steps: dict[str, list[tuple[int, int]]] = {"static": [], "transformers": []}
+    results = {
+        engine: generators[kind, engine].generate(request, progress=lambda d, t, e=engine: steps[e].append((d, t)))
+        for engine in ("static", "transformers")
+    }
+    assert results["static"].audio.shape == (1, int(2.5 * SAMPLE_RATE))
+    assert torch.equal(results["static"].audio, results["transformers"].audio)
+    assert steps["static"] == steps["transformers"]
+
+
+def test_the_shortest_request_is_exactly_its_length(generators: dict[tuple[str, str], MusicGenGenerator]) -> None:
+    # One new frame after a one-frame prompt is shorter than the delay pattern: the generator
+    # decodes a few frames more and cuts them off.
+    params = GenerationParams(duration_s=0.01, seed=1)
+    result = generators["text", "static"].generate(GenerationRequest(params, audio_prompt=_tone(0.02)))
+    assert result.audio.shape == (1, round(0.01 * SAMPLE_RATE))
+
+
+def test_engine_setting_is_checked(tiny_models: dict[str, str]) -> None:
+    info = find(tiny_models["text"])
+    assert info is not None
+    with pytest.raises(ValueError, match="engine must be one of"):
+        MusicGenGenerator(info, "cpu", torch.float32, 30.0, 18.0, engine="vllm")

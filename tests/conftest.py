@@ -103,8 +103,19 @@ class Server:
         raise AssertionError(f"server not {status} after {timeout} s; last health {self.health()}:\n{self.log()}")
 
     def kill(self) -> None:
-        """SIGKILL the whole process group: a crash, with no chance to clean up."""
-        os.killpg(self.process.pid, signal.SIGKILL)
+        """SIGKILL the server and every process under it: a crash, with no chance to clean up.
+
+        BentoML starts its workers in sessions of their own, so killing the process group
+        alone would leave them running.
+        """
+        import psutil
+
+        parent = psutil.Process(self.process.pid)
+        for process in [*parent.children(recursive=True), parent]:
+            try:
+                process.kill()
+            except psutil.NoSuchProcess:
+                pass
         self.process.wait(timeout=30)
 
     def stop(self) -> None:
@@ -113,8 +124,7 @@ class Server:
             try:
                 self.process.wait(timeout=20)
             except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+                self.kill()
         self._log.close()
 
 

@@ -213,3 +213,14 @@ def test_typed_client_continues_synchronously(client: MusicGenClient, tmp_path: 
     assert response.duration_s == 1.0
     assert response.seed == 2
     assert client.health().status == "ready"
+
+
+def test_continue_is_served_between_queued_jobs(client: MusicGenClient, tmp_path: Path) -> None:
+    # Jobs and synchronous calls share the device: a /continue arriving while jobs are queued
+    # does not wait for the whole queue, only (at most) for the job in progress.
+    first = client.submit(prompt="first", duration_s=12.0)
+    second = client.submit(prompt="second", duration_s=12.0)
+    wait_for(client, first.job_id, "running")
+    client.continue_(write_tone(tmp_path / "s.wav", seconds=2.0), duration_s=1.0)
+    assert client.status(second.job_id).status != "succeeded"
+    client.wait(second.job_id)

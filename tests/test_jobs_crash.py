@@ -1,0 +1,113 @@
+"""Crashes: a serving process killed with SIGKILL in the middle of a job, and the job still
+finishes — after a restart on the embedded queue, on a second replica with Redis. Nothing is
+lost and nothing runs twice to completion."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from musicgen_bento.client import MusicGenClient
+
+from .conftest import TINY_TEXT, Server
+
+SETTINGS = {"MUSICGEN_MODEL": TINY_TEXT, "MUSICGEN_MAX_JOB_DURATION_S": "60"}
+
+
+def start_running_job(server: Server) -> tuple[str, str]:
+    """Submits a long job and a short one behind it; returns both ids once the long one is under way."""
+    with MusicGenClient(server.url) as client:
+        long_job = client.submit(prompt="interrupted", duration_s=30.0, seed=8).job_id
+        queued_job = client.submit(prompt="waiting", duration_s=1.0, seed=9).job_id
+        deadline = time.monotonic() + 120
+        while (view := client.status(long_job)).progress < 0.15:
+            assert time.monotonic() < deadline, view
+            time.sleep(0.1)
+        assert view.status == "running"
+        assert client.status(queued_job).status == "queued"
+    return long_job, queued_job
+
+
+def finish(server: Server, *job_ids: str) -> list[Any]:
+    with MusicGenClient(server.url) as client:
+        return [client.wait(job_id, timeout_s=240) for job_id in job_ids]
+
+
+def test_embedded_queue_finishes_a_killed_job_after_a_restart(
+    start_server: Any, tmp_path_factory: pytest.TempPathFactory, tiny_models: dict[str, str]
+) -> None:
+    workdir = tmp_path_factory.mktemp("crash-sqlite")
+    first = start_server(settings=SETTINGS, workdir=workdir)
+    first.wait_until("ready", timeout=180)
+    long_job, queued_job = start_running_job(first)
+    first.kill()
+
+    second = start_server(settings=SETTINGS, workdir=workdir)
+    second.wait_until("ready", timeout=180)
+    done_long, done_queued = finish(second, long_job, queued_job)
+    assert done_long.status == done_queued.status == "succeeded"
+    assert done_long.result.duration_s == 30.0
+
+    rows = sqlite3.connect(workdir / "data" / "jobs.sqlite3").execute(
+        "SELECT job_id, attempts, completions FROM jobs WHERE job_id IN (?, ?)", (long_job, queued_job)
+    )
+    counts = {job_id: (attempts, completions) for job_id, attempts, completions in rows}
+    assert counts[long_job] == (2, 1)  # ran again after the crash, completed once
+    assert counts[queued_job] == (1, 1)  # stayed queued through the crash
+    output = workdir / "output"
+    assert not [p for p in output.iterdir() if p.name.startswith(".")]  # the killed run left no partial file
+
+
+def test_redis_job_of_a_killed_replica_finishes_on_another(
+    start_server: Any, redis_url: str, tiny_models: dict[str, str]
+) -> None:
+    prefix = f"musicgen-test-{uuid.uuid4().hex[:10]}"
+    settings = {
+        **SETTINGS,
+        "MUSICGEN_REDIS_URL": redis_url,
+        "MUSICGEN_REDIS_PREFIX": prefix,
+        "MUSICGEN_VISIBILITY_TIMEOUT_S": "3",
+    }
+    replica_a = start_server(settings=settings)
+    replica_a.wait_until("ready", timeout=180)
+    long_job, queued_job = start_running_job(replica_a)
+    replica_a.kill()
+
+    replica_b = start_server(settings=settings)
+    replica_b.wait_until("ready", timeout=180)
+    done_long, done_queued = finish(replica_b, long_job, queued_job)
+    assert done_long.status == done_queued.status == "succeeded"
+
+    store = redis.Redis.from_url(redis_url)
+    try:
+        job = store.hgetall(f"{prefix}:job:{long_job}")
+        assert (job[b"attempts"], job[b"completions"]) == (b"2", b"1")
+        assert store.exists(f"{prefix}:audio:{long_job}")
+        assert store.xlen(f"{prefix}:queue") == 0  # every entry acknowledged and removed
+    finally:
+        keys = list(store.scan_iter(match=f"{prefix}:*"))
+        if keys:
+            store.delete(*keys)
+
+
+def test_replicas_share_results_through_redis(start_server: Any, redis_url: str, tiny_models: dict[str, str]) -> None:
+    prefix = f"musicgen-test-{uuid.uuid4().hex[:10]}"
+    settings = {**SETTINGS, "MUSICGEN_REDIS_URL": redis_url, "MUSICGEN_REDIS_PREFIX": prefix}
+    one, two = start_server(settings=settings), start_server(settings=settings)
+    one.wait_until("ready", timeout=180)
+    two.wait_until("ready", timeout=180)
+    with MusicGenClient(one.url) as first, MusicGenClient(two.url) as second:
+        job = first.submit(prompt="shared", duration_s=1.0)
+        done = second.wait(job.job_id, timeout_s=120)
+        assert done.status == "succeeded"
+        assert second.download(job.job_id, Path(one.log_path.parent) / "copy.wav").stat().st_size > 0
+    store = redis.Redis.from_url(redis_url)
+    keys = list(store.scan_iter(match=f"{prefix}:*"))
+    if keys:
+        store.delete(*keys)

@@ -105,6 +105,8 @@ class ModelHost:
                 pick_dtype(self._device, settings.dtype),
                 settings.window_s,
                 settings.extend_stride_s,
+                engine=settings.engine,
+                batch_slots=settings.batch_slots,
             )
             generator.load()
             if settings.warmup_s > 0:

@@ -152,6 +152,19 @@ class Settings:
         "--visibility-timeout-s",
         "Redis queue: seconds without a heartbeat after which another replica takes over a running job.",
     )
+    engine: str = _setting(
+        "static",
+        "MUSICGEN_ENGINE",
+        "--engine",
+        "Decoding loop: static (static KV cache, step-level batching of concurrent requests, CUDA graphs on GPUs) "
+        "or transformers (its generate(), one request at a time).",
+    )
+    batch_slots: int = _setting(
+        8,
+        "MUSICGEN_BATCH_SLOTS",
+        "--batch-slots",
+        "Static engine: most requests decoded together; more wait in arrival order. Each takes two rows of KV cache.",
+    )
 
     def __post_init__(self) -> None:
         # Relative output directories are anchored where the process starts, once.
@@ -179,6 +192,10 @@ class Settings:
             )
         if self.warmup_s < 0:
             raise SettingsError(f"MUSICGEN_WARMUP_S: must be 0 or more; got {self.warmup_s}")
+        if self.engine not in {"static", "transformers"}:
+            raise SettingsError(f"MUSICGEN_ENGINE: expected static or transformers; got {self.engine!r}")
+        if self.batch_slots < 1:
+            raise SettingsError(f"MUSICGEN_BATCH_SLOTS: must be at least 1; got {self.batch_slots}")
 
     @property
     def max_prompt_s(self) -> float:

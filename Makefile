@@ -31,3 +31,4 @@ test: lint
 bench: $(STAMP)
 	$(BIN)/python bench/bench_http_overhead.py
 	$(BIN)/python bench/bench_decode_step.py
+	$(BIN)/python bench/bench_queue_overhead.py

@@ -89,3 +89,12 @@ def test_a_model_that_cannot_load_reports_error_in_health(start_server: Any) -> 
     assert response.status_code == 503
     assert "failed to load" in response.json()["error"]
     assert "retry-after" in response.headers
+
+
+def test_a_hub_model_without_hub_access_names_the_offline_choices(start_server: Any) -> None:
+    server: Server = start_server(cli_args=["--model", "facebook/musicgen-small"], settings={"HF_HUB_OFFLINE": "1"})
+    body = server.wait_until("error", timeout=180)
+    detail = str(body["detail"])
+    assert "could not download 'facebook/musicgen-small'" in detail
+    assert "--model musicgen-tiny-random" in detail
+    assert "--mock" in detail

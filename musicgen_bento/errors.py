@@ -69,17 +69,22 @@ class InputTooLarge(MusicGenError):
     status_code = 413
 
 
-class NotReady(MusicGenError):
-    """The model is still loading (or failed to load): the client should retry later."""
+class RetryLater(MusicGenError):
+    """The server can't take the request now; `Retry-After` says when to try again."""
 
     status_code = 503
+    default_retry_after_s = 5
 
-    def __init__(self, message: str, *, retry_after_s: int = 5) -> None:
+    def __init__(self, message: str, *, retry_after_s: int | None = None) -> None:
         super().__init__(message)
-        self.retry_after_s = retry_after_s
+        self.retry_after_s = self.default_retry_after_s if retry_after_s is None else retry_after_s
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": str(self.retry_after_s)}
+
+
+class NotReady(RetryLater):
+    """The model is still loading (or failed to load)."""
 
 
 class JobNotFound(MusicGenError):
@@ -94,17 +99,10 @@ class Conflict(MusicGenError):
     status_code = 409
 
 
-class QueueFull(MusicGenError):
-    """The job queue holds its maximum; the client should retry later."""
+class QueueFull(RetryLater):
+    """The job queue holds its maximum."""
 
-    status_code = 503
-
-    def __init__(self, message: str, *, retry_after_s: int = 30) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
-
-    def headers(self) -> dict[str, str]:
-        return {"Retry-After": str(self.retry_after_s)}
+    default_retry_after_s = 30
 
 
 class GenerationCanceled(MusicGenError):

@@ -1,0 +1,89 @@
+"""Helpers for the decoding benchmarks: real-shape generators on both engines, and peak memory."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+
+def real_shape_generators(shape: str, slots: int) -> tuple[dict[str, Any], str, Any]:
+    """The service's generator on a random-weight `shape` model, once per engine, sharing one model.
+
+    Returns ({"transformers": ..., "static": ...}, device, dtype). The model is built in memory
+    (no model store), so nothing but the decoder's shape and the codec's frame rate is real.
+    """
+    from musicgen_bento.engine import DecodeEngine
+    from musicgen_bento.generator import MusicGenGenerator, pick_device, pick_dtype
+    from musicgen_bento.model_store import ModelInfo
+    from musicgen_bento.tiny_models import build_real_shape_model
+
+    device = pick_device(0)
+    dtype = pick_dtype(device, "auto")
+    model, processor = build_real_shape_model(shape)
+    model = model.to(device, dtype)
+    info = ModelInfo(f"bench-{shape}", f"random weights, {shape} shape", "text", 32000, 1, "none", Path("."))
+    generators: dict[str, Any] = {}
+    for engine in ("transformers", "static"):
+        generator = MusicGenGenerator(info, device, dtype, 30.0, 18.0, engine=engine, batch_slots=slots)
+        # The benchmark's model is built in memory, so it is handed over instead of loaded.
+        generator._model, generator._processor = model, processor
+        if engine == "static":
+            generator._engine = DecodeEngine(model, device, slots)
+        generators[engine] = generator
+    return generators, device, dtype
+
+
+def hardware(device: str) -> str:
+    import os
+
+    import torch
+
+    if device.startswith("cuda"):
+        return f"{torch.cuda.get_device_name(torch.device(device))}, torch {torch.__version__}"
+    return f"CPU, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+
+
+class PeakMemory:
+    """Peak memory while the block runs: CUDA memory allocated on GPUs, resident set size on CPUs (MiB)."""
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self.peak_mib = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> PeakMemory:
+        import torch
+
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        import os
+
+        page = os.sysconf("SC_PAGE_SIZE")
+        while not self._stop.is_set():
+            with open("/proc/self/statm") as statm:  # Linux: resident pages are the second field
+                self.peak_mib = max(self.peak_mib, int(statm.read().split()[1]) * page / 2**20)
+            time.sleep(0.02)
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        import torch
+
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
+            self.peak_mib = torch.cuda.max_memory_allocated() / 2**20
+        else:
+            self._stop.set()
+            assert self._thread is not None
+            self._thread.join()

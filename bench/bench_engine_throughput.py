@@ -1,0 +1,80 @@
+"""Throughput with concurrent requests: seconds of audio generated per wall-clock second when
+1, 4 and 16 requests arrive together, at the musicgen-small shape (random weights).
+
+The baseline is transformers' `generate()` through the service's generator, which serves
+concurrent requests one after another (its throughput does not depend on how many arrive).
+The static engine decodes them together in one batch, each with its own prompt and seed.
+Both run in the same process on the same model; each phase reports its peak memory.
+
+    .venv/bin/python bench/bench_engine_throughput.py [--shape musicgen-small] [--clip-s 2] [--concurrency 1 4 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import threading
+import time
+
+from _decoding import PeakMemory, hardware, real_shape_generators
+from _support import use_private_store
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", default="musicgen-small", choices=["musicgen-small", "musicgen-medium"])
+    parser.add_argument("--clip-s", type=float, default=2.0)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--baseline-requests", type=int, default=2)
+    args = parser.parse_args()
+    use_private_store()
+
+    import torch
+
+    from musicgen_bento.generator import GenerationParams, GenerationRequest
+
+    generators, device, dtype = real_shape_generators(args.shape, slots=max(args.concurrency))
+    print(f"{args.shape} on {hardware(device)}, {dtype}, guidance on, {args.clip_s:g} s clips", flush=True)
+
+    def together(engine: str, count: int) -> float:
+        """Wall seconds for `count` requests that arrive at once."""
+        requests = [
+            GenerationRequest(GenerationParams(prompt=f"bench {index}", duration_s=args.clip_s, seed=index))
+            for index in range(count)
+        ]
+        threads = [threading.Thread(target=generators[engine].generate, args=(request,)) for request in requests]
+        started = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return time.perf_counter() - started
+
+    for engine in ("transformers", "static"):  # warm-up
+        generators[engine].generate(GenerationRequest(GenerationParams(duration_s=0.2, seed=0)))
+
+    with PeakMemory(device) as memory:
+        wall = together("transformers", args.baseline_requests)
+    baseline = args.baseline_requests * args.clip_s / wall
+    print(
+        f"  transformers generate(), {args.baseline_requests} requests (served one after another): "
+        f"{wall:7.2f} s -> {baseline:6.3f} s of audio per second, peak memory {memory.peak_mib:7.0f} MiB",
+        flush=True,
+    )
+    single = None
+    for count in args.concurrency:
+        with PeakMemory(device) as memory:
+            wall = together("static", count)
+        throughput = count * args.clip_s / wall
+        single = single or (throughput if count == 1 else None)
+        versus_single = f", {throughput / single:5.2f}x engine at 1" if single else ""
+        print(
+            f"  static engine, {count:2} concurrent: {wall:7.2f} s -> {throughput:6.3f} s of audio per second "
+            f"({throughput / baseline:5.2f}x transformers{versus_single}), peak memory {memory.peak_mib:7.0f} MiB",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()

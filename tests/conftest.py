@@ -7,6 +7,7 @@ at the end of their module.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -112,10 +113,8 @@ class Server:
 
         parent = psutil.Process(self.process.pid)
         for process in [*parent.children(recursive=True), parent]:
-            try:
+            with contextlib.suppress(psutil.NoSuchProcess):
                 process.kill()
-            except psutil.NoSuchProcess:
-                pass
         self.process.wait(timeout=30)
 
     def stop(self) -> None:

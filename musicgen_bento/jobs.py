@@ -182,8 +182,8 @@ class JobService:
 
     def submit(self, request: GenerateRequest) -> JobAccepted:
         """Validates and queues a job (or answers from the cache or an earlier idempotent submission)."""
-        inputs = self._check(request)
         ready = self.host.ready_generator()
+        inputs = self._check(request, ready)
         cache_key = cache_key_for(request, ready.name, inputs) if ready is not None else None
         now = time.time()
         job = Job(
@@ -204,7 +204,7 @@ class JobService:
         )
         return self._accepted(stored)
 
-    def _check(self, request: GenerateRequest) -> dict[str, Path]:
+    def _check(self, request: GenerateRequest, ready: Generator | None) -> dict[str, Path]:
         """Refuses what can't run, before anything is queued; returns the input files by field."""
         settings = self.settings
         if not request.prompt.strip() and not request.melody_path and not request.continue_from:
@@ -225,7 +225,6 @@ class JobService:
                 f"must be at most {settings.max_prompt_s:g} seconds; got {request.prompt_duration_s:g}",
                 field="prompt_duration_s",
             )
-        ready = self.host.ready_generator()
         if request.melody_path and ready is not None and not ready.is_melody:
             raise InvalidParameter(
                 f"the served model {ready.name} is not a melody model; melody_path needs one "
@@ -332,8 +331,8 @@ class JobWorker:
     def run(self, claim: Claim, generator: Generator) -> None:
         """Runs one claimed job to its end: succeeded, failed or canceled."""
         job_id = claim.job.job_id
-        lost = threading.Event()
-        heartbeat = threading.Thread(target=self._keep_alive, args=(claim, lost), daemon=True)
+        ended, lost = threading.Event(), threading.Event()
+        heartbeat = threading.Thread(target=self._keep_alive, args=(claim, ended, lost), daemon=True)
         heartbeat.start()
         progress_throttle, cancel_throttle = _Throttle(0.25), _Throttle(0.1)
         cancel_seen = False
@@ -364,15 +363,16 @@ class JobWorker:
             logger.exception("job %s failed", job_id)
             self.queue.fail(claim, "internal error while generating; the server log has the details")
         finally:
-            lost.set()
+            ended.set()
             heartbeat.join(timeout=5)
 
-    def _keep_alive(self, claim: Claim, done: threading.Event) -> None:
+    def _keep_alive(self, claim: Claim, ended: threading.Event, lost: threading.Event) -> None:
+        """Heart-beats until the job ends; sets `lost` if another worker took the job over."""
         interval = max(0.2, self.settings.visibility_timeout_s / 4)
-        while not done.wait(interval):
+        while not ended.wait(interval):
             try:
                 if not self.queue.heartbeat(claim):
-                    done.set()
+                    lost.set()
                     return
             except Exception:
                 logger.exception("heartbeat for job %s failed", claim.job.job_id)

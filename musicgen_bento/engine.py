@@ -22,22 +22,28 @@ its own loop instead of `generate()`, re-using the model's modules and weights:
   replayed; everywhere else it runs eagerly.
 
 The engine's worker thread is the only one that touches the decoder; callers block in `decode`.
+`close()` (also run at interpreter exit) stops it between two steps, so a process never exits
+while the worker is inside a torch operation (which aborts the process).
 """
 
 from __future__ import annotations
 
+import atexit
 import copy
 import heapq
 import itertools
 import logging
 import math
 import threading
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from .errors import ShuttingDown
 
 logger = logging.getLogger("musicgen_bento")
 
@@ -159,6 +165,10 @@ class DecodeEngine:
         self._graph_pool: Any = None
         self.steps_run = 0  # decoding steps (batched forwards) since start, for benchmarks
         self.rows_run = 0  # requests decoded in those steps, summed
+        self._closed = False
+        # A daemon thread still inside a torch operation when the interpreter finalises takes the
+        # process down with "terminate called without an active exception" (exit status 134).
+        atexit.register(_close_if_alive, weakref.ref(self))
 
     # -- conditioning (called on the requesting thread) ------------------------------------------
 
@@ -210,6 +220,8 @@ class DecodeEngine:
             )
         job = _Job(request, order)
         with self._lock:
+            if self._closed:
+                raise ShuttingDown("the server is shutting down; retry on another replica or once it is back")
             heapq.heappush(self._waiting, (order, next(self._sequence), job))
             self._ensure_worker()
             self._wake.notify()
@@ -234,6 +246,18 @@ class DecodeEngine:
         assert job.codes is not None
         return job.codes
 
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Stops the worker between two steps; waiting and running requests fail with `ShuttingDown`.
+
+        Waits up to `timeout_s` for the step in progress. Safe to call more than once.
+        """
+        with self._lock:
+            self._closed = True
+            self._wake.notify()
+            worker = self._worker
+        if worker is not None and worker is not threading.current_thread():
+            worker.join(timeout_s)
+
     def _ensure_worker(self) -> None:
         if self._worker is None or not self._worker.is_alive():
             self._worker = threading.Thread(target=self._run, name="musicgen-decode-engine", daemon=True)
@@ -242,11 +266,19 @@ class DecodeEngine:
     # -- the worker ------------------------------------------------------------------------------
 
     def _run(self) -> None:
+        if self.device.type == "cuda":
+            # CUDA graph capture and the side streams use the thread's current device, which is
+            # cuda:0 unless set: a service on --gpu-id 1 would capture on the wrong GPU.
+            torch.cuda.set_device(self.device)
         with torch.inference_mode():
             while True:
                 with self._lock:
-                    while not self._waiting and not self._active:
+                    while not self._waiting and not self._active and not self._closed:
                         self._wake.wait()
+                    if self._closed:
+                        abandoned = [entry[2] for entry in self._waiting]
+                        self._waiting.clear()
+                        break
                     admitted: list[_Job] = []
                     while self._waiting and len(self._active) + len(admitted) < self.slots:
                         admitted.append(heapq.heappop(self._waiting)[2])
@@ -261,6 +293,11 @@ class DecodeEngine:
                     logger.exception("decoding step failed")
                     for slot in list(self._active):
                         self._finish(slot, error)
+            closed = ShuttingDown("the server is shutting down; retry on another replica or once it is back")
+            for job in abandoned:
+                self._complete(job, closed)
+            for slot in list(self._active):
+                self._finish(slot, closed)
 
     def _admit(self, job: _Job) -> None:
         if job.cancel:
@@ -518,7 +555,9 @@ class DecodeEngine:
                 graph = torch.cuda.CUDAGraph()
                 if self._graph_pool is None:
                     self._graph_pool = torch.cuda.graph_pool_handle()
-                with torch.cuda.graph(graph, pool=self._graph_pool):
+                # thread_local: request threads keep using the GPU (text encoder, codec) while
+                # this thread captures; the default ("global") would fail their allocations.
+                with torch.cuda.graph(graph, pool=self._graph_pool, capture_error_mode="thread_local"):
                     output = self._decode_forward(padded, length, cross)
                 entry = (graph, output)
                 self._graphs[key] = entry
@@ -648,6 +687,12 @@ class DecodeEngine:
             for k in range(self.codebooks)
         ]
         return torch.stack(rows)
+
+
+def _close_if_alive(engine: weakref.ref[DecodeEngine]) -> None:
+    alive = engine()
+    if alive is not None:
+        alive.close()
 
 
 def _round_up(value: int, step: int) -> int:

@@ -87,6 +87,10 @@ class NotReady(RetryLater):
     """The model is still loading (or failed to load)."""
 
 
+class ShuttingDown(RetryLater):
+    """The server is stopping; the request was not (or not completely) served."""
+
+
 class JobNotFound(MusicGenError):
     """No job has this id (or it expired)."""
 

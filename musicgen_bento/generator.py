@@ -247,6 +247,13 @@ class MusicGenGenerator:
                     self.engine,
                 )
 
+    def close(self) -> None:
+        """Stops the decoding engine between two steps; later and unfinished generations raise
+        `ShuttingDown`. Called when the service stops."""
+        engine = self._engine
+        if engine is not None:
+            engine.close()
+
     def generate(
         self,
         request: GenerationRequest,

@@ -78,6 +78,13 @@ class ModelHost:
         self._ready.wait(timeout_s)
         return self.ready_generator()
 
+    def close(self) -> None:
+        """Stops the generator's decoding (at shutdown, after the job worker has stopped)."""
+        with self._lock:
+            generator = self._generator
+        if generator is not None:
+            generator.close()
+
     def _set(self, **changes: object) -> None:
         with self._lock:
             for name, value in changes.items():

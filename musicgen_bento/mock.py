@@ -32,6 +32,9 @@ class MockMusicGenGenerator:
     def load(self) -> None:
         """Nothing to load."""
 
+    def close(self) -> None:
+        """Nothing to stop."""
+
     def generate(
         self,
         request: GenerationRequest,

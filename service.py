@@ -105,7 +105,10 @@ class MusicGen:
 
     @bentoml.on_shutdown
     def shutdown(self) -> None:
-        self.worker.stop()
+        # In this order: the running job stops (or finishes) first, then the decoding engine
+        # between two steps, so the process never exits in the middle of a torch operation.
+        self.worker.stop(grace_s=self.settings.shutdown_grace_s)
+        self.host.close()
         self.jobs.queue.close()
 
     @bentoml.api(route="/continue", input_spec=ContinueRequest, output_spec=ContinueResponse)

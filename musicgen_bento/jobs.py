@@ -85,6 +85,10 @@ class JobQueue(Protocol):
 
     def mark_canceled(self, claim: Claim) -> None: ...
 
+    def release(self, claim: Claim) -> bool:
+        """Puts a running job back at the front of the queue, to run again from the start (a worker
+        stopping); False if the claim was lost meanwhile."""
+
     def cancel(self, job_id: str) -> Job | None:
         """Cancels a queued job at once; asks a running one to stop. None if unknown."""
 
@@ -302,15 +306,22 @@ class JobWorker:
         self.settings = settings
         self.worker_id = f"{uuid.uuid4().hex[:12]}"
         self._stopping = threading.Event()
+        self._interrupting = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="musicgen-job-worker", daemon=True)
         self._sweeps = _Throttle(30.0)
 
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, grace_s: float) -> None:
+        """Stops claiming jobs. A running job gets `grace_s` seconds to finish; then it is stopped at
+        its next decoding step and put back at the front of the queue, to run again from the start
+        (after a restart, or at once on another replica)."""
         self._stopping.set()
-        self._thread.join(timeout=10)
+        self._thread.join(timeout=grace_s)
+        if self._thread.is_alive():
+            self._interrupting.set()
+            self._thread.join(timeout=30)
 
     def _loop(self) -> None:
         while not self._stopping.is_set():
@@ -345,7 +356,7 @@ class JobWorker:
             nonlocal cancel_seen
             if not cancel_seen and cancel_throttle.due():
                 cancel_seen = self.queue.cancel_requested(job_id)
-            return cancel_seen or lost.is_set()
+            return cancel_seen or lost.is_set() or self._interrupting.is_set()
 
         try:
             request = GenerateRequest.model_validate(claim.job.request)
@@ -355,7 +366,10 @@ class JobWorker:
             else:
                 logger.warning("job %s was taken over by another worker; its result is discarded", job_id)
         except GenerationCanceled:
-            if not lost.is_set():
+            if self._interrupting.is_set() and not cancel_seen:
+                released = not lost.is_set() and self.queue.release(claim)
+                logger.warning("job %s interrupted by shutdown%s", job_id, "; queued again" if released else "")
+            elif not lost.is_set():
                 self.queue.mark_canceled(claim)
         except MusicGenError as error:
             self.queue.fail(claim, str(error.body()["error"]))

@@ -69,6 +69,20 @@ return attempt
 """
 
 
+# Puts a running job back in the queue, first in line, if it still runs under the caller's attempt,
+# and makes its stream entry look abandoned so the next claim (any replica's) takes it over.
+# KEYS: job hash, queued set, stream; ARGV: attempt, entry id, worker, idle ms
+_RELEASE = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
+if redis.call('HGET', KEYS[1], 'attempts') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'status', 'queued', 'progress', '0')
+redis.call('HDEL', KEYS[1], 'started_at', 'worker')
+redis.call('ZADD', KEYS[2], 0, KEYS[1])
+redis.call('XCLAIM', KEYS[3], 'workers', ARGV[3], 0, ARGV[2], 'IDLE', ARGV[4], 'JUSTID')
+return 1
+"""
+
+
 class RedisJobQueue:
     """`JobQueue` on Redis. Keys start with `prefix:`; several replicas may share them."""
 
@@ -83,6 +97,7 @@ class RedisJobQueue:
         self._finish = self.redis.register_script(_FINISH)
         self._cancel = self.redis.register_script(_CANCEL)
         self._start = self.redis.register_script(_START)
+        self._release = self.redis.register_script(_RELEASE)
         try:
             self.redis.xgroup_create(self.stream, _GROUP, id="0", mkstream=True)
         except redis.ResponseError as error:
@@ -220,6 +235,14 @@ class RedisJobQueue:
 
     def mark_canceled(self, claim: Claim) -> None:
         self._end(claim, "canceled", None, "canceled while running", b"")
+
+    def release(self, claim: Claim) -> bool:
+        entry_id, attempt, worker_id = claim.token.split("|")
+        released = self._release(
+            keys=[self._job_key(claim.job.job_id), self.queued, self.stream],
+            args=[attempt, entry_id, worker_id, self.visibility_ms],
+        )
+        return bool(released)
 
     def cancel(self, job_id: str) -> Job | None:
         status = self._cancel(keys=[self._job_key(job_id), self.queued], args=[time.time(), self.ttl_s])

@@ -203,6 +203,19 @@ class SqliteJobQueue:
     def mark_canceled(self, claim: Claim) -> None:
         self._finish(claim, "canceled", None, "canceled while running")
 
+    def release(self, claim: Claim) -> bool:
+        # The job keeps its sequence number, so it is back at its old place: ahead of the jobs
+        # submitted after it.
+        with self._lock:
+            released = self._db.execute(
+                "UPDATE jobs SET status='queued', started_at=NULL, progress=0"
+                " WHERE job_id=? AND status='running' AND attempts=?",
+                (claim.job.job_id, int(claim.token)),
+            ).rowcount
+            if released:
+                self._submitted.notify_all()
+        return bool(released)
+
     def cancel(self, job_id: str) -> Job | None:
         with self._lock:
             job = self.get(job_id)

@@ -152,6 +152,12 @@ class Settings:
         "--visibility-timeout-s",
         "Redis queue: seconds without a heartbeat after which another replica takes over a running job.",
     )
+    shutdown_grace_s: float = _setting(
+        10.0,
+        "MUSICGEN_SHUTDOWN_GRACE_S",
+        "--shutdown-grace-s",
+        "On stop, seconds a running job may take to finish; then it is interrupted and queued again at the front.",
+    )
     engine: str = _setting(
         "static",
         "MUSICGEN_ENGINE",
@@ -190,6 +196,8 @@ class Settings:
                 f"MUSICGEN_EXTEND_STRIDE_S ({self.extend_stride_s}) must be shorter than "
                 f"MUSICGEN_WINDOW_S ({self.window_s}): each window needs room for its prompt"
             )
+        if self.shutdown_grace_s < 0:
+            raise SettingsError(f"MUSICGEN_SHUTDOWN_GRACE_S: must be 0 or more; got {self.shutdown_grace_s}")
         if self.warmup_s < 0:
             raise SettingsError(f"MUSICGEN_WARMUP_S: must be 0 or more; got {self.warmup_s}")
         if self.engine not in {"static", "transformers"}:

@@ -111,3 +111,32 @@ def test_replicas_share_results_through_redis(start_server: Any, redis_url: str,
     keys = list(store.scan_iter(match=f"{prefix}:*"))
     if keys:
         store.delete(*keys)
+
+
+def test_a_stopped_server_hands_its_running_job_back_and_exits_cleanly(
+    start_server: Any, tmp_path_factory: pytest.TempPathFactory, tiny_models: dict[str, str]
+) -> None:
+    """SIGTERM mid-job: the job gets MUSICGEN_SHUTDOWN_GRACE_S to finish, is then stopped between
+    two decoding steps and queued again at the front; the process exits without aborting."""
+    workdir = tmp_path_factory.mktemp("stop-sqlite")
+    settings = {**SETTINGS, "MUSICGEN_SHUTDOWN_GRACE_S": "0.5"}
+    first = start_server(settings=settings, workdir=workdir)
+    first.wait_until("ready", timeout=180)
+    long_job, queued_job = start_running_job(first)
+    stopping = time.monotonic()
+    first.stop()
+    stop_s = time.monotonic() - stopping
+    log = first.log()
+    assert first.process.returncode == 0, log
+    assert "terminate called" not in log and "Traceback" not in log, log
+    assert f"job {long_job} interrupted by shutdown; queued again" in log, log
+    assert stop_s < 15, f"stopping took {stop_s:.1f} s:\n{log}"
+    jobs = sqlite3.connect(workdir / "data" / "jobs.sqlite3")
+    query = "SELECT status, attempts, completions FROM jobs WHERE job_id = ?"
+    assert jobs.execute(query, (long_job,)).fetchone() == ("queued", 1, 0)
+
+    second = start_server(settings=settings, workdir=workdir)
+    second.wait_until("ready", timeout=180)
+    done_long, done_queued = finish(second, long_job, queued_job)
+    assert done_long.status == done_queued.status == "succeeded"
+    assert jobs.execute(query, (long_job,)).fetchone() == ("succeeded", 2, 1)

@@ -212,6 +212,30 @@ def test_a_stale_claim_cannot_complete_a_job_taken_over(open_queue: OpenQueue, a
     assert (done.status, done.completions, done.result["by"]) == ("succeeded", 1, "b")  # type: ignore[index]
 
 
+def test_a_released_job_is_first_in_line_again_for_any_worker(open_queue: OpenQueue, audio_file: Path) -> None:
+    """A stopping worker hands its running job back: it is queued ahead of the jobs behind it and
+    the next claim (another replica's, at once: no visibility timeout to wait out) runs it again."""
+    stopping, other = open_queue(), open_queue()
+    job, behind = submit(stopping), submit(stopping)
+    claim = stopping.claim("worker-a", wait_s=1)
+    assert claim is not None and claim.job.job_id == job.job_id
+    stopping.report_progress(claim, 0.4)
+
+    assert stopping.release(claim)
+    released = other.get(job.job_id)
+    assert released is not None
+    assert (released.status, released.queue_position, released.progress) == ("queued", 0, 0.0)
+    assert other.get(behind.job_id).queue_position == 1  # type: ignore[union-attr]
+
+    again = other.claim("worker-b", wait_s=1)
+    assert again is not None and again.job.job_id == job.job_id
+    assert other.get(job.job_id).attempts == 2  # type: ignore[union-attr]
+    assert not stopping.release(claim)  # the old claim is stale: it can neither release nor complete
+    assert not stopping.complete(claim, {"audio_path": str(audio_file)}, audio_file)
+    assert other.complete(again, {"audio_path": str(audio_file)}, audio_file)
+    assert other.get(job.job_id).completions == 1  # type: ignore[union-attr]
+
+
 def test_redis_heartbeats_keep_a_running_job_from_being_taken_over(redis_url: str, redis_prefix: str) -> None:
     # The embedded queue has one process, so only a restart re-queues its running jobs; with Redis,
     # a replica that heart-beats keeps its job however long it runs.

@@ -4,10 +4,15 @@ batched with other requests), arrival-order admission, cancel, and the generator
 
 from __future__ import annotations
 
+import contextlib
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,7 +20,7 @@ import torch
 
 from musicgen_bento.audio import AudioClip
 from musicgen_bento.engine import DecodeEngine, DecodeRequest, Sampling
-from musicgen_bento.errors import GenerationCanceled
+from musicgen_bento.errors import GenerationCanceled, ShuttingDown
 from musicgen_bento.generator import GenerationParams, GenerationRequest, MusicGenGenerator
 from musicgen_bento.model_store import find
 from musicgen_bento.tiny_models import build_tiny_model
@@ -179,32 +184,48 @@ def test_batched_requests_each_give_their_own_tokens(tiny: Tiny) -> None:
     assert steps < alone  # requests shared steps
 
 
-def test_requests_are_admitted_in_arrival_order() -> None:
+def test_waiting_requests_are_admitted_in_their_order() -> None:
+    # One slot, held by a long request while three more queue up out of order (ranks 3, 1, 2);
+    # when it leaves, the waiting ones take the slot by rank: arrival order, as the generator ranks them.
     tiny = Tiny("text", slots=1)
-    finished: list[int] = []
-    release = threading.Event()
+    admitted: list[tuple[int, ...]] = []
+    prefill = tiny.engine._prefill
 
-    def first_step() -> None:
-        release.wait(timeout=30)
+    def recording_prefill(job: Any) -> None:
+        admitted.append(job.order)
+        prefill(job)
 
-    def run(index: int) -> None:
-        case = Case("a", 0, 10, TOP_K, index)
-        tiny.decode(case, order=index, on_step=first_step if index == 0 else None)
-        finished.append(index)
+    tiny.engine._prefill = recording_prefill  # type: ignore[method-assign]
+    all_queued = threading.Event()
 
-    threads = []
-    for index in range(4):
-        thread = threading.Thread(target=run, args=(index,))
-        threads.append(thread)
+    def hold_the_slot() -> None:
+        if all_queued.is_set():
+            raise GenerationCanceled("generation was canceled")
+
+    def run(case: Case, order: int, on_step: Any = None) -> None:
+        with contextlib.suppress(GenerationCanceled):
+            tiny.decode(case, order=order, on_step=on_step)
+
+    def start(case: Case, order: int, on_step: Any = None) -> threading.Thread:
+        thread = threading.Thread(target=run, args=(case, order, on_step), daemon=True)
         thread.start()
-        # Let each request reach the queue before the next arrives.
-        deadline = time.monotonic() + 10
-        while len(tiny.engine._waiting) + len(tiny.engine._active) <= index and time.monotonic() < deadline:
-            time.sleep(0.01)
-    release.set()
+        return thread
+
+    def wait_for(condition: Any) -> None:
+        deadline = time.monotonic() + 30
+        while not condition():
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+
+    threads = [start(Case("hold", 0, 2000, TOP_K, 0), 0, hold_the_slot)]
+    wait_for(lambda: tiny.engine._active)
+    for count, order in enumerate((3, 1, 2), start=1):
+        threads.append(start(Case("a", 0, 10, TOP_K, order), order))
+        wait_for(lambda count=count: len(tiny.engine._waiting) == count)  # type: ignore[misc]
+    all_queued.set()
     for thread in threads:
         thread.join(timeout=60)
-    assert finished == [0, 1, 2, 3]
+    assert admitted == [(0,), (1,), (2,), (3,)]
 
 
 def test_a_canceled_request_leaves_and_the_others_are_unaffected(tiny: Tiny) -> None:
@@ -236,6 +257,99 @@ def test_a_canceled_request_leaves_and_the_others_are_unaffected(tiny: Tiny) -> 
     while tiny.engine._active and time.monotonic() < deadline:
         time.sleep(0.01)
     assert not tiny.engine._active  # the canceled request left the batch
+
+
+def test_close_fails_running_and_waiting_requests_and_refuses_new_ones() -> None:
+    tiny = Tiny("text", slots=1)
+    running_step = threading.Event()
+    errors: dict[str, BaseException] = {}
+
+    def run(name: str, case: Case) -> None:
+        try:
+            tiny.decode(case, on_step=running_step.set if name == "running" else None)
+        except BaseException as error:
+            errors[name] = error
+
+    threads = [
+        threading.Thread(target=run, args=("running", Case("a", 0, 2000, TOP_K, 1)), daemon=True),
+        threading.Thread(target=run, args=("waiting", Case("b", 0, 20, TOP_K, 2)), daemon=True),
+    ]
+    threads[0].start()
+    assert running_step.wait(timeout=30)
+    threads[1].start()
+    deadline = time.monotonic() + 10
+    while not tiny.engine._waiting and time.monotonic() < deadline:
+        time.sleep(0.01)
+    tiny.engine.close(timeout_s=30)
+    for thread in threads:
+        thread.join(timeout=30)
+    assert not tiny.engine._worker.is_alive()  # type: ignore[union-attr]
+    assert isinstance(errors.get("running"), ShuttingDown) and isinstance(errors.get("waiting"), ShuttingDown)
+    with pytest.raises(ShuttingDown, match="shutting down"):
+        tiny.decode(Case("c", 0, 10, TOP_K, 3))
+
+
+def test_a_process_exiting_in_the_middle_of_a_decode_exits_cleanly(tmp_path: Path) -> None:
+    # Without the engine's exit hook, the interpreter finalises while the worker thread is inside
+    # a torch operation and the process aborts ("terminate called...", status 134).
+    script = tmp_path / "exit_mid_decode.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import threading
+            import torch
+            from musicgen_bento.engine import DecodeEngine, DecodeRequest, Sampling
+            from musicgen_bento.tiny_models import build_tiny_model
+
+            model, processor = build_tiny_model("text")
+            engine = DecodeEngine(model, "cpu", 2)
+            with torch.inference_mode():
+                states, mask = engine.encode_conditioning(dict(processor(text=["x"], return_tensors="pt")))
+            request = DecodeRequest(states, mask, None, 5000, Sampling(), torch.Generator().manual_seed(0))
+            stepping = threading.Event()
+
+            def decode():
+                try:
+                    engine.decode(request, (0,), on_step=stepping.set)
+                except Exception as error:
+                    print("decode ended:", type(error).__name__)
+
+            threading.Thread(target=decode, daemon=True).start()
+            stepping.wait(60)
+            print("exiting while decoding")
+            """
+        )
+    )
+    for _ in range(2):
+        done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+        assert "exiting while decoding" in done.stdout
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert "terminate called" not in done.stderr
+
+
+def test_a_decoding_step_traces_as_one_graph(tiny: Tiny) -> None:
+    """The step's forward has no host synchronisation and no data-dependent Python: TorchDynamo
+    traces it whole, as one graph with no breaks, which is what CUDA graph capture needs too."""
+    import torch._dynamo
+
+    engine = tiny.engine
+    forward = engine._decode_forward
+    reports: list[Any] = []
+
+    def traced(rows: int, length: int, cross: int) -> torch.Tensor:
+        if not reports:
+            torch._dynamo.reset()
+            reports.append(torch._dynamo.explain(forward)(rows, length, cross))
+        return forward(rows, length, cross)
+
+    engine._decode_forward = traced  # type: ignore[method-assign]
+    try:
+        case = Case("jazz", 4, 6, GREEDY, 31)
+        assert torch.equal(tiny.decode(case), tiny.reference(case))  # tracing changed nothing
+    finally:
+        del engine._decode_forward
+    assert reports, "no decoding step ran"
+    assert (reports[0].graph_count, reports[0].graph_break_count) == (1, 0), reports[0].break_reasons
 
 
 @pytest.fixture(scope="module")

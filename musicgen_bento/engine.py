@@ -56,6 +56,8 @@ _CUDA_LENGTH_BUCKET = 256
 _CROSS_BUCKET = 16
 _CAPACITY_STEP = 256
 
+_SHUTTING_DOWN = "the server is shutting down; retry on another replica or once it is back"
+
 
 @dataclass(frozen=True)
 class Sampling:
@@ -221,7 +223,7 @@ class DecodeEngine:
         job = _Job(request, order)
         with self._lock:
             if self._closed:
-                raise ShuttingDown("the server is shutting down; retry on another replica or once it is back")
+                raise ShuttingDown(_SHUTTING_DOWN)
             heapq.heappush(self._waiting, (order, next(self._sequence), job))
             self._ensure_worker()
             self._wake.notify()
@@ -293,7 +295,7 @@ class DecodeEngine:
                     logger.exception("decoding step failed")
                     for slot in list(self._active):
                         self._finish(slot, error)
-            closed = ShuttingDown("the server is shutting down; retry on another replica or once it is back")
+            closed = ShuttingDown(_SHUTTING_DOWN)
             for job in abandoned:
                 self._complete(job, closed)
             for slot in list(self._active):

@@ -140,3 +140,39 @@ def test_a_stopped_server_hands_its_running_job_back_and_exits_cleanly(
     done_long, done_queued = finish(second, long_job, queued_job)
     assert done_long.status == done_queued.status == "succeeded"
     assert jobs.execute(query, (long_job,)).fetchone() == ("succeeded", 2, 1)
+
+
+def test_a_stopped_redis_replica_hands_its_job_to_another_at_once(
+    start_server: Any, redis_url: str, tiny_models: dict[str, str]
+) -> None:
+    # With a 10-minute visibility timeout, the next replica can only have the job within the test's
+    # few minutes because the stopped one handed it back.
+    prefix = f"musicgen-test-{uuid.uuid4().hex[:10]}"
+    settings = {
+        **SETTINGS,
+        "MUSICGEN_REDIS_URL": redis_url,
+        "MUSICGEN_REDIS_PREFIX": prefix,
+        "MUSICGEN_VISIBILITY_TIMEOUT_S": "600",
+        "MUSICGEN_SHUTDOWN_GRACE_S": "0.5",
+    }
+    store = redis.Redis.from_url(redis_url)
+    try:
+        stopping = start_server(settings=settings)
+        stopping.wait_until("ready", timeout=180)
+        long_job, queued_job = start_running_job(stopping)
+        stopping.stop()
+        assert stopping.process.returncode == 0, stopping.log()
+        assert f"job {long_job} interrupted by shutdown; queued again" in stopping.log()
+        assert store.hget(f"{prefix}:job:{long_job}", "status") == b"queued"
+
+        staying = start_server(settings=settings)
+        staying.wait_until("ready", timeout=180)
+        done_long, done_queued = finish(staying, long_job, queued_job)
+        assert done_long.status == done_queued.status == "succeeded"
+        job = store.hgetall(f"{prefix}:job:{long_job}")
+        assert (job[b"attempts"], job[b"completions"]) == (b"2", b"1")
+        assert store.xlen(f"{prefix}:queue") == 0
+    finally:
+        keys = list(store.scan_iter(match=f"{prefix}:*"))
+        if keys:
+            store.delete(*keys)

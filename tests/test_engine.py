@@ -43,9 +43,11 @@ class Case:
 class Tiny:
     """A tiny model with its processor, a reference through `generate()`, and an engine."""
 
-    def __init__(self, kind: str, slots: int = 4) -> None:
+    def __init__(self, kind: str, slots: int = 4, dtype: torch.dtype = torch.float32) -> None:
         self.kind = kind
+        self.dtype = dtype
         self.model, self.processor = build_tiny_model(kind)  # type: ignore[arg-type]
+        self.model.to(dtype)
         self.engine = DecodeEngine(self.model, "cpu", slots)
         self._captured: list[torch.Tensor] = []
         decode = self.model.audio_encoder.decode
@@ -61,7 +63,10 @@ class Tiny:
         if self.kind == "melody":
             t = torch.arange(SAMPLE_RATE) / SAMPLE_RATE
             args.update(audio=(0.3 * torch.sin(2 * torch.pi * case.melody_hz * t)).numpy(), sampling_rate=SAMPLE_RATE)
-        return dict(self.processor(**args))
+        inputs = dict(self.processor(**args))
+        if "input_features" in inputs:  # the chroma enters the model in its precision, as in the generator
+            inputs["input_features"] = inputs["input_features"].to(self.dtype)
+        return inputs
 
     def prompt(self, case: Case) -> torch.Tensor | None:
         if case.prompt_frames == 0:
@@ -325,6 +330,26 @@ def test_a_process_exiting_in_the_middle_of_a_decode_exits_cleanly(tmp_path: Pat
         assert "exiting while decoding" in done.stdout
         assert done.returncode == 0, done.stderr[-2000:]
         assert "terminate called" not in done.stderr
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
+@pytest.mark.parametrize("kind", ["text", "melody"])
+def test_reduced_precision_weights_decode_the_same_tokens_alone_and_batched(kind: str, dtype: torch.dtype) -> None:
+    # GPUs serve in float16 or bfloat16: the cache, conditioning and logits must carry those
+    # precisions through. Exact agreement with transformers is a float32 property (the two
+    # round intermediate values differently), so this checks what must hold in any precision:
+    # valid codes, and each request's tokens unchanged by what it is batched with.
+    tiny = Tiny(kind, dtype=dtype)
+    try:
+        batched = _run_concurrently(tiny, BATCH)
+        assert sorted(batched) == list(range(len(BATCH)))
+        for index, case in enumerate(BATCH):
+            alone = tiny.decode(case)
+            assert alone.shape == (4, case.prompt_frames + case.new_frames)
+            assert int(alone.min()) >= 0 and int(alone.max()) < 2048
+            assert torch.equal(batched[index], alone), f"request {index} changed when batched"
+    finally:
+        tiny.engine.close()
 
 
 def test_a_decoding_step_traces_as_one_graph(tiny: Tiny) -> None:

@@ -56,6 +56,11 @@ _CUDA_LENGTH_BUCKET = 256
 _CROSS_BUCKET = 16
 _CAPACITY_STEP = 256
 
+# How often a caller waiting in `decode` reports its request's steps (and so how soon it sees a
+# cancel). Waking every caller at every step would have each request's thread compete with the
+# engine's for the interpreter lock once per step, slowing every step of the batch.
+_REPORT_INTERVAL_S = 0.05
+
 _SHUTTING_DOWN = "the server is shutting down; retry on another replica or once it is back"
 
 
@@ -151,6 +156,17 @@ class DecodeEngine:
         self.dtype = next(causal_lm.parameters()).dtype
         self._graphs_on = use_cuda_graphs and self.device.type == "cuda"
         self._length_bucket = _CUDA_LENGTH_BUCKET if self.device.type == "cuda" else _CPU_LENGTH_BUCKET
+        # A step at batch 1 costs its number of kernels, not their arithmetic: each layer's query,
+        # key and value projections become one matrix multiplication, the codebooks' heads another,
+        # and their embeddings one lookup. The model's own modules keep working on views of these.
+        self._qkv = [
+            _joint_weight([layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj])
+            for layer in self._decoder.layers
+        ]
+        self._head_weight = _joint_weight(list(self._heads))
+        self._embedding = _joint_weight(list(self._decoder.embed_tokens))
+        table_rows = self._decoder.embed_tokens[0].weight.shape[0]
+        self._embedding_offsets = torch.arange(self.codebooks, device=self.device) * table_rows
 
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
@@ -163,7 +179,7 @@ class DecodeEngine:
         self._graphs: dict[tuple[int, int, int], tuple[Any, torch.Tensor]] = {}
         empty = torch.empty(0)
         self._keys, self._values, self._patterns, self._codes = empty, empty, empty, empty
-        self._cross_keys, self._cross_values, self._cross_mask = empty, empty, empty
+        self._cross_keys, self._cross_values, self._cross_bias = empty, empty, empty
         self._graph_pool: Any = None
         self.steps_run = 0  # decoding steps (batched forwards) since start, for benchmarks
         self.rows_run = 0  # requests decoded in those steps, summed
@@ -210,7 +226,8 @@ class DecodeEngine:
 
         The codes are the prompt's followed by the new ones, with the delay pattern undone.
         `order` ranks waiting requests (smaller first: arrival order). `on_step` runs on the
-        calling thread once per decoding step, in order; an exception from it (such as
+        calling thread once per decoding step, in order, for the steps done since its last report
+        (reports come every `_REPORT_INTERVAL_S` and at the end); an exception from it (such as
         `GenerationCanceled`) takes the request out of the batch at the next step and is raised.
         """
         prompt_frames = 0 if request.prompt_codes is None else int(request.prompt_codes.shape[1])
@@ -231,8 +248,8 @@ class DecodeEngine:
         try:
             while True:
                 with job.cv:
-                    while job.produced == reported and not job.done:
-                        job.cv.wait()
+                    if not job.done:
+                        job.cv.wait(_REPORT_INTERVAL_S)
                     produced, done = job.produced, job.done
                 for _ in range(reported, produced):
                     if on_step is not None:
@@ -353,12 +370,15 @@ class DecodeEngine:
             shape = (self.layers, rows, self.heads, cross_positions, self.head_dim)
             cross_keys = torch.zeros(shape, dtype=self.dtype, device=device)
             cross_values = torch.zeros(shape, dtype=self.dtype, device=device)
-            cross_mask = torch.zeros((rows, cross_positions), dtype=torch.bool, device=device)
+            # Additive (0 or -inf), in the weights' precision: attention kernels take a boolean mask
+            # by converting it to this on every call, once per layer per step. New positions are
+            # masked: requests already decoding must not attend to them.
+            cross_bias = torch.full((rows, cross_positions), -math.inf, dtype=self.dtype, device=device)
             if self._cross_positions:
                 cross_keys[..., : self._cross_positions, :] = self._cross_keys
                 cross_values[..., : self._cross_positions, :] = self._cross_values
-                cross_mask[:, : self._cross_positions] = self._cross_mask
-            self._cross_keys, self._cross_values, self._cross_mask = cross_keys, cross_values, cross_mask
+                cross_bias[:, : self._cross_positions] = self._cross_bias
+            self._cross_keys, self._cross_values, self._cross_bias = cross_keys, cross_values, cross_bias
             self._cross_positions = cross_positions
             self._graphs.clear()
 
@@ -403,9 +423,7 @@ class DecodeEngine:
         self._codes[index, :, :first] = ids
         self._set_sampling(index, request)
 
-        embeds = sum(self._decoder.embed_tokens[k](ids[k]) for k in range(self.codebooks))
-        assert isinstance(embeds, torch.Tensor)
-        hidden = embeds.unsqueeze(0).expand(2, -1, -1)
+        hidden = self._embed(ids.T).unsqueeze(0).expand(2, -1, -1)
         if self.is_melody:
             hidden = torch.cat([request.conditioning.to(device, self.dtype), hidden], dim=1)
         else:
@@ -416,8 +434,8 @@ class DecodeEngine:
             # attend to them gives the zero output transformers gets from a fully masked row,
             # without relying on how a kernel treats fully masked rows.
             mask[1, :cross_len] = True
-            self._cross_mask[rows] = False
-            self._cross_mask[rows, :cross_len] = mask
+            self._cross_bias[rows] = -math.inf
+            self._cross_bias[rows, :cross_len] = torch.zeros_like(mask, dtype=self.dtype).masked_fill(~mask, -math.inf)
             for layer_index, layer in enumerate(self._decoder.layers):
                 attention = layer.encoder_attn
                 self._cross_keys[layer_index, rows, :, :cross_len] = self._split_heads(attention.k_proj(states))
@@ -450,10 +468,10 @@ class DecodeEngine:
         length = hidden.shape[1]
         for layer_index, layer in enumerate(self._decoder.layers):
             attention = layer.self_attn
-            normed = layer.self_attn_layer_norm(hidden)
-            query = self._split_heads(attention.q_proj(normed))
-            key = self._split_heads(attention.k_proj(normed))
-            value = self._split_heads(attention.v_proj(normed))
+            query, key, value = (
+                self._split_heads(part)
+                for part in F.linear(layer.self_attn_layer_norm(hidden), self._qkv[layer_index]).chunk(3, dim=-1)
+            )
             self._keys[layer_index, rows, :, :length] = key
             self._values[layer_index, rows, :, :length] = value
             out = F.scaled_dot_product_attention(query, key, value, is_causal=True, scale=attention.scaling)
@@ -464,11 +482,10 @@ class DecodeEngine:
                     hidden,
                     self._cross_keys[layer_index, rows, :, :cross_len],
                     self._cross_values[layer_index, rows, :, :cross_len],
-                    self._cross_mask[rows, None, None, :cross_len],
+                    self._cross_bias[rows, None, None, :cross_len],
                 )
             hidden = hidden + layer.fc2(layer.activation_fn(layer.fc1(layer.final_layer_norm(hidden))))
-        last = self._decoder.layer_norm(hidden[:, -1:])
-        return torch.stack([head(last) for head in self._heads], dim=1)[:, :, 0].float()
+        return self._head_logits(self._decoder.layer_norm(hidden[:, -1])).float()
 
     # -- one batched decoding step ----------------------------------------------------------------
 
@@ -493,20 +510,23 @@ class DecodeEngine:
         """One token for each of the first `rows` rows; writes and returns `self._logits`."""
         tokens = self._row_tokens[:rows]
         positions = self._row_positions[:rows]
-        embeds = sum(self._decoder.embed_tokens[k](tokens[:, k]) for k in range(self.codebooks))
-        assert isinstance(embeds, torch.Tensor)
-        hidden = (embeds + self._decoder.embed_positions.weights[positions]).unsqueeze(1)
+        hidden = (self._embed(tokens) + self._decoder.embed_positions.weights[positions]).unsqueeze(1)
         index = self._row_index[:rows]
+        hidden_of_row = (rows, self.heads, self.head_dim)
         visible = torch.arange(length, device=self.device).view(1, 1, 1, length) <= positions.view(rows, 1, 1, 1)
+        bias = torch.zeros(visible.shape, dtype=self.dtype, device=self.device).masked_fill_(~visible, -math.inf)
         for layer_index, layer in enumerate(self._decoder.layers):
             attention = layer.self_attn
-            normed = layer.self_attn_layer_norm(hidden)
-            query = self._split_heads(attention.q_proj(normed))
+            query, key, value = F.linear(layer.self_attn_layer_norm(hidden), self._qkv[layer_index]).chunk(3, dim=-1)
             keys, values = self._keys[layer_index], self._values[layer_index]
-            keys[index, :, positions] = attention.k_proj(normed).view(rows, self.heads, self.head_dim)
-            values[index, :, positions] = attention.v_proj(normed).view(rows, self.heads, self.head_dim)
+            keys[index, :, positions] = key.view(hidden_of_row)
+            values[index, :, positions] = value.view(hidden_of_row)
             out = F.scaled_dot_product_attention(
-                query, keys[:rows, :, :length], values[:rows, :, :length], attn_mask=visible, scale=attention.scaling
+                self._split_heads(query),
+                keys[:rows, :, :length],
+                values[:rows, :, :length],
+                attn_mask=bias,
+                scale=attention.scaling,
             )
             hidden = hidden + attention.out_proj(self._merge_heads(out))
             if not self.is_melody:
@@ -515,20 +535,27 @@ class DecodeEngine:
                     hidden,
                     self._cross_keys[layer_index, :rows, :, :cross],
                     self._cross_values[layer_index, :rows, :, :cross],
-                    self._cross_mask[:rows, None, None, :cross],
+                    self._cross_bias[:rows, None, None, :cross],
                 )
             hidden = hidden + layer.fc2(layer.activation_fn(layer.fc1(layer.final_layer_norm(hidden))))
         hidden = self._decoder.layer_norm(hidden)
-        logits = torch.stack([head(hidden) for head in self._heads], dim=1)[:, :, 0]
-        self._logits[:rows] = logits
+        self._logits[:rows] = self._head_logits(hidden[:, 0])
         return self._logits
 
+    def _embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The summed embeddings of every codebook's token: tokens (N, codebooks) → (N, hidden)."""
+        return F.embedding(tokens + self._embedding_offsets, self._embedding).sum(dim=1)
+
+    def _head_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Every codebook's logits: hidden (N, hidden) → (N, codebooks, vocab)."""
+        return F.linear(hidden, self._head_weight).view(hidden.shape[0], self.codebooks, self.vocab)
+
     def _cross_attention(
-        self, layer: Any, hidden: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor
+        self, layer: Any, hidden: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bias: torch.Tensor
     ) -> torch.Tensor:
         attention = layer.encoder_attn
         query = self._split_heads(attention.q_proj(layer.encoder_attn_layer_norm(hidden)))
-        out = F.scaled_dot_product_attention(query, keys, values, attn_mask=mask, scale=attention.scaling)
+        out = F.scaled_dot_product_attention(query, keys, values, attn_mask=bias, scale=attention.scaling)
         return attention.out_proj(self._merge_heads(out))  # type: ignore[no-any-return]
 
     def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
@@ -617,7 +644,7 @@ class DecodeEngine:
         return next(index for index, candidate in enumerate(self._active) if candidate is slot)
 
     def _accept(self, tokens: torch.Tensor, slots: list[_Slot], first: int) -> None:
-        """Applies the delay pattern to new tokens, feeds them back and reports progress."""
+        """Applies the delay pattern to new tokens, feeds them back and counts the step for each caller."""
         count = len(slots)
         span = slice(first, first + count)
         where = self._next_token[span].view(count, 1, 1).expand(-1, self.codebooks, 1)
@@ -632,9 +659,7 @@ class DecodeEngine:
         for slot in slots:
             slot.next_token += 1
             job = slot.job
-            with job.cv:
-                job.produced += 1
-                job.cv.notify_all()
+            job.produced += 1  # read by its caller at its next report, without waking it
             if slot.next_token == slot.max_length or job.cancel:
                 finished.append(slot)
         for slot in finished:
@@ -664,7 +689,7 @@ class DecodeEngine:
         if not self.is_melody:
             self._cross_keys[:, dst] = self._cross_keys[:, src]
             self._cross_values[:, dst] = self._cross_values[:, src]
-            self._cross_mask[dst] = self._cross_mask[src]
+            self._cross_bias[dst] = self._cross_bias[src]
         self._row_tokens[dst] = self._row_tokens[src]
         self._row_positions[dst] = self._row_positions[src]
         for buffer in (
@@ -689,6 +714,30 @@ class DecodeEngine:
             for k in range(self.codebooks)
         ]
         return torch.stack(rows)
+
+
+def _joint_weight(modules: list[Any]) -> torch.Tensor:
+    """One weight for several linear or embedding `modules`, their weights stacked along the first
+    dimension; each module's weight becomes a view of it, so the model keeps a single copy and
+    works as before. Modules already sharing one such weight (another engine on the same model)
+    are left as they are."""
+    weights = [module.weight for module in modules]
+    first, width = weights[0], weights[0].shape[1:]
+    rows = sum(weight.shape[0] for weight in weights)
+    offsets = itertools.accumulate((weight.shape[0] * weight[0].numel() for weight in weights), initial=0)
+    if all(
+        weight.untyped_storage().data_ptr() == first.untyped_storage().data_ptr()
+        and weight.storage_offset() == first.storage_offset() + offset
+        and weight.is_contiguous()
+        for weight, offset in zip(weights, offsets, strict=False)  # offsets has one more
+    ):
+        return first.detach().new_empty(0).set_(first.untyped_storage(), first.storage_offset(), (rows, *width))
+    joint = torch.cat([weight.detach() for weight in weights])
+    start = 0
+    for module, weight in zip(modules, weights, strict=True):
+        module.weight = torch.nn.Parameter(joint[start : start + weight.shape[0]], requires_grad=False)
+        start += weight.shape[0]
+    return joint
 
 
 def _close_if_alive(engine: weakref.ref[DecodeEngine]) -> None:

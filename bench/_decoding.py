@@ -36,6 +36,23 @@ def real_shape_generators(shape: str, slots: int) -> tuple[dict[str, Any], str, 
     return generators, device, dtype
 
 
+DELAY = 3  # the delay pattern adds codebooks - 1 steps to every generation
+
+
+def generation_wall_s(generator: Any, steps: int, device: str) -> float:
+    """Wall seconds of one generation through `generator` that takes `steps` decoding steps."""
+    import torch
+
+    from musicgen_bento.generator import GenerationParams, GenerationRequest
+
+    params = GenerationParams(prompt="bench", duration_s=(steps - DELAY) / 50, seed=0)
+    started = time.perf_counter()
+    generator.generate(GenerationRequest(params))
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return time.perf_counter() - started
+
+
 def hardware(device: str) -> str:
     import os
 

@@ -11,7 +11,8 @@ engine's is counted on its worker thread, one step at a time, with its CUDA grap
 the forward's operations are seen.
 
 It also times steps at the tiny test model's shape (2 layers of width 32), where arithmetic is
-negligible and a step costs its overhead: Python, dispatch and bookkeeping.
+small and a step costs mostly its overhead: Python, dispatch and bookkeeping (and, for both
+engines alike, the tiny codec's decoding per frame).
 
     .venv/bin/python bench/bench_engine_ops.py [--shapes musicgen-small musicgen-medium] [--tiny-steps 300]
 """
@@ -21,13 +22,11 @@ from __future__ import annotations
 import argparse
 import collections
 import statistics
-import time
 from typing import Any
 
-from _decoding import hardware
+from _decoding import DELAY, generation_wall_s, hardware
 from _support import use_private_store
 
-DELAY = 3  # the delay pattern adds codebooks - 1 steps to every generation
 # Operations that run no kernel here: aliases, and dropout, which an evaluating model dispatches
 # and which returns its input.
 NO_KERNEL = {"detach", "lift_fresh", "alias", "dropout"}
@@ -98,17 +97,13 @@ def engine_ops_per_step(model: Any, processor: Any, steps: int) -> tuple[float, 
 
 
 def step_overhead(steps: int, rounds: int) -> dict[str, float]:
-    """Milliseconds per step of both engines on the tiny text model, batch 1, through the generator.
-
-    The progress callback stamps each step; a run's figure is the time from its first stamp to
-    its last over the steps between them (the engine reports steps on the caller's thread, which
-    may catch up on several at once, so single intervals mean little). The median over rounds
-    that alternate the engines.
-    """
+    """Milliseconds per step of both engines on the tiny text model, batch 1, through the generator:
+    the difference between a long and a short generation's wall times over the difference in steps
+    (per-request costs cancel), median over rounds that alternate the engines."""
     from pathlib import Path
 
     from musicgen_bento.engine import DecodeEngine
-    from musicgen_bento.generator import GenerationParams, GenerationRequest, MusicGenGenerator
+    from musicgen_bento.generator import MusicGenGenerator
     from musicgen_bento.model_store import ModelInfo
     from musicgen_bento.tiny_models import build_tiny_model
 
@@ -122,20 +117,14 @@ def step_overhead(steps: int, rounds: int) -> dict[str, float]:
             generator._engine = DecodeEngine(model, "cpu", 1)
         generators[engine] = generator
 
-    def ms_per_step(engine: str, count: int) -> float:
-        stamps: list[float] = []
-        params = GenerationParams(prompt="bench", duration_s=(count - DELAY) / 50, seed=0)
-        generators[engine].generate(
-            GenerationRequest(params), progress=lambda done, total: stamps.append(time.perf_counter())
-        )
-        return (stamps[-1] - stamps[0]) / (len(stamps) - 1) * 1000
-
+    short = 10 + DELAY
     per_step: dict[str, list[float]] = {engine: [] for engine in generators}
-    for engine in generators:
-        ms_per_step(engine, 20)  # warm-up
+    for generator in generators.values():
+        generation_wall_s(generator, short, "cpu")  # warm-up
     for _ in range(rounds):
-        for engine in generators:
-            per_step[engine].append(ms_per_step(engine, steps))
+        for engine, generator in generators.items():
+            long = generation_wall_s(generator, steps, "cpu")
+            per_step[engine].append((long - generation_wall_s(generator, short, "cpu")) / (steps - short) * 1000)
     for generator in generators.values():
         generator.close()
     return {engine: statistics.median(times) for engine, times in per_step.items()}

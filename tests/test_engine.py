@@ -352,6 +352,24 @@ def test_reduced_precision_weights_decode_the_same_tokens_alone_and_batched(kind
         tiny.engine.close()
 
 
+def test_the_model_keeps_one_copy_of_the_weights_the_engine_joins() -> None:
+    # The engine multiplies by joint q/k/v and head weights; the model's modules must become views
+    # of them (one copy in memory, same values), also when a second engine joins them again.
+    model, _ = build_tiny_model("text")
+    attention = model.decoder.model.decoder.layers[0].self_attn
+    before = [attention.q_proj.weight.clone(), attention.k_proj.weight.clone(), attention.v_proj.weight.clone()]
+    first = DecodeEngine(model, "cpu", 1)
+    second = DecodeEngine(model, "cpu", 1)
+    for engine in (first, second):
+        joint = engine._qkv[0]
+        assert joint.untyped_storage().data_ptr() == attention.q_proj.weight.untyped_storage().data_ptr()
+        assert torch.equal(joint, torch.cat(before))
+    assert second._head_weight.data_ptr() == model.decoder.lm_heads[0].weight.data_ptr()
+    assert second._embedding.data_ptr() == model.decoder.model.decoder.embed_tokens[0].weight.data_ptr()
+    first.close()
+    second.close()
+
+
 def test_a_decoding_step_traces_as_one_graph(tiny: Tiny) -> None:
     """The step's forward has no host synchronisation and no data-dependent Python: TorchDynamo
     traces it whole, as one graph with no breaks, which is what CUDA graph capture needs too."""

@@ -15,25 +15,33 @@ def real_shape_generators(shape: str, slots: int) -> tuple[dict[str, Any], str, 
     Returns ({"transformers": ..., "static": ...}, device, dtype). The model is built in memory
     (no model store), so nothing but the decoder's shape and the codec's frame rate is real.
     """
-    from musicgen_bento.engine import DecodeEngine
-    from musicgen_bento.generator import MusicGenGenerator, pick_device, pick_dtype
-    from musicgen_bento.model_store import ModelInfo
+    from musicgen_bento.generator import pick_device, pick_dtype
     from musicgen_bento.tiny_models import build_real_shape_model
 
     device = pick_device(0)
     dtype = pick_dtype(device, "auto")
     model, processor = build_real_shape_model(shape)
     model = model.to(device, dtype)
-    info = ModelInfo(f"bench-{shape}", f"random weights, {shape} shape", "text", 32000, 1, "none", Path("."))
+    return in_memory_generators(model, processor, f"{shape} shape", slots), device, dtype
+
+
+def in_memory_generators(model: Any, processor: Any, description: str, slots: int) -> dict[str, Any]:
+    """The service's generator once per engine on a model built in memory (already on its device)."""
+    from musicgen_bento.engine import DecodeEngine
+    from musicgen_bento.generator import MusicGenGenerator
+    from musicgen_bento.model_store import ModelInfo
+
+    device = str(model.device)
+    info = ModelInfo(f"bench-{description}", f"random weights, {description}", "text", 32000, 1, "none", Path("."))
     generators: dict[str, Any] = {}
     for engine in ("transformers", "static"):
-        generator = MusicGenGenerator(info, device, dtype, 30.0, 18.0, engine=engine, batch_slots=slots)
+        generator = MusicGenGenerator(info, device, model.dtype, 30.0, 18.0, engine=engine, batch_slots=slots)
         # The benchmark's model is built in memory, so it is handed over instead of loaded.
         generator._model, generator._processor = model, processor
         if engine == "static":
             generator._engine = DecodeEngine(model, device, slots)
         generators[engine] = generator
-    return generators, device, dtype
+    return generators
 
 
 DELAY = 3  # the delay pattern adds codebooks - 1 steps to every generation

@@ -24,7 +24,7 @@ import collections
 import statistics
 from typing import Any
 
-from _decoding import DELAY, generation_wall_s, hardware
+from _decoding import DELAY, generation_wall_s, hardware, in_memory_generators
 from _support import use_private_store
 
 # Operations that run no kernel here: aliases, and dropout, which an evaluating model dispatches
@@ -100,22 +100,10 @@ def step_overhead(steps: int, rounds: int) -> dict[str, float]:
     """Milliseconds per step of both engines on the tiny text model, batch 1, through the generator:
     the difference between a long and a short generation's wall times over the difference in steps
     (per-request costs cancel), median over rounds that alternate the engines."""
-    from pathlib import Path
-
-    from musicgen_bento.engine import DecodeEngine
-    from musicgen_bento.generator import MusicGenGenerator
-    from musicgen_bento.model_store import ModelInfo
     from musicgen_bento.tiny_models import build_tiny_model
 
     model, processor = build_tiny_model("text")
-    info = ModelInfo("bench-tiny", "random weights, tiny", "text", 32000, 1, "none", Path("."))
-    generators = {}
-    for engine in ("transformers", "static"):
-        generator = MusicGenGenerator(info, "cpu", model.dtype, 30.0, 18.0, engine=engine, batch_slots=1)
-        generator._model, generator._processor = model, processor  # built in memory, not loaded
-        if engine == "static":
-            generator._engine = DecodeEngine(model, "cpu", 1)
-        generators[engine] = generator
+    generators = in_memory_generators(model, processor, "tiny", slots=1)
 
     short = 10 + DELAY
     per_step: dict[str, list[float]] = {engine: [] for engine in generators}

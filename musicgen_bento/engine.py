@@ -3,11 +3,15 @@
 `DecodeEngine` runs the decoder of a loaded transformers MusicGen (or MusicGen-Melody) model with
 its own loop instead of `generate()`, re-using the model's modules and weights:
 
-- **Static cache.** Self-attention keys/values live in one preallocated buffer per layer, shaped
-  (rows, heads, positions, head_dim); each step writes one position per row and attends over a
-  length bucket of the buffer, masked per row. Cross-attention keys/values (text models) are
+- **Static cache.** Self-attention keys and values live side by side in one preallocated buffer,
+  shaped (layers, rows, 2, heads, positions, head_dim); each step writes one position per row and
+  attends over a length bucket of the buffer, masked per row. Cross-attention keys/values (text models) are
   computed once per request; melody models' conditioning prefix (chroma + text) is prefilled into
   the self-attention cache once per request.
+- **Few operations per step.** A step at batch 1 costs its number of kernels more than their
+  arithmetic: each layer projects query, key and value with one matrix multiplication and writes
+  key and value with one indexed copy; the codebooks' heads are one multiplication and their
+  embeddings one lookup; attention masks are additive and built once per step.
 - **Guidance as one pass.** Every request owns two adjacent rows (conditional, unconditional), so
   classifier-free guidance is part of the batched forward and mixed on the device.
 - **Step-level batching.** Requests from any number of threads queue in arrival order; between
@@ -18,8 +22,8 @@ its own loop instead of `generate()`, re-using the model's modules and weights:
   Sampling draws exponential noise from each request's own `torch.Generator` and takes
   argmax(probs / noise): on the CPU this is exactly what `torch.multinomial` does, so a request
   reproduces transformers' `generate()` token for token with the same seed (see `README.md`).
-- **CUDA graphs.** On CUDA each step's forward is captured once per (rows, length) bucket and
-  replayed; everywhere else it runs eagerly.
+- **CUDA graphs.** On CUDA each step's forward is captured once per (rows, length, text length)
+  bucket and replayed; everywhere else it runs eagerly.
 
 The engine's worker thread is the only one that touches the decoder; callers block in `decode`.
 `close()` (also run at interpreter exit) stops it between two steps, so a process never exits
@@ -178,7 +182,7 @@ class DecodeEngine:
         self._cross_positions = 0  # cross-attention cache capacity
         self._graphs: dict[tuple[int, int, int], tuple[Any, torch.Tensor]] = {}
         empty = torch.empty(0)
-        self._keys, self._values, self._patterns, self._codes = empty, empty, empty, empty
+        self._cache, self._patterns, self._codes = empty, empty, empty
         self._cross_keys, self._cross_values, self._cross_bias = empty, empty, empty
         self._graph_pool: Any = None
         self.steps_run = 0  # decoding steps (batched forwards) since start, for benchmarks
@@ -347,13 +351,14 @@ class DecodeEngine:
         cross_positions = _round_up(max(cross_positions, self._cross_positions, 1), _CROSS_BUCKET)
         rows, device = 2 * self.slots, self.device
         if positions > self._positions:
-            shape = (self.layers, rows, self.heads, positions, self.head_dim)
-            keys = torch.zeros(shape, dtype=self.dtype, device=device)
-            values = torch.zeros(shape, dtype=self.dtype, device=device)
+            # Keys and values side by side (index 0 and 1 of the third dimension), so that a step
+            # writes both with one operation per layer.
+            cache = torch.zeros(
+                (self.layers, rows, 2, self.heads, positions, self.head_dim), dtype=self.dtype, device=device
+            )
             if self._positions:
-                keys[..., : self._positions, :] = self._keys
-                values[..., : self._positions, :] = self._values
-            self._keys, self._values = keys, values
+                cache[..., : self._positions, :] = self._cache
+            self._cache = cache
             patterns = torch.full((self.slots, self.codebooks, positions), -1, dtype=torch.long, device=device)
             codes = torch.full_like(patterns, self.start_token)
             if self._positions:
@@ -472,8 +477,8 @@ class DecodeEngine:
                 self._split_heads(part)
                 for part in F.linear(layer.self_attn_layer_norm(hidden), self._qkv[layer_index]).chunk(3, dim=-1)
             )
-            self._keys[layer_index, rows, :, :length] = key
-            self._values[layer_index, rows, :, :length] = value
+            self._cache[layer_index, rows, 0, :, :length] = key
+            self._cache[layer_index, rows, 1, :, :length] = value
             out = F.scaled_dot_product_attention(query, key, value, is_causal=True, scale=attention.scaling)
             hidden = hidden + attention.out_proj(self._merge_heads(out))
             if not self.is_melody:
@@ -512,19 +517,19 @@ class DecodeEngine:
         positions = self._row_positions[:rows]
         hidden = (self._embed(tokens) + self._decoder.embed_positions.weights[positions]).unsqueeze(1)
         index = self._row_index[:rows]
-        hidden_of_row = (rows, self.heads, self.head_dim)
+        key_value_of_row = (rows, 2, self.heads, self.head_dim)
         visible = torch.arange(length, device=self.device).view(1, 1, 1, length) <= positions.view(rows, 1, 1, 1)
         bias = torch.zeros(visible.shape, dtype=self.dtype, device=self.device).masked_fill_(~visible, -math.inf)
         for layer_index, layer in enumerate(self._decoder.layers):
             attention = layer.self_attn
-            query, key, value = F.linear(layer.self_attn_layer_norm(hidden), self._qkv[layer_index]).chunk(3, dim=-1)
-            keys, values = self._keys[layer_index], self._values[layer_index]
-            keys[index, :, positions] = key.view(hidden_of_row)
-            values[index, :, positions] = value.view(hidden_of_row)
+            projected = F.linear(layer.self_attn_layer_norm(hidden), self._qkv[layer_index])
+            query, key_value = projected.split([self.hidden, 2 * self.hidden], dim=-1)
+            cache = self._cache[layer_index]
+            cache[index, :, :, positions] = key_value.view(key_value_of_row)
             out = F.scaled_dot_product_attention(
                 self._split_heads(query),
-                keys[:rows, :, :length],
-                values[:rows, :, :length],
+                cache[:rows, 0, :, :length],
+                cache[:rows, 1, :, :length],
                 attn_mask=bias,
                 scale=attention.scaling,
             )
@@ -684,8 +689,7 @@ class DecodeEngine:
         moved = self._active[source]
         used = moved.prefix + moved.next_token
         src, dst = slice(2 * source, 2 * source + 2), slice(2 * target, 2 * target + 2)
-        self._keys[:, dst, :, :used] = self._keys[:, src, :, :used]
-        self._values[:, dst, :, :used] = self._values[:, src, :, :used]
+        self._cache[:, dst, :, :, :used] = self._cache[:, src, :, :, :used]
         if not self.is_melody:
             self._cross_keys[:, dst] = self._cross_keys[:, src]
             self._cross_values[:, dst] = self._cross_values[:, src]

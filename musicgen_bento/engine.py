@@ -160,9 +160,8 @@ class DecodeEngine:
         self.dtype = next(causal_lm.parameters()).dtype
         self._graphs_on = use_cuda_graphs and self.device.type == "cuda"
         self._length_bucket = _CUDA_LENGTH_BUCKET if self.device.type == "cuda" else _CPU_LENGTH_BUCKET
-        # A step at batch 1 costs its number of kernels, not their arithmetic: each layer's query,
-        # key and value projections become one matrix multiplication, the codebooks' heads another,
-        # and their embeddings one lookup. The model's own modules keep working on views of these.
+        # Joint weights, for fewer operations per step (see the module's docstring); the model's
+        # own modules keep working on views of them.
         self._qkv = [
             _joint_weight([layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj])
             for layer in self._decoder.layers
@@ -575,7 +574,7 @@ class DecodeEngine:
         Rows are padded to a power of two; padding rows are free slots (position 0), whose
         results are ignored. Falls back to the eager forward if capture fails.
         """
-        padded = min(1 << (rows - 1).bit_length(), 2 * self.slots)
+        padded = self._graph_rows(rows)
         key = (padded, length, cross)
         entry = self._graphs.get(key)
         if entry is None:
@@ -603,6 +602,10 @@ class DecodeEngine:
         # inputs, so replaying now is the step itself.
         entry[0].replay()
         return entry[1]
+
+    def _graph_rows(self, rows: int) -> int:
+        """The rows a captured graph computes for `rows` active ones: the next power of two."""
+        return min(1 << (rows - 1).bit_length(), 2 * self.slots)
 
     # -- sampling ---------------------------------------------------------------------------------
 

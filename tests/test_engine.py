@@ -352,6 +352,29 @@ def test_reduced_precision_weights_decode_the_same_tokens_alone_and_batched(kind
         tiny.engine.close()
 
 
+def test_free_rows_computed_alongside_do_not_change_any_tokens(tiny: Tiny) -> None:
+    # A captured CUDA graph computes a power-of-two number of rows, the rest free slots (some
+    # never used, with fully masked text attention). Running the eager step the same way on the
+    # CPU checks that those rows disturb nothing, whatever the batch looks like.
+    engine = tiny.engine
+    forward = engine._decode_forward
+    padded_steps: list[int] = []
+
+    def padded(rows: int, length: int, cross: int) -> torch.Tensor:
+        padded_steps.append(engine._graph_rows(rows) - rows)
+        return forward(engine._graph_rows(rows), length, cross)
+
+    expected = {index: tiny.reference(case) for index, case in enumerate(BATCH)}
+    engine._decode_forward = padded  # type: ignore[method-assign]
+    try:
+        results = _run_concurrently(tiny, BATCH)
+    finally:
+        del engine._decode_forward
+    assert any(padded_steps), "no step had free rows to compute"
+    for index, codes in results.items():
+        assert torch.equal(codes, expected[index]), f"request {index} differs"
+
+
 def test_the_model_keeps_one_copy_of_the_weights_the_engine_joins() -> None:
     # The engine multiplies by joint q/k/v and head weights; the model's modules must become views
     # of them (one copy in memory, same values), also when a second engine joins them again.

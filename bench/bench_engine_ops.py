@@ -50,8 +50,10 @@ def _counter() -> Any:
     return OperationCounter()
 
 
-def _inputs(processor: Any) -> dict[str, Any]:
-    return dict(processor(text=["bench"], padding=True, return_tensors="pt"))
+def _inputs(processor: Any, device: Any) -> dict[str, Any]:
+    return {
+        key: value.to(device) for key, value in processor(text=["bench"], padding=True, return_tensors="pt").items()
+    }
 
 
 def transformers_ops_per_step(model: Any, processor: Any, short: int, long: int) -> tuple[float, Any]:
@@ -64,7 +66,11 @@ def transformers_ops_per_step(model: Any, processor: Any, short: int, long: int)
         torch.manual_seed(0)
         with torch.inference_mode(), counter:
             model.generate(
-                **_inputs(processor), max_new_tokens=new_tokens, do_sample=True, top_k=250, guidance_scale=3.0
+                **_inputs(processor, model.device),
+                max_new_tokens=new_tokens,
+                do_sample=True,
+                top_k=250,
+                guidance_scale=3.0,
             )
         counts.append(counter.counts)
     per_step = (sum(counts[1].values()) - sum(counts[0].values())) / (long - short)
@@ -72,7 +78,7 @@ def transformers_ops_per_step(model: Any, processor: Any, short: int, long: int)
 
 
 def engine_ops_per_step(model: Any, processor: Any, steps: int) -> tuple[float, Any]:
-    """Operations per step of the engine (guidance on, top-k sampling), and one step's counts."""
+    """Operations per step of the engine (guidance on, top-k sampling), and a middle step's counts."""
     import torch
 
     from musicgen_bento.engine import DecodeEngine, DecodeRequest, Sampling
@@ -89,11 +95,13 @@ def engine_ops_per_step(model: Any, processor: Any, steps: int) -> tuple[float, 
 
     engine._step = counted_step  # type: ignore[method-assign]
     with torch.inference_mode():
-        states, mask = engine.encode_conditioning(_inputs(processor))
-    request = DecodeRequest(states, mask, None, steps, Sampling(3.0, 1.0, 250, 0.0), torch.Generator().manual_seed(0))
+        states, mask = engine.encode_conditioning(_inputs(processor, model.device))
+    seeded = torch.Generator(device=model.device).manual_seed(0)
+    request = DecodeRequest(states, mask, None, steps, Sampling(3.0, 1.0, 250, 0.0), seeded)
     engine.decode(request, (0,))
     engine.close()
-    return statistics.fmean(sum(counts.values()) for counts in per_step), per_step[-1]
+    # The last step also takes the finished request out; a middle one is a typical step.
+    return statistics.fmean(sum(counts.values()) for counts in per_step), per_step[len(per_step) // 2]
 
 
 def step_overhead(steps: int, rounds: int) -> dict[str, float]:

@@ -8,6 +8,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+DELAY = 3  # the delay pattern adds codebooks - 1 steps to every generation
+
 
 def real_shape_generators(shape: str, slots: int) -> tuple[dict[str, Any], str, Any]:
     """The service's generator on a random-weight `shape` model, once per engine, sharing one model.
@@ -42,9 +44,6 @@ def in_memory_generators(model: Any, processor: Any, description: str, slots: in
             generator._engine = DecodeEngine(model, device, slots)
         generators[engine] = generator
     return generators
-
-
-DELAY = 3  # the delay pattern adds codebooks - 1 steps to every generation
 
 
 def generation_wall_s(generator: Any, steps: int, device: str) -> float:

@@ -439,7 +439,7 @@ class DecodeEngine:
             # without relying on how a kernel treats fully masked rows.
             mask[1, :cross_len] = True
             self._cross_bias[rows] = -math.inf
-            self._cross_bias[rows, :cross_len] = torch.zeros_like(mask, dtype=self.dtype).masked_fill(~mask, -math.inf)
+            self._cross_bias[rows, :cross_len] = _additive(mask, self.dtype)
             for layer_index, layer in enumerate(self._decoder.layers):
                 attention = layer.encoder_attn
                 self._cross_keys[layer_index, rows, :, :cross_len] = self._split_heads(attention.k_proj(states))
@@ -518,7 +518,7 @@ class DecodeEngine:
         index = self._row_index[:rows]
         key_value_of_row = (rows, 2, self.heads, self.head_dim)
         visible = torch.arange(length, device=self.device).view(1, 1, 1, length) <= positions.view(rows, 1, 1, 1)
-        bias = torch.zeros(visible.shape, dtype=self.dtype, device=self.device).masked_fill_(~visible, -math.inf)
+        bias = _additive(visible, self.dtype)
         for layer_index, layer in enumerate(self._decoder.layers):
             attention = layer.self_attn
             projected = F.linear(layer.self_attn_layer_norm(hidden), self._qkv[layer_index])
@@ -721,6 +721,11 @@ class DecodeEngine:
             for k in range(self.codebooks)
         ]
         return torch.stack(rows)
+
+
+def _additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A boolean attention mask (True: attend) as the additive one attention kernels use: 0 or -inf."""
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, -math.inf)
 
 
 def _joint_weight(modules: list[Any]) -> torch.Tensor:

@@ -28,11 +28,14 @@ from musicgen_bento.schemas import (
 from musicgen_bento.settings import Settings
 
 with bentoml.importing():
+    from musicgen_bento.admission import GenerationGate
     from musicgen_bento.continuation import continue_music
     from musicgen_bento.jobs import JobService, JobWorker, open_queue
     from musicgen_bento.lifecycle import ModelHost
+    from musicgen_bento.metrics import ServiceMetrics, use_own_metrics_directory
 
 SETTINGS = Settings.from_env()
+use_own_metrics_directory()
 
 
 async def _answer(call: Callable[[], Any]) -> Response:
@@ -83,6 +86,9 @@ http_routes = Starlette(
 @bentoml.service(
     name="musicgen",
     workers=1,
+    # For the quick synchronous routes (job submission checks its files, status, cancel). /continue is
+    # async and takes threads from its own gate, sized to what the engine decodes together.
+    threads=4,
     # A long continuation on a CPU takes minutes; the orchestrator, not the server, decides when to give up.
     traffic={"timeout": 3600},
 )
@@ -92,11 +98,13 @@ class MusicGen:
 
     def __init__(self) -> None:
         self.settings = SETTINGS
-        self.host = ModelHost(self.settings)
+        self.metrics = ServiceMetrics(self.settings.batch_slots)
+        self.host = ModelHost(self.settings, on_step=self.metrics.engine_step)
         self.host.start()
+        self.gate = GenerationGate(self.host, self.metrics)
         queue = open_queue(self.settings)
         self.jobs = JobService(queue, self.host, self.settings)
-        self.worker = JobWorker(queue, self.host, self.settings)
+        self.worker = JobWorker(queue, self.host, self.settings, self.metrics)
         self.worker.start()
         http_routes.state.service = self
 
@@ -113,10 +121,20 @@ class MusicGen:
 
     @bentoml.api(route="/continue", input_spec=ContinueRequest, output_spec=ContinueResponse)
     @answers_errors
-    def continue_(self, **fields: Any) -> ContinueResponse:
-        """Continue the music in a file on the server's disk; returns the path of a new file."""
+    async def continue_(self, ctx: bentoml.Context, **fields: Any) -> ContinueResponse:
+        """Continue the music in a file on the server's disk; returns the path of a new file.
+
+        Concurrent calls decode together (see `musicgen_bento.admission`); a call whose client
+        disconnects is canceled at the engine's next step and writes nothing.
+        """
         request = ContinueRequest.model_construct(**fields)
-        return continue_music(request, self.host.generator(), self.settings)
+        return await self.gate.run(
+            "continue",
+            lambda generator, arrival, client_gone: continue_music(
+                request, generator, self.settings, should_cancel=client_gone, arrival=arrival
+            ),
+            ctx.request.is_disconnected,
+        )
 
     @bentoml.api(route="/generate", input_spec=GenerateRequest, output_spec=JobAccepted)
     @answers_errors

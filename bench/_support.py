@@ -72,5 +72,21 @@ def served(settings: dict[str, str], timeout_s: float = 300) -> Iterator[str]:
                 time.sleep(0.2)
             yield url
         finally:
-            os.killpg(process.pid, signal.SIGTERM)
-            process.wait(timeout=30)
+            stop_tree(process)
+
+
+def stop_tree(process: subprocess.Popen[bytes]) -> None:
+    """Stops a server and every process under it. BentoML's workers run in process groups of their
+    own, so a signal to the server's group alone would leave them running."""
+    import psutil
+
+    children = psutil.Process(process.pid).children(recursive=True)
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
+    _, alive = psutil.wait_procs(children, timeout=10)
+    for child in alive:
+        child.kill()

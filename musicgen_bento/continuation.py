@@ -85,6 +85,7 @@ def continue_music(
     settings: Settings,
     progress: ProgressFn | None = None,
     should_cancel: CancelFn | None = None,
+    arrival: int | None = None,
 ) -> ContinueResponse:
     """Runs one /continue request end to end and returns its response."""
     started = time.perf_counter()
@@ -106,7 +107,7 @@ def continue_music(
     generation = GenerationRequest(
         params_of(request), audio_prompt=prompt, melody=prompt if generator.is_melody else None
     )
-    result = generator.generate(generation, progress=progress, should_cancel=should_cancel)
+    result = generator.generate(generation, progress=progress, should_cancel=should_cancel, arrival=arrival)
     audio = torch.cat([source.samples, result.audio], dim=1) if request.include_source else result.audio
     path = write_audio(audio, result.sample_rate, settings.output_dir, request.output_format)
     return ContinueResponse(

@@ -53,6 +53,33 @@ logger = logging.getLogger("musicgen_bento")
 
 StepFn = Callable[[], None]
 
+
+@dataclass(frozen=True)
+class StepReport:
+    """What the engine did in one decoding step, for metrics: handed to `DecodeEngine.observer`.
+
+    The engine also reports when it goes idle, with `batch` 0.
+    """
+
+    batch: int  # requests decoded together in this step
+    decoding: int  # requests holding a slot after it
+    waiting: int  # requests queued for a free slot after it
+    canceled: int  # requests canceled since the engine started
+
+
+@dataclass
+class EngineStats:
+    """Counters the engine keeps since it started (read them with `DecodeEngine.stats()`)."""
+
+    steps: int = 0  # batched decoding steps
+    request_steps: int = 0  # requests decoded in those steps, summed
+    steps_by_batch: dict[int, int] = field(default_factory=dict)  # batch size -> steps at that size
+    admitted: int = 0
+    canceled: int = 0  # requests that left before their end because their caller gave up
+    decoding: int = 0  # requests in a slot now
+    waiting: int = 0  # requests queued for a slot now
+
+
 # Attention lengths are rounded up to these buckets so the cache slices (and, on CUDA, the
 # captured graphs) take few distinct shapes.
 _CPU_LENGTH_BUCKET = 64
@@ -184,8 +211,9 @@ class DecodeEngine:
         self._cache, self._patterns, self._codes = empty, empty, empty
         self._cross_keys, self._cross_values, self._cross_bias = empty, empty, empty
         self._graph_pool: Any = None
-        self.steps_run = 0  # decoding steps (batched forwards) since start, for benchmarks
-        self.rows_run = 0  # requests decoded in those steps, summed
+        self._stats = EngineStats()
+        # Called on the engine's thread after every step (metrics); must be quick and must not raise.
+        self.observer: Callable[[StepReport], None] | None = None
         self._closed = False
         # A daemon thread still inside a torch operation when the interpreter finalises takes the
         # process down with "terminate called without an active exception" (exit status 134).
@@ -268,6 +296,19 @@ class DecodeEngine:
         assert job.codes is not None
         return job.codes
 
+    def stats(self) -> EngineStats:
+        """A copy of the engine's counters."""
+        with self._lock:
+            stats = copy.copy(self._stats)
+            stats.steps_by_batch = dict(stats.steps_by_batch)
+            stats.decoding, stats.waiting = len(self._active), len(self._waiting)
+            return stats
+
+    @property
+    def steps_run(self) -> int:
+        """Batched decoding steps since start."""
+        return self._stats.steps
+
     def close(self, timeout_s: float = 30.0) -> None:
         """Stops the worker between two steps; waiting and running requests fail with `ShuttingDown`.
 
@@ -311,6 +352,8 @@ class DecodeEngine:
                         self._finish(slot, None)  # its caller has gone: leave before the next step
                     if self._active:
                         self._step()
+                    if not self._active:
+                        self._count_step(0)  # idle now: the gauges go back to zero
                 except Exception as error:  # a failed step fails the running requests, not the engine
                     logger.exception("decoding step failed")
                     for slot in list(self._active):
@@ -323,8 +366,10 @@ class DecodeEngine:
 
     def _admit(self, job: _Job) -> None:
         if job.cancel:
+            self._stats.canceled += 1
             self._complete(job, error=None)
             return
+        self._stats.admitted += 1
         try:
             self._prefill(job)
         except Exception as error:
@@ -506,9 +551,19 @@ class DecodeEngine:
         else:
             logits = self._decode_forward(rows, length, cross)
         tokens = self._choose(logits[:rows].view(count, 2, self.codebooks, self.vocab), active)
-        self.steps_run += 1
-        self.rows_run += count
         self._accept(tokens, active, 0)
+        self._count_step(count)
+
+    def _count_step(self, batch: int) -> None:
+        with self._lock:
+            stats = self._stats
+            if batch:
+                stats.steps += 1
+                stats.request_steps += batch
+                stats.steps_by_batch[batch] = stats.steps_by_batch.get(batch, 0) + 1
+            report = StepReport(batch, len(self._active), len(self._waiting), stats.canceled)
+        if self.observer is not None:
+            self.observer(report)
 
     def _decode_forward(self, rows: int, length: int, cross: int) -> torch.Tensor:
         """One token for each of the first `rows` rows; writes and returns `self._logits`."""
@@ -677,7 +732,9 @@ class DecodeEngine:
         """Takes a slot out of the batch (moving the last slot into its place) and answers its caller."""
         index = self._slot_index(slot)
         codes = None
-        if error is None and not slot.job.cancel:
+        if error is None and slot.job.cancel:
+            self._stats.canceled += 1
+        elif error is None:
             codes = self._undelay(self._codes[index, :, : slot.max_length].cpu(), slot.max_length)
         last = len(self._active) - 1
         if index != last:

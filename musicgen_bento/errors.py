@@ -8,6 +8,7 @@ answered with a generic 500, so no traceback ever reaches a client.
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import logging
 from collections.abc import Callable
@@ -128,31 +129,46 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def answers_errors(func: F) -> F:
-    """Wraps an API method so `MusicGenError`s become their responses and nothing else leaks."""
+    """Wraps an API method (plain or async) so `MusicGenError`s become their responses and nothing else leaks."""
+    if inspect.iscoroutinefunction(func):
+
+        @functools.wraps(func)
+        async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return await func(*args, **kwargs)
+            except Exception as error:
+                return _answer(func.__name__, error, kwargs.get("ctx"))
+
+        return async_wrapper  # type: ignore[return-value]
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except MusicGenError as error:
-            if error.status_code >= 500:
-                logger.warning("%s failed: %s", func.__name__, error.message)
-            response = error_response(error)
-        except Exception:
-            logger.exception("%s failed unexpectedly", func.__name__)
-            response = JSONResponse(
-                {"error": "internal error while handling the request; the server log has the details"},
-                status_code=500,
-            )
-        # A method that takes BentoML's context gets the context's status and headers applied to
-        # whatever it returns, so the error's must be set there too.
-        context = kwargs.get("ctx")
-        if context is not None:
-            context.response.status_code = response.status_code
-            context.response.headers.update({k: v for k, v in response.headers.items() if k.lower() == "retry-after"})
-        return response
+        except Exception as error:
+            return _answer(func.__name__, error, kwargs.get("ctx"))
 
     return wrapper  # type: ignore[return-value]
+
+
+def _answer(name: str, error: Exception, context: Any) -> JSONResponse:
+    """The response for an error raised by API method `name`."""
+    if isinstance(error, MusicGenError):
+        if error.status_code >= 500:
+            logger.warning("%s failed: %s", name, error.message)
+        response = error_response(error)
+    else:
+        logger.error("%s failed unexpectedly", name, exc_info=error)
+        response = JSONResponse(
+            {"error": "internal error while handling the request; the server log has the details"},
+            status_code=500,
+        )
+    # A method that takes BentoML's context gets the context's status and headers applied to
+    # whatever it returns, so the error's must be set there too.
+    if context is not None:
+        context.response.status_code = response.status_code
+        context.response.headers.update({k: v for k, v in response.headers.items() if k.lower() == "retry-after"})
+    return response
 
 
 # pydantic's wording for the errors whose default message does not say what to do.

@@ -10,21 +10,22 @@ request at a time, in arrival order.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import math
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
 from .audio import AudioClip, smooth_join
-from .engine import DecodeEngine, DecodeRequest, Sampling
+from .engine import DecodeEngine, DecodeRequest, EngineStats, Sampling, StepReport
 from .errors import GenerationCanceled, ModelStoreError
 from .model_store import ModelInfo, load
 
@@ -32,7 +33,6 @@ logger = logging.getLogger("musicgen_bento")
 
 ProgressFn = Callable[[int, int], None]
 CancelFn = Callable[[], bool]
-EngineKind = Literal["static", "transformers"]
 ENGINES: tuple[str, ...] = ("static", "transformers")
 
 
@@ -69,7 +69,6 @@ class GenerationResult:
     audio: torch.Tensor
     sample_rate: int
     seed: int
-    elapsed_s: float
 
 
 @dataclass(frozen=True)
@@ -149,6 +148,56 @@ class _StepWatcher:
             raise GenerationCanceled("generation was canceled")
 
 
+class _CodesReady(Exception):
+    """Carries the codes transformers' `generate()` was about to decode, out of it."""
+
+    def __init__(self, codes: torch.Tensor) -> None:
+        super().__init__("codes ready")
+        self.codes = codes
+
+
+class _CodesOfGenerate:
+    """Stops transformers' `generate()` when its codes are complete, before it decodes them to audio.
+
+    After sampling, `generate()` undoes the delay pattern with its decoder's
+    `apply_delay_pattern_mask` and hands the result to the codec. Generation in token space needs
+    those codes, not the audio: on the thread that is `capturing()`, the hook installed by `install`
+    finishes undoing the pattern exactly as `generate()` does and raises `_CodesReady` with the
+    codes. Other threads (and other callers of the method) see the original, untouched.
+    """
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def install(self, model: Any) -> None:
+        decoder = model.decoder
+        original = type(decoder).apply_delay_pattern_mask
+        pad_token = int(model.generation_config.pad_token_id)
+
+        def apply_delay_pattern_mask(input_ids: torch.Tensor, pattern_mask: torch.Tensor) -> torch.Tensor:
+            masked = original(input_ids, pattern_mask)
+            # generate() also calls it before every step, on the sequence so far; the last call
+            # comes after sampling, on the whole sequence, as long as the pattern.
+            if getattr(self._local, "active", False) and input_ids.shape[-1] == pattern_mask.shape[-1]:
+                codebooks = decoder.num_codebooks
+                codes = masked[masked != pad_token].reshape(1, codebooks, -1)[0]
+                raise _CodesReady(codes.cpu())
+            return masked  # type: ignore[no-any-return]
+
+        decoder.apply_delay_pattern_mask = apply_delay_pattern_mask
+
+    @contextlib.contextmanager
+    def capturing(self) -> Iterator[None]:
+        self._local.active = True
+        try:
+            yield
+        finally:
+            self._local.active = False
+
+
+_codes_of_generate = _CodesOfGenerate()
+
+
 class _FairLock:
     """A lock granted in arrival order (`threading.Lock` promises no order)."""
 
@@ -226,6 +275,21 @@ class MusicGenGenerator:
         return self.info.kind == "melody"
 
     @property
+    def concurrency(self) -> int:
+        """How many requests decode at once: the engine's slots, or 1 with transformers' `generate()`."""
+        return self.batch_slots if self.engine == "static" else 1
+
+    def engine_stats(self) -> EngineStats | None:
+        """The decoding engine's counters (None with transformers' `generate()` or before loading)."""
+        return None if self._engine is None else self._engine.stats()
+
+    def observe_steps(self, observer: Callable[[StepReport], None]) -> None:
+        """Calls `observer` after every decoding step of the engine (once loaded); for metrics."""
+        self.load()
+        if self._engine is not None:
+            self._engine.observer = observer
+
+    @property
     def frame_samples(self) -> int:
         """Samples per codec frame (640 at MusicGen's 32 kHz and 50 Hz)."""
         self.load()
@@ -238,6 +302,8 @@ class MusicGenGenerator:
                 model, self._processor = load(self.info, self.device, self.dtype)
                 if self.engine == "static":
                     self._engine = DecodeEngine(model, self.device, self.batch_slots)
+                else:
+                    _codes_of_generate.install(model)
                 self._model = model
                 logger.info(
                     "loaded %s on %s in %.1f s (%s engine)",
@@ -254,11 +320,20 @@ class MusicGenGenerator:
         if engine is not None:
             engine.close()
 
+    def next_arrival(self) -> int:
+        """A ticket that ranks a request among all others on this generator (smaller is served first).
+
+        Callers that wait before calling `generate` (an HTTP request queued for a thread) take it
+        when the request arrives, so waiting does not cost them their place.
+        """
+        return next(self._arrivals)
+
     def generate(
         self,
         request: GenerationRequest,
         progress: ProgressFn | None = None,
         should_cancel: CancelFn | None = None,
+        arrival: int | None = None,
     ) -> GenerationResult:
         """Generates `request.params.duration_s` seconds of new music.
 
@@ -267,10 +342,10 @@ class MusicGenGenerator:
             progress: called after each decoding step with (steps done, total steps).
             should_cancel: polled after each step; returning True stops generation and raises
                 `GenerationCanceled`.
+            arrival: the request's ticket from `next_arrival()`; taken now when not given.
         """
-        arrival = next(self._arrivals)
+        arrival = self.next_arrival() if arrival is None else arrival
         self.load()
-        started = time.perf_counter()
         params = request.params
         seed = params.seed if params.seed is not None else secrets.randbelow(2**31)
         hop = self.frame_samples
@@ -284,50 +359,67 @@ class MusicGenGenerator:
         watcher = _StepWatcher(sum(w.new_frames + self._delay_steps for w in windows), progress, should_cancel)
         melody = request.melody.samples if request.melody is not None and self.is_melody else None
 
-        if self._engine is None:
-            with self._device_lock, torch.inference_mode():
-                # Seeding the global generators is safe only because the device lock serialises
-                # generations; every request starts from its own seed.
-                torch.manual_seed(seed)
-                produced = self._run_windows(params, prompt, melody, windows, watcher, None, arrival)
-        else:
-            # The engine draws from each request's own generator, seeded as transformers' global
-            # one would be, so both engines give the same tokens on the CPU.
-            rng = torch.Generator(device=self.device)
-            rng.manual_seed(seed)
-            with torch.inference_mode():
-                produced = self._run_windows(params, prompt, melody, windows, watcher, rng, arrival)
-        audio = torch.cat(produced, dim=1)[:, : round(params.duration_s * self.sample_rate)]
-        return GenerationResult(audio, self.sample_rate, seed, time.perf_counter() - started)
+        prompt_audio = None
+        if prompt is not None and prompt_frames:
+            prompt_audio = prompt[:, prompt.shape[1] - prompt_frames * hop :]
+        with torch.inference_mode():
+            prompt_codes = None if prompt_audio is None else self._encode_prompt(prompt_audio)
+            if self._engine is None:
+                with self._device_lock:
+                    # Seeding the global generators is safe only because the device lock serialises
+                    # generations; every request starts from its own seed.
+                    torch.manual_seed(seed)
+                    codes = self._run_windows(params, prompt_codes, melody, windows, watcher, None, arrival)
+            else:
+                # The engine draws from each request's own generator, seeded as transformers' global
+                # one would be, so both engines give the same tokens on the CPU.
+                rng = torch.Generator(device=self.device)
+                rng.manual_seed(seed)
+                codes = self._run_windows(params, prompt_codes, melody, windows, watcher, rng, arrival)
+            # One pass of the codec over the prompt and every window: no seams between windows.
+            decoded = self._decode_codes(codes)
+        prompt_samples = prompt_frames * hop
+        new_audio = decoded[:, prompt_samples : prompt_samples + round(params.duration_s * self.sample_rate)]
+        if prompt_audio is not None:
+            new_audio = smooth_join(prompt_audio, new_audio, decoded[:, prompt_samples - 1], self.sample_rate)
+        return GenerationResult(new_audio, self.sample_rate, seed)
 
     def _run_windows(
         self,
         params: GenerationParams,
-        prompt: torch.Tensor | None,
+        prompt_codes: torch.Tensor | None,
         melody: torch.Tensor | None,
         windows: list[Window],
         watcher: _StepWatcher,
         rng: torch.Generator | None,
         arrival: int,
-    ) -> list[torch.Tensor]:
+    ) -> torch.Tensor:
+        """Every window's tokens after the prompt's: (codebooks, prompt + new frames).
+
+        Long generation stays in token space, as audiocraft's does: a further window's prompt is
+        the tail of the tokens that exist so far, never audio decoded and encoded again. Melody
+        models condition a further window on the melody at the window's place in time, looped when
+        it is shorter (audiocraft's rule); the first window takes the melody as it is.
+        """
         hop = self.frame_samples
-        prompt_frames = windows[0].prompt_frames
-        history = prompt[:, prompt.shape[1] - prompt_frames * hop :] if prompt is not None else None
-        produced: list[torch.Tensor] = []
+        codes = prompt_codes
+        start_frame = 0  # where the window's prompt starts, in frames from the start of `codes`
         for index, window in enumerate(windows):
-            if index == 0:
-                window_prompt = history if prompt_frames else None
-                window_melody = melody
-            else:
-                assert history is not None  # every window after the first has audio before it
-                window_prompt = history[:, history.shape[1] - window.prompt_frames * hop :]
-                window_melody = window_prompt if self.is_melody else None
-            new_audio = self._generate_window(
+            window_prompt = None
+            if codes is not None and window.prompt_frames:
+                start_frame = codes.shape[1] - window.prompt_frames
+                window_prompt = codes[:, start_frame:]
+            window_melody = melody
+            if melody is not None and index > 0:
+                span = (window.prompt_frames + window.new_frames) * hop
+                positions = torch.arange(start_frame * hop, start_frame * hop + span) % melody.shape[1]
+                window_melody = melody[:, positions]
+            new_codes = self._generate_window(
                 params, window_prompt, window_melody, window.new_frames, watcher, rng, (arrival, index)
             )
-            produced.append(new_audio)
-            history = new_audio if history is None else torch.cat([history, new_audio], dim=1)
-        return produced
+            codes = new_codes if codes is None else torch.cat([codes, new_codes], dim=1)
+        assert codes is not None  # there is always at least one window
+        return codes
 
     @property
     def _delay_steps(self) -> int:
@@ -351,28 +443,24 @@ class MusicGenGenerator:
     def _generate_window(
         self,
         params: GenerationParams,
-        prompt: torch.Tensor | None,
+        prompt_codes: torch.Tensor | None,
         melody: torch.Tensor | None,
         new_frames: int,
         watcher: _StepWatcher,
         rng: torch.Generator | None = None,
         order: tuple[int, ...] = (0,),
     ) -> torch.Tensor:
-        """Runs the model once; returns the new audio (channels, new_frames * hop) on the CPU."""
-        hop = self.frame_samples
+        """Runs the model once; returns the window's new codes, (codebooks, new_frames), on the CPU."""
         inputs = self._processor_inputs(params, melody)
-        prompt_codes = self._encode_prompt(prompt) if prompt is not None else None
         if self._engine is None:
-            decoded = self._generate_with_transformers(params, inputs, prompt_codes, new_frames, watcher)
+            codes = self._generate_with_transformers(params, inputs, prompt_codes, new_frames, watcher)
         else:
-            decoded = self._generate_with_engine(params, inputs, prompt_codes, new_frames, watcher, rng, order)
-        prompt_samples = 0 if prompt is None else prompt.shape[1]
-        new_audio = decoded[:, prompt_samples : prompt_samples + new_frames * hop]
-        if new_audio.shape[1] < new_frames * hop:
-            raise RuntimeError(f"the model returned {new_audio.shape[1]} samples; {new_frames * hop} were expected")
-        if prompt is not None and prompt_samples > 0:
-            new_audio = smooth_join(prompt, new_audio, decoded[:, prompt_samples - 1], self.sample_rate)
-        return new_audio
+            codes = self._generate_with_engine(params, inputs, prompt_codes, new_frames, watcher, rng, order)
+        prompt_frames = 0 if prompt_codes is None else prompt_codes.shape[1]
+        new_codes = codes[:, prompt_frames : prompt_frames + new_frames]
+        if new_codes.shape[1] < new_frames:
+            raise RuntimeError(f"the model returned {new_codes.shape[1]} frames; {new_frames} were expected")
+        return new_codes
 
     def _generate_with_transformers(
         self,
@@ -382,20 +470,25 @@ class MusicGenGenerator:
         new_frames: int,
         watcher: _StepWatcher,
     ) -> torch.Tensor:
+        """transformers' `generate()`, stopped where it hands its codes to the codec: (codebooks, frames)."""
         if prompt_codes is not None:
-            inputs = {**inputs, "decoder_input_ids": prompt_codes}
+            inputs = {**inputs, "decoder_input_ids": prompt_codes.to(self.device)}
         sampling = params.temperature > 0
-        output = self._model.generate(
-            **inputs,
-            max_new_tokens=new_frames + self._delay_steps,
-            do_sample=sampling,
-            temperature=params.temperature if sampling else None,
-            top_k=params.top_k if sampling and params.top_k > 0 else None,
-            top_p=params.top_p if sampling and params.top_p > 0 else None,
-            guidance_scale=params.cfg_coef if params.cfg_coef > 1 else None,
-            stopping_criteria=[watcher.criterion()],
-        )
-        return output[0].to(torch.float32).cpu()  # type: ignore[no-any-return]
+        try:
+            with _codes_of_generate.capturing():
+                self._model.generate(
+                    **inputs,
+                    max_new_tokens=new_frames + self._delay_steps,
+                    do_sample=sampling,
+                    temperature=params.temperature if sampling else None,
+                    top_k=params.top_k if sampling and params.top_k > 0 else None,
+                    top_p=params.top_p if sampling and params.top_p > 0 else None,
+                    guidance_scale=params.cfg_coef if params.cfg_coef > 1 else None,
+                    stopping_criteria=[watcher.criterion()],
+                )
+        except _CodesReady as ready:
+            return ready.codes
+        raise RuntimeError("transformers' generate() returned without handing its codes to the codec")
 
     def _generate_with_engine(
         self,
@@ -411,13 +504,12 @@ class MusicGenGenerator:
         assert engine is not None
         prompt_frames = 0 if prompt_codes is None else prompt_codes.shape[1]
         # The delay pattern needs at least codebooks-1 frames in all; shorter windows decode a
-        # few extra frames, which are cut off below.
+        # few extra frames, which are cut off by the caller.
         frames = max(new_frames, engine.delay_steps - prompt_frames)
         states, mask = engine.encode_conditioning(inputs)
         sampling = Sampling(params.cfg_coef, params.temperature, params.top_k, params.top_p)
         request = DecodeRequest(states, mask, prompt_codes, frames, sampling, rng)
-        codes = engine.decode(request, order, on_step=watcher.step)
-        return self._decode_codes(codes)
+        return engine.decode(request, order, on_step=watcher.step)
 
     def _decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
         """Audio (channels, samples) on the CPU from codes (codebooks, frames), as `generate()` decodes."""
@@ -442,4 +534,4 @@ class MusicGenGenerator:
         per_channel = [encoder.encode(values[:, c : c + 1, :]).audio_codes[0] for c in range(values.shape[1])]
         # (batch, codebooks * channels, frames), channels alternating within each codebook
         codes = per_channel[0] if len(per_channel) == 1 else torch.stack(per_channel, dim=2).flatten(1, 2)
-        return codes.reshape(-1, codes.shape[-1])
+        return codes.reshape(-1, codes.shape[-1]).cpu()

@@ -19,8 +19,9 @@ import torch
 from .audio import MEDIA_TYPES, audio_file_duration_s, write_audio
 from .continuation import check_source, load_source, params_of, prompt_from_end
 from .errors import Conflict, GenerationCanceled, InvalidParameter, JobNotFound, MusicGenError
-from .generator import GenerationRequest
+from .generator import CancelFn, GenerationRequest, ProgressFn
 from .lifecycle import Generator, ModelHost
+from .metrics import ServiceMetrics
 from .schemas import GenerateRequest, JobAccepted, JobResult, JobView
 from .settings import Settings
 
@@ -94,6 +95,9 @@ class JobQueue(Protocol):
 
     def cancel_requested(self, job_id: str) -> bool: ...
 
+    def queued_count(self) -> int:
+        """Jobs waiting to be claimed."""
+
     def audio(self, job_id: str) -> bytes | None: ...
 
     def sweep(self) -> None:
@@ -147,8 +151,9 @@ def execute(
     request: GenerateRequest,
     generator: Generator,
     settings: Settings,
-    progress: Any = None,
-    should_cancel: Any = None,
+    progress: ProgressFn | None = None,
+    should_cancel: CancelFn | None = None,
+    arrival: int | None = None,
 ) -> tuple[dict[str, Any], Path]:
     """Runs one job's generation and writes its file; returns the result fields and the path."""
     audio_prompt = melody = None
@@ -161,7 +166,7 @@ def execute(
     if request.melody_path:
         melody = load_source(request.melody_path, settings, generator.sample_rate, generator.channels, "melody_path")
     generation = GenerationRequest(params_of(request), audio_prompt=audio_prompt, melody=melody)
-    outcome = generator.generate(generation, progress=progress, should_cancel=should_cancel)
+    outcome = generator.generate(generation, progress=progress, should_cancel=should_cancel, arrival=arrival)
     audio: torch.Tensor = outcome.audio
     path = write_audio(audio, outcome.sample_rate, settings.output_dir, request.output_format)
     result = {
@@ -298,48 +303,102 @@ class _Throttle:
 
 
 class JobWorker:
-    """Runs queued jobs one at a time on this process's generator, on a background thread."""
+    """Runs queued jobs on this process's generator: up to as many at once as it decodes together
+    (`MUSICGEN_BATCH_SLOTS` with the static engine, one with transformers'), each on a thread of
+    its own with its own claim, heartbeat, progress and cancel. A claimed job takes its place
+    among the generator's requests (`/continue` calls included) in the order it was claimed."""
 
-    def __init__(self, queue: JobQueue, host: ModelHost, settings: Settings) -> None:
+    def __init__(
+        self, queue: JobQueue, host: ModelHost, settings: Settings, metrics: ServiceMetrics | None = None
+    ) -> None:
         self.queue = queue
         self.host = host
         self.settings = settings
+        self.metrics = metrics
         self.worker_id = f"{uuid.uuid4().hex[:12]}"
         self._stopping = threading.Event()
         self._interrupting = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="musicgen-job-worker", daemon=True)
         self._sweeps = _Throttle(30.0)
+        self._running: set[threading.Thread] = set()
+        self._changed = threading.Condition()
 
     def start(self) -> None:
         self._thread.start()
 
+    @property
+    def running(self) -> int:
+        """Jobs this worker is running now."""
+        with self._changed:
+            return len(self._running)
+
     def stop(self, grace_s: float) -> None:
-        """Stops claiming jobs. A running job gets `grace_s` seconds to finish; then it is stopped at
+        """Stops claiming jobs. Running jobs get `grace_s` seconds to finish; then each is stopped at
         its next decoding step and put back at the front of the queue, to run again from the start
         (after a restart, or at once on another replica)."""
+        deadline = time.monotonic() + grace_s
         self._stopping.set()
+        with self._changed:
+            self._changed.notify_all()
         self._thread.join(timeout=grace_s)
-        if self._thread.is_alive():
+        with self._changed:
+            self._changed.wait_for(lambda: not self._running, timeout=max(0.0, deadline - time.monotonic()))
+            if not self._running:
+                return
             self._interrupting.set()
-            self._thread.join(timeout=30)
+            self._changed.wait_for(lambda: not self._running, timeout=30)
 
     def _loop(self) -> None:
         while not self._stopping.is_set():
             generator = self.host.wait_until_ready(timeout_s=1.0)
             if generator is None:
                 continue
+            # Claim only what can start decoding now; the rest stays queued for other replicas.
+            if not self._wait_for_room(generator.concurrency):
+                continue
+            if self._stopping.is_set():
+                break
             try:
                 if self._sweeps.due():
                     self.queue.sweep()
                 claim = self.queue.claim(self.worker_id, wait_s=2.0)
+                if self.metrics is not None:
+                    self.metrics.jobs(queued=self.queue.queued_count())
             except Exception:  # the queue's store may be briefly unreachable; keep serving
                 logger.exception("job queue unavailable; retrying")
                 self._stopping.wait(2.0)
                 continue
             if claim is not None:
-                self.run(claim, generator)
+                self._start_job(claim, generator)
 
-    def run(self, claim: Claim, generator: Generator) -> None:
+    def _wait_for_room(self, capacity: int) -> bool:
+        """Waits up to a second until fewer than `capacity` jobs run (or the worker stops)."""
+        with self._changed:
+            return self._changed.wait_for(lambda: len(self._running) < capacity or self._stopping.is_set(), timeout=1.0)
+
+    def _start_job(self, claim: Claim, generator: Generator) -> None:
+        arrival = generator.next_arrival()  # its place among the generator's requests: claimed now
+
+        def run_and_leave() -> None:
+            try:
+                self.run(claim, generator, arrival)
+            finally:
+                with self._changed:
+                    self._running.discard(thread)
+                    self._changed.notify_all()
+                    running = len(self._running)
+                if self.metrics is not None:
+                    self.metrics.jobs(running=running)
+
+        thread = threading.Thread(target=run_and_leave, name=f"musicgen-job-{claim.job.job_id[:8]}", daemon=True)
+        with self._changed:
+            self._running.add(thread)
+            running = len(self._running)
+        if self.metrics is not None:
+            self.metrics.jobs(running=running)
+        thread.start()
+
+    def run(self, claim: Claim, generator: Generator, arrival: int | None = None) -> None:
         """Runs one claimed job to its end: succeeded, failed or canceled."""
         job_id = claim.job.job_id
         ended, lost = threading.Event(), threading.Event()
@@ -360,7 +419,10 @@ class JobWorker:
 
         try:
             request = GenerateRequest.model_validate(claim.job.request)
-            result, path = execute(request, generator, self.settings, progress, should_cancel)
+            started = time.perf_counter()
+            result, path = execute(request, generator, self.settings, progress, should_cancel, arrival)
+            if self.metrics is not None:
+                self.metrics.generation_finished("job", time.perf_counter() - started)
             if self.queue.complete(claim, result, path):
                 logger.info("job %s succeeded (%s)", job_id, result["audio_path"])
             else:

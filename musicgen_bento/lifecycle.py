@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 
 from .audio import AudioClip
+from .engine import StepReport
 from .errors import MusicGenError, NotReady
 from .generator import GenerationParams, GenerationRequest, MusicGenGenerator, pick_device, pick_dtype
 from .mock import MockMusicGenGenerator
@@ -37,8 +39,9 @@ class HealthSnapshot:
 class ModelHost:
     """Owns the one generator of this process and the state of getting it ready."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, on_step: Callable[[StepReport], None] | None = None) -> None:
         self.settings = settings
+        self._on_step = on_step
         self._lock = threading.Lock()
         self._status: Status = "loading"
         self._detail: str | None = "starting"
@@ -116,6 +119,8 @@ class ModelHost:
                 batch_slots=settings.batch_slots,
             )
             generator.load()
+            if self._on_step is not None:
+                generator.observe_steps(self._on_step)
             if settings.warmup_s > 0:
                 self._set(detail="warming up")
                 generator.generate(self._warmup_request(generator))

@@ -7,8 +7,8 @@ silence to the requested length. It is never music, and never presented as such.
 
 from __future__ import annotations
 
+import itertools
 import secrets
-import time
 
 import torch
 
@@ -28,6 +28,18 @@ class MockMusicGenGenerator:
     is_melody = False
     frame_samples = 640
     device = "cpu"
+    # Generation is a copy: nothing limits how many run at once but the threads given to them.
+    concurrency = 8
+
+    def __init__(self) -> None:
+        self._arrivals = itertools.count()
+
+    def next_arrival(self) -> int:
+        return next(self._arrivals)
+
+    def engine_stats(self) -> None:
+        """No decoding engine."""
+        return None
 
     def load(self) -> None:
         """Nothing to load."""
@@ -40,8 +52,8 @@ class MockMusicGenGenerator:
         request: GenerationRequest,
         progress: ProgressFn | None = None,
         should_cancel: CancelFn | None = None,
+        arrival: int | None = None,
     ) -> GenerationResult:
-        started = time.perf_counter()
         params = request.params
         frames = round(params.duration_s * self.sample_rate)
         source = request.audio_prompt.samples if request.audio_prompt is not None else torch.zeros(self.channels, 0)
@@ -49,4 +61,4 @@ class MockMusicGenGenerator:
         if progress is not None:
             progress(1, 1)
         seed = params.seed if params.seed is not None else secrets.randbelow(2**31)
-        return GenerationResult(audio, self.sample_rate, seed, time.perf_counter() - started)
+        return GenerationResult(audio, self.sample_rate, seed)

@@ -248,6 +248,9 @@ class RedisJobQueue:
         status = self._cancel(keys=[self._job_key(job_id), self.queued], args=[time.time(), self.ttl_s])
         return None if status is None else self.get(job_id)
 
+    def queued_count(self) -> int:
+        return int(self.redis.zcard(self.queued))
+
     def cancel_requested(self, job_id: str) -> bool:
         return self.redis.hget(self._job_key(job_id), "cancel") == b"1"
 

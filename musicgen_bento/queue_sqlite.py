@@ -231,6 +231,10 @@ class SqliteJobQueue:
                 self._db.execute("UPDATE jobs SET cancel_requested=1 WHERE job_id=?", (job_id,))
         return self.get(job_id)
 
+    def queued_count(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM jobs WHERE status='queued'").fetchone()[0])
+
     def cancel_requested(self, job_id: str) -> bool:
         with self._lock:
             row = self._db.execute("SELECT cancel_requested FROM jobs WHERE job_id=?", (job_id,)).fetchone()

@@ -28,6 +28,9 @@ def server(request: pytest.FixtureRequest, start_server: Any, tiny_models: dict[
         "MUSICGEN_MODEL": TINY_TEXT,
         "MUSICGEN_MAX_QUEUE": "3",
         "MUSICGEN_MAX_JOB_DURATION_S": "40",
+        # One slot: a second job queues behind a running one (cancel, full queue). Jobs decoding
+        # together are tested in test_batching_http.py.
+        "MUSICGEN_BATCH_SLOTS": "1",
     }
     if request.param == "redis":
         settings["MUSICGEN_REDIS_URL"] = request.getfixturevalue("redis_url")

@@ -1,0 +1,145 @@
+"""Throughput through the served API: concurrent `/continue` calls and jobs against the same
+requests sent one after another, on a real `bentoml serve` over HTTP, at a real decoder shape.
+
+The model is a random-weight musicgen-small-shaped checkpoint (decoder exact, text encoder
+T5-base-sized, codec at its real frame rate but narrow), imported into a private model store;
+random weights make noise, not music, so only the timing means anything. Every request has its
+own prompt and seed and continues the same source file.
+
+For each path (`/continue`, jobs) the same requests run first one after another, each timed,
+then together; "one after another" for N requests is the time of the first N of that run, so
+the baseline and the measurement come from the same run on the same server. Throughput is
+seconds of audio per wall-clock second; the ratio is together / one after another.
+
+    .venv/bin/python bench/bench_service_throughput.py [--shape musicgen-small] [--clip-s 5] \
+        [--continue-concurrency 1 4 8] [--job-concurrency 4 8] [--slots 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from _support import served, use_private_store
+
+MODEL_NAME = "bench-random-{shape}"
+
+
+def import_real_shape_model(shape: str, workdir: Path) -> str:
+    """Saves a random-weight `shape` model and imports it into the (private) model store; its tag."""
+    from musicgen_bento.model_store import import_directory
+    from musicgen_bento.tiny_models import build_real_shape_model
+
+    model, processor = build_real_shape_model(shape)
+    directory = workdir / "checkpoint"
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    info = import_directory(directory, MODEL_NAME.format(shape=shape), "random weights (benchmark)", "none")
+    return info.tag
+
+
+def together(calls: list[Callable[[], None]]) -> float:
+    """Wall seconds for `calls` released at the same moment, each on its own thread."""
+    start = threading.Barrier(len(calls) + 1)
+
+    def run(call: Callable[[], None]) -> None:
+        start.wait()
+        call()
+
+    threads = [threading.Thread(target=run, args=(call,)) for call in calls]
+    for thread in threads:
+        thread.start()
+    start.wait()
+    started = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", default="musicgen-small", choices=["musicgen-small", "musicgen-medium"])
+    parser.add_argument("--clip-s", type=float, default=5.0)
+    parser.add_argument("--continue-concurrency", type=int, nargs="*", default=[1, 4, 8])
+    parser.add_argument("--job-concurrency", type=int, nargs="*", default=[4, 8])
+    parser.add_argument("--slots", type=int, default=8)
+    args = parser.parse_args()
+    use_private_store()
+
+    import httpx
+    import numpy as np
+    import soundfile as sf
+    from _decoding import hardware
+
+    from musicgen_bento.client import MusicGenClient
+
+    workdir = Path(tempfile.mkdtemp(prefix="musicgen-bench-service-"))
+    source = workdir / "source.wav"
+    t = np.arange(32000 * 10) / 32000
+    sf.write(str(source), (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), 32000)
+    tag = import_real_shape_model(args.shape, workdir)
+    settings = {
+        "MUSICGEN_MODEL": tag,
+        "MUSICGEN_BATCH_SLOTS": str(args.slots),
+        "MUSICGEN_OUTPUT_DIR": str(workdir / "output"),
+        "MUSICGEN_DATA_DIR": str(workdir / "data"),
+    }
+    print(
+        f"{args.shape} shape (random weights) served by `bentoml serve` on {hardware('cpu')}, "
+        f"{args.slots} slots, {args.clip_s:g} s clips continuing a 10 s source",
+        flush=True,
+    )
+    with served(settings, timeout_s=900) as url, httpx.Client(timeout=3600) as http:
+
+        def continue_call(index: int) -> Callable[[], None]:
+            body = {"audio_path": str(source), "prompt": f"bench {index}", "duration_s": args.clip_s, "seed": index}
+
+            def call() -> None:
+                http.post(f"{url}/continue", json=body).raise_for_status()
+
+            return call
+
+        def job_call(index: int) -> Callable[[], None]:
+            def call() -> None:
+                with MusicGenClient(url, timeout_s=3600) as client:
+                    # A fresh idempotency key: the artifact cache would answer a repeated request at once.
+                    job = client.submit(
+                        prompt=f"bench {index}", duration_s=args.clip_s, seed=index, idempotency_key=uuid.uuid4().hex
+                    )
+                    view = client.wait(job.job_id, timeout_s=3600, poll_s=0.2)
+                    assert view.status == "succeeded", view
+
+            return call
+
+        for name, make, counts in (
+            ("/continue", continue_call, args.continue_concurrency),
+            ("jobs", job_call, args.job_concurrency),
+        ):
+            if not counts:
+                continue
+            make(10_000)()  # warm-up of this path, untimed
+            one_by_one: list[float] = []
+            for index in range(max(counts)):
+                started = time.perf_counter()
+                make(index)()
+                one_by_one.append(time.perf_counter() - started)
+            print(f"  {name}: one after another, seconds per request: {[round(s, 1) for s in one_by_one]}", flush=True)
+            for count in counts:
+                sequential_s = sum(one_by_one[:count])
+                wall_s = together([make(index) for index in range(count)])
+                audio_s = count * args.clip_s
+                print(
+                    f"  {name}: {count} requests: one after another {sequential_s:7.1f} s "
+                    f"({audio_s / sequential_s:6.3f} s of audio/s), together {wall_s:7.1f} s "
+                    f"({audio_s / wall_s:6.3f} s of audio/s) -> {sequential_s / wall_s:5.2f}x",
+                    flush=True,
+                )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""How HTTP requests reach the generator: from an async route to a thread, in arrival order, with
+as many at once as the generator decodes together, and canceled when the client goes away.
+
+BentoML runs synchronous API methods through one capacity limiter sized by the service's
+`threads` setting (default 1), which would serve `/continue` one call at a time whatever the
+engine can batch. `/continue` is an async route instead, and this gate gives it threads of its
+own: twice what the generator decodes together with the static engine (the slots decode while
+as many more read their files, encode their prompts and wait in the engine's queue holding their
+place), one with transformers' `generate()`, which serves one request at a time anyway. Further
+requests wait as coroutines, not threads, first come first served.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import anyio
+import anyio.to_thread
+
+from .errors import GenerationCanceled
+from .generator import CancelFn
+from .lifecycle import Generator, ModelHost
+from .metrics import ServiceMetrics
+
+logger = logging.getLogger("musicgen_bento")
+
+T = TypeVar("T")
+
+# How often a waiting route checks whether its client is still connected. The engine sees the
+# cancel at its next step after that.
+_DISCONNECT_POLL_S = 0.1
+
+# Work a request does on its thread: given its arrival ticket and a cancel check.
+GenerationCall = Callable[[Generator, int, CancelFn], T]
+
+
+class GenerationGate:
+    """Admits requests to the ready generator: a ticket on arrival, then a thread when one is free."""
+
+    def __init__(self, host: ModelHost, metrics: ServiceMetrics | None = None) -> None:
+        self.host = host
+        self.metrics = metrics
+        self._limiter: anyio.CapacityLimiter | None = None
+
+    def threads_for(self, generator: Generator) -> int:
+        """Threads given to requests: what the generator decodes at once, plus as many preparing
+        when it batches (see the module's docstring)."""
+        return generator.concurrency * 2 if generator.concurrency > 1 else 1
+
+    async def run(
+        self,
+        kind: str,
+        call: GenerationCall[T],
+        client_gone: Callable[[], Awaitable[bool]],
+    ) -> T:
+        """Runs `call` on a thread once one is free; cancels it at its next step if `client_gone()`.
+
+        Raises `NotReady` while the model loads and `GenerationCanceled` when the client left.
+        """
+        arrived = time.perf_counter()
+        generator = self.host.generator()
+        arrival = generator.next_arrival()  # its place is kept while it waits for a thread
+        if self._limiter is None:
+            self._limiter = anyio.CapacityLimiter(self.threads_for(generator))
+        gone = threading.Event()
+
+        def on_thread() -> T:
+            if gone.is_set():
+                raise GenerationCanceled("the client disconnected before its request started")
+            return call(generator, arrival, gone.is_set)
+
+        async def watch_client() -> None:
+            while not gone.is_set():
+                await anyio.sleep(_DISCONNECT_POLL_S)
+                if await client_gone():
+                    logger.info("%s: client disconnected; canceling its generation", kind)
+                    gone.set()
+
+        failure: Exception | None = None
+        async with anyio.create_task_group() as watchers:
+            watchers.start_soon(watch_client)
+            try:
+                result = await anyio.to_thread.run_sync(on_thread, limiter=self._limiter)
+            except Exception as error:  # raised outside the group, not wrapped in an ExceptionGroup
+                failure = error
+            watchers.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
+        if self.metrics is not None:
+            self.metrics.generation_finished(kind, time.perf_counter() - arrived)
+        return result

@@ -7,6 +7,7 @@ response. Configuration comes from environment variables (see the README's setti
 from __future__ import annotations
 
 from collections.abc import Callable
+from importlib.metadata import version
 from typing import Any
 
 import bentoml
@@ -17,6 +18,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from musicgen_bento.errors import ReadableErrorsMiddleware, answers_errors
+from musicgen_bento.openapi import openapi_document
 from musicgen_bento.schemas import (
     ContinueRequest,
     ContinueResponse,
@@ -33,6 +35,7 @@ with bentoml.importing():
     from musicgen_bento.jobs import JobService, JobWorker, open_queue
     from musicgen_bento.lifecycle import ModelHost
     from musicgen_bento.metrics import ServiceMetrics, use_own_metrics_directory
+    from musicgen_bento.parent_watch import exit_with_parent
 
 SETTINGS = Settings.from_env()
 use_own_metrics_directory()
@@ -72,10 +75,22 @@ async def delete_job(request: Request) -> Response:
     return await _answer(lambda: _service().jobs.cancel(request.path_params["job_id"]))
 
 
+async def get_openapi(request: Request) -> JSONResponse:
+    """GET /docs.json: the OpenAPI document of every route (BentoML's describes its API methods only)."""
+    document = getattr(http_routes.state, "openapi", None)
+    if document is None:
+        bentoml_document = MusicGen.openapi_spec.asdict()  # type: ignore[attr-defined]
+        document = openapi_document(bentoml_document, "musicgen", version("musicgen-bento"))
+        http_routes.state.openapi = document
+    return JSONResponse(document)
+
+
 # BentoML's API methods answer POST only; health, job status, audio and cancel need GET and DELETE.
 http_routes = Starlette(
     routes=[
         Route("/health", get_health, methods=["GET"]),
+        # Listed before BentoML's own /docs.json, which this one replaces.
+        Route("/docs.json", get_openapi, methods=["GET"]),
         Route("/jobs/{job_id}", get_job, methods=["GET"]),
         Route("/jobs/{job_id}", delete_job, methods=["DELETE"]),
         Route("/jobs/{job_id}/audio", get_job_audio, methods=["GET"]),
@@ -107,6 +122,13 @@ class MusicGen:
         self.worker = JobWorker(queue, self.host, self.settings, self.metrics)
         self.worker.start()
         http_routes.state.service = self
+        self._grace_s = self.settings.shutdown_grace_s
+        exit_with_parent(on_orphaned=self._orphaned)
+
+    def _orphaned(self) -> None:
+        # The server that supervised this worker is gone and its replacement may start at any
+        # moment: running jobs go back to the queue at once instead of getting their grace period.
+        self._grace_s = 0.0
 
     def __is_ready__(self) -> bool:
         return self.host.health().status == "ready"
@@ -115,7 +137,7 @@ class MusicGen:
     def shutdown(self) -> None:
         # In this order: the running job stops (or finishes) first, then the decoding engine
         # between two steps, so the process never exits in the middle of a torch operation.
-        self.worker.stop(grace_s=self.settings.shutdown_grace_s)
+        self.worker.stop(grace_s=self._grace_s)
         self.host.close()
         self.jobs.queue.close()
 

@@ -3,6 +3,8 @@ model, joining continuations and writing output files atomically."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import stat
 import uuid
@@ -15,7 +17,15 @@ import soundfile as sf
 import torch
 import torchaudio.functional as audio_functional
 
-from .errors import InputForbidden, InputNotFound, InputTooLarge, InvalidInput, InvalidParameter
+from .errors import (
+    InputForbidden,
+    InputNotFound,
+    InputTooLarge,
+    InvalidInput,
+    InvalidParameter,
+    OutputFull,
+    OutputUnwritable,
+)
 
 OutputFormat = Literal["wav", "flac", "ogg", "mp3"]
 
@@ -73,33 +83,50 @@ def resolve_input_path(raw_path: str, limits: InputLimits, field: str = "audio_p
     """
     if not raw_path or not raw_path.strip():
         raise InvalidParameter("give the absolute path of an audio file on the server's disk", field=field)
-    path = Path(raw_path).expanduser()
+    if "\x00" in raw_path:
+        raise InvalidParameter("contains a NUL character, which no file path can; give a plain path", field=field)
+    quoted = _quote_path(raw_path)
+    try:
+        path = Path(raw_path).expanduser()
+    except RuntimeError:  # ~user naming no user
+        raise InvalidParameter(f"{quoted} names no home directory; give an absolute path", field=field) from None
     if not path.is_absolute():
-        raise InvalidParameter(f"{raw_path!r} is relative; give an absolute path", field=field)
-    resolved = path.resolve()
+        raise InvalidParameter(f"{quoted} is relative; give an absolute path", field=field)
+    try:
+        resolved = path.resolve()
+    except (RuntimeError, OSError):  # a symbolic link loop (RuntimeError before Python 3.13, then OSError)
+        raise InvalidInput(
+            f"{quoted} cannot be resolved: it is a loop of symbolic links or goes through an unreadable one",
+            field=field,
+        ) from None
     if limits.roots and not any(resolved.is_relative_to(root) for root in limits.roots):
         allowed = ", ".join(str(root) for root in limits.roots)
-        raise InputForbidden(f"{raw_path!r} lies outside the allowed input directories ({allowed})", field=field)
+        raise InputForbidden(f"{quoted} lies outside the allowed input directories ({allowed})", field=field)
     try:
         mode = resolved.stat().st_mode
     except FileNotFoundError:
-        raise InputNotFound(f"no file at {raw_path!r}", field=field) from None
+        raise InputNotFound(f"no file at {quoted}", field=field) from None
     except OSError as exc:
-        raise InvalidInput(f"cannot read {raw_path!r}: {exc.strerror}", field=field) from None
+        raise InvalidInput(f"cannot read {quoted}: {exc.strerror}", field=field) from None
     if stat.S_ISDIR(mode):
-        raise InvalidInput(f"{raw_path!r} is a directory; give the path of an audio file", field=field)
+        raise InvalidInput(f"{quoted} is a directory; give the path of an audio file", field=field)
     if not stat.S_ISREG(mode):
-        raise InvalidInput(f"{raw_path!r} is not a regular file (device, pipe or socket)", field=field)
+        raise InvalidInput(f"{quoted} is not a regular file (device, pipe or socket)", field=field)
     size = resolved.stat().st_size
     if size == 0:
-        raise InvalidInput(f"{raw_path!r} is empty", field=field)
+        raise InvalidInput(f"{quoted} is empty", field=field)
     if size > limits.max_bytes:
         raise InputTooLarge(
-            f"{raw_path!r} is {size / 1e6:.1f} MB; the limit is {limits.max_bytes / 1e6:.0f} MB", field=field
+            f"{quoted} is {size / 1e6:.1f} MB; the limit is {limits.max_bytes / 1e6:.0f} MB", field=field
         )
     if not os.access(resolved, os.R_OK):
-        raise InvalidInput(f"the server may not read {raw_path!r}", field=field)
+        raise InvalidInput(f"the server may not read {quoted}", field=field)
     return resolved
+
+
+def _quote_path(raw_path: str, limit: int = 200) -> str:
+    """A path as quoted in an error message: repr'd, and cut short when very long."""
+    return repr(raw_path) if len(raw_path) <= limit else repr(raw_path[:limit]) + f"… ({len(raw_path)} characters)"
 
 
 def read_audio(path: Path, limits: InputLimits, field: str = "audio_path") -> AudioClip:
@@ -171,18 +198,63 @@ def write_audio(samples: torch.Tensor, sample_rate: int, directory: Path, output
     complete, so readers never see a partial file and nothing existing is ever overwritten.
     A failed write leaves nothing behind.
     """
+    if samples.shape[-1] == 0:
+        raise ValueError("no samples to write")  # the request limits make this a bug, never a user's doing
     container, subtype = _WRITE_FORMATS[output_format]
-    directory.mkdir(parents=True, exist_ok=True)
     name = f"musicgen-{uuid.uuid4().hex}.{output_format}"
     final = directory / name
     partial = directory / f".{name}.partial"
     data = samples.detach().to(torch.float32).clamp(-1.0, 1.0).T.contiguous().numpy()
     try:
+        directory.mkdir(parents=True, exist_ok=True)
         sf.write(str(partial), data, sample_rate, format=container, subtype=subtype)
         os.link(partial, final)
+    except (OSError, sf.LibsndfileError, RuntimeError) as error:
+        raise _output_error(directory, error) from None
     finally:
-        partial.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            partial.unlink(missing_ok=True)
     return final.resolve()
+
+
+# errno values that mean "no room": a full filesystem, a quota, a file size limit.
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+_NO_WRITE = {errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+def _output_error(directory: Path, error: Exception) -> Exception:
+    """The client-facing error for a failed write into the output directory.
+
+    libsndfile reports a failed write as a message, not an errno, so when the error carries none
+    the directory's free space and permissions tell which it was.
+    """
+    code = getattr(error, "errno", None)
+    if code is None:
+        code = _probe_directory(directory)
+    if code in _NO_SPACE:
+        return OutputFull(
+            f"the output directory {directory} is full ({os.strerror(code)}); nothing was written. Free space "
+            "there or point MUSICGEN_OUTPUT_DIR at a larger volume; requests succeed again as soon as there is room",
+        )
+    if code in _NO_WRITE:
+        return OutputUnwritable(
+            f"the server cannot write to its output directory {directory} ({os.strerror(code)}); nothing was "
+            "written. Check the volume's permissions and mount (MUSICGEN_OUTPUT_DIR)",
+        )
+    return error
+
+
+def _probe_directory(directory: Path) -> int | None:
+    """Why `directory` can't take a file, as an errno (None when it looks fine)."""
+    try:
+        usage = os.statvfs(directory)
+    except OSError as error:
+        return error.errno
+    if usage.f_bavail * usage.f_frsize < 64 * 1024:
+        return errno.ENOSPC
+    if not os.access(directory, os.W_OK) or usage.f_flag & os.ST_RDONLY:
+        return errno.EROFS if usage.f_flag & os.ST_RDONLY else errno.EACCES
+    return None
 
 
 def audio_file_duration_s(path: Path) -> float:

@@ -19,7 +19,7 @@ from .audio import (
 from .errors import InvalidInput, InvalidParameter
 from .generator import CancelFn, GenerationParams, GenerationRequest, ProgressFn
 from .lifecycle import Generator
-from .schemas import ContinueRequest, ContinueResponse, GenerationOptions
+from .schemas import MIN_DURATION_S, ContinueRequest, ContinueResponse, GenerationOptions
 from .settings import Settings
 
 
@@ -60,22 +60,36 @@ def load_source(raw_path: str, settings: Settings, sample_rate: int, channels: i
     return to_model_format(read_audio(path, limits, field=field), sample_rate, channels)
 
 
-def check_source(raw_path: str, settings: Settings, field: str) -> Path:
-    """Refuses a source file that could not be used, before any work is queued for it."""
+def check_source(raw_path: str, settings: Settings, field: str, to_continue: bool = False) -> Path:
+    """Refuses a source file that could not be used, before any work is queued for it; a source
+    `to_continue` must also hold at least one codec frame, as `prompt_from_end` will require."""
     limits = input_limits(settings)
     path = resolve_input_path(raw_path, limits, field=field)
-    read_audio(path, limits, field=field)  # decoding once is the only sure check of the content
+    clip = read_audio(path, limits, field=field)  # decoding once is the only sure check of the content
+    if to_continue and clip.frames < round(MIN_DURATION_S * clip.sample_rate):
+        raise InvalidInput(
+            f"the source lasts {clip.duration_s * 1000:.0f} ms; at least one codec frame "
+            f"({MIN_DURATION_S * 1000:.0f} ms) is needed",
+            field=field,
+        )
     return path
 
 
-def prompt_from_end(source: AudioClip, prompt_duration_s: float, frame_samples: int) -> AudioClip:
+def prompt_from_end(source: AudioClip, prompt_duration_s: float, frame_samples: int, field: str) -> AudioClip:
     """The last `prompt_duration_s` seconds of `source`, rounded down to whole codec frames.
 
     Whole frames keep the join exact: the new music starts right where the prompt ends.
-    A source shorter than that is used whole (rounded down likewise).
+    A source shorter than that is used whole (rounded down likewise). A source shorter than one
+    frame is refused (`field` names it): there would be nothing to continue.
     """
     wanted = min(round(prompt_duration_s * source.sample_rate), source.frames)
     samples = (wanted // frame_samples) * frame_samples
+    if samples == 0:
+        raise InvalidInput(
+            f"the source lasts {source.duration_s * 1000:.0f} ms; at least one codec frame "
+            f"({frame_samples / source.sample_rate * 1000:.0f} ms) is needed",
+            field=field,
+        )
     return AudioClip(source.samples[:, source.frames - samples :], source.sample_rate)
 
 
@@ -97,13 +111,7 @@ def continue_music(
             field="prompt_duration_s",
         )
     source = load_source(request.audio_path, settings, generator.sample_rate, generator.channels, "audio_path")
-    prompt = prompt_from_end(source, request.prompt_duration_s, generator.frame_samples)
-    if prompt.frames == 0:
-        raise InvalidInput(
-            f"the source lasts {source.duration_s * 1000:.0f} ms; at least one codec frame "
-            f"({generator.frame_samples / generator.sample_rate * 1000:.0f} ms) is needed",
-            field="audio_path",
-        )
+    prompt = prompt_from_end(source, request.prompt_duration_s, generator.frame_samples, "audio_path")
     generation = GenerationRequest(
         params_of(request), audio_prompt=prompt, melody=prompt if generator.is_melody else None
     )

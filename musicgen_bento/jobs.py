@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import threading
 import time
 import uuid
@@ -119,6 +120,15 @@ def open_queue(settings: Settings) -> JobQueue:
     return SqliteJobQueue(settings.data_dir / "jobs.sqlite3", settings.job_ttl_s)
 
 
+# Job ids are made by `uuid.uuid4().hex`; anything else names no job and is never looked up.
+_JOB_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def _unknown(job_id: str) -> JobNotFound:
+    shown = repr(job_id) if len(job_id) <= 64 else repr(job_id[:64]) + f"… ({len(job_id)} characters)"
+    return JobNotFound(f"no job {shown}; it never existed or its results expired", field="job_id")
+
+
 def iso(timestamp: float | None) -> str | None:
     return None if timestamp is None else datetime.fromtimestamp(timestamp, UTC).isoformat()
 
@@ -161,7 +171,7 @@ def execute(
         source = load_source(
             request.continue_from, settings, generator.sample_rate, generator.channels, "continue_from"
         )
-        audio_prompt = prompt_from_end(source, request.prompt_duration_s, generator.frame_samples)
+        audio_prompt = prompt_from_end(source, request.prompt_duration_s, generator.frame_samples, "continue_from")
         melody = audio_prompt if generator.is_melody else None
     if request.melody_path:
         melody = load_source(request.melody_path, settings, generator.sample_rate, generator.channels, "melody_path")
@@ -228,7 +238,7 @@ class JobService:
         for name in ("continue_from", "melody_path"):
             raw = getattr(request, name)
             if raw:
-                inputs[name] = check_source(raw, settings, name)
+                inputs[name] = check_source(raw, settings, name, to_continue=name == "continue_from")
         if request.continue_from and request.prompt_duration_s > settings.max_prompt_s:
             raise InvalidParameter(
                 f"must be at most {settings.max_prompt_s:g} seconds; got {request.prompt_duration_s:g}",
@@ -243,9 +253,9 @@ class JobService:
         return inputs
 
     def view(self, job_id: str) -> JobView:
-        job = self.queue.get(job_id)
+        job = self.queue.get(job_id) if _JOB_ID.fullmatch(job_id) else None
         if job is None:
-            raise JobNotFound(f"no job {job_id!r}; it never existed or its results expired", field="job_id")
+            raise _unknown(job_id)
         result = None
         if job.result is not None:
             result = JobResult(audio_url=f"/jobs/{job.job_id}/audio", **job.result)
@@ -263,8 +273,8 @@ class JobService:
         )
 
     def cancel(self, job_id: str) -> JobView:
-        if self.queue.cancel(job_id) is None:
-            raise JobNotFound(f"no job {job_id!r}; it never existed or its results expired", field="job_id")
+        if not _JOB_ID.fullmatch(job_id) or self.queue.cancel(job_id) is None:
+            raise _unknown(job_id)
         return self.view(job_id)
 
     def audio(self, job_id: str) -> tuple[bytes, str]:

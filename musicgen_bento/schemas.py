@@ -10,16 +10,26 @@ from pydantic import BaseModel, ConfigDict, Field
 OutputFormatField = Literal["wav", "flac", "ogg", "mp3"]
 
 
-class GenerationOptions(BaseModel):
-    """Sampling options shared by every generating route."""
+# The shortest length a duration may have: one codec frame (MusicGen's codec makes 50 a second).
+MIN_DURATION_S = 0.02
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+
+class GenerationOptions(BaseModel):
+    """Sampling options shared by every generating route.
+
+    Strict: a number field takes a JSON number (an integer is fine), never `true` or `"10"`; a
+    boolean takes `true` or `false`, never `0` or `1`. Coercing such values would answer a
+    request the client did not mean.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     prompt: str = Field("", max_length=2000, description="Text conditioning, e.g. 'lo-fi piano with soft drums'.")
     duration_s: float = Field(
         10.0,
-        gt=0,
-        description="Seconds of NEW music to generate (up to MUSICGEN_MAX_DURATION_S, 30 by default).",
+        ge=MIN_DURATION_S,
+        description="Seconds of NEW music to generate: at least 0.02 (one codec frame), up to "
+        "MUSICGEN_MAX_DURATION_S (30 by default).",
     )
     cfg_coef: float = Field(
         3.0, ge=0, le=30, description="Classifier-free guidance strength; 1 or less turns guidance off."
@@ -43,8 +53,9 @@ class ContinueRequest(GenerationOptions):
     )
     prompt_duration_s: float = Field(
         10.0,
-        gt=0,
-        description="Seconds at the END of the source used as the audio prompt; a shorter source is used whole.",
+        ge=MIN_DURATION_S,
+        description="Seconds at the END of the source used as the audio prompt (at least 0.02, one codec frame); "
+        "a shorter source is used whole.",
     )
     include_source: bool = Field(False, description="Output the source followed by the new music.")
 
@@ -86,9 +97,9 @@ class GenerateRequest(GenerationOptions):
     )
     duration_s: float = Field(
         10.0,
-        gt=0,
-        description="Seconds of music (up to MUSICGEN_MAX_JOB_DURATION_S, 120 by default; past the window it is "
-        "generated in overlapping windows).",
+        ge=MIN_DURATION_S,
+        description="Seconds of music: at least 0.02 (one codec frame), up to MUSICGEN_MAX_JOB_DURATION_S (120 by "
+        "default; past the window it is generated in overlapping windows).",
     )
     melody_path: str | None = Field(
         None, description="Melody models: an audio file on the server's disk whose melody conditions the music."
@@ -97,7 +108,9 @@ class GenerateRequest(GenerationOptions):
         None, description="An audio file on the server's disk to continue, with /continue's semantics."
     )
     prompt_duration_s: float = Field(
-        10.0, gt=0, description="With continue_from: seconds at the end of that file used as the audio prompt."
+        10.0,
+        ge=MIN_DURATION_S,
+        description="With continue_from: seconds at the end of that file used as the audio prompt (at least 0.02).",
     )
     idempotency_key: str | None = Field(
         None,

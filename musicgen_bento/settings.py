@@ -169,7 +169,8 @@ class Settings:
         8,
         "MUSICGEN_BATCH_SLOTS",
         "--batch-slots",
-        "Static engine: most requests decoded together; more wait in arrival order. Each takes two rows of KV cache.",
+        "Static engine: most requests (/continue calls and jobs together) decoded together; more wait in arrival "
+        "order. A replica runs up to this many jobs at once. Each slot takes two rows of KV cache.",
     )
 
     def __post_init__(self) -> None:

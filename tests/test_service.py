@@ -34,7 +34,17 @@ def sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     (folder / "notes.txt.wav").write_text("these are not audio samples\n" * 50)
     truncated = write_tone(folder / "truncated.flac", seconds=4.0)
     truncated.write_bytes(truncated.read_bytes()[:400])
-    files.update(empty=folder / "empty.wav", text=folder / "notes.txt.wav", truncated=truncated, folder=folder)
+    (folder / "loop-a.wav").symlink_to(folder / "loop-b.wav")
+    (folder / "loop-b.wav").symlink_to(folder / "loop-a.wav")
+    tiny = write_tone(folder / "tiny.wav", seconds=0.01, sample_rate=32000, channels=1)
+    files.update(
+        empty=folder / "empty.wav",
+        text=folder / "notes.txt.wav",
+        truncated=truncated,
+        folder=folder,
+        loop=folder / "loop-a.wav",
+        tiny=tiny,
+    )
     return files
 
 
@@ -226,9 +236,9 @@ BAD_INPUTS = [
     ({}, 400, "audio_path", "is required"),
     ({"audio_path": 12}, 400, "audio_path", "valid string"),
     ({"duration_s": "long"}, 400, "duration_s", "valid number"),
-    ({"duration_s": -1}, 400, "duration_s", "greater than 0"),
+    ({"duration_s": -1}, 400, "duration_s", "greater than or equal to 0.02"),
     ({"duration_s": 41}, 400, "duration_s", "at most 40 seconds"),
-    ({"prompt_duration_s": 0}, 400, "prompt_duration_s", "greater than 0"),
+    ({"prompt_duration_s": 0}, 400, "prompt_duration_s", "greater than or equal to 0.02"),
     ({"prompt_duration_s": 29.5}, 400, "prompt_duration_s", "at most 29 seconds"),
     ({"cfg_coef": "strong"}, 400, "cfg_coef", "valid number"),
     ({"cfg_coef": 31}, 400, "cfg_coef", "less than or equal to 30"),
@@ -240,6 +250,17 @@ BAD_INPUTS = [
     ({"output_format": "aac"}, 400, "output_format", "'wav', 'flac', 'ogg' or 'mp3'"),
     ({"include_source": "perhaps"}, 400, "include_source", "valid boolean"),
     ({"duraton_s": 5}, 400, "duraton_s", "not a field of this request"),
+    ({"audio_path": "{loop}"}, 422, "audio_path", "loop of symbolic links"),
+    ({"audio_path": "{folder}/a.wav\u0000"}, 400, "audio_path", "NUL character"),
+    ({"audio_path": "{tiny}"}, 422, "audio_path", "at least one codec frame"),
+    ({"duration_s": 1e-9, "output_format": "flac"}, 400, "duration_s", "greater than or equal to 0.02"),
+    ({"duration_s": 1e-9, "output_format": "mp3"}, 400, "duration_s", "greater than or equal to 0.02"),
+    ({"prompt_duration_s": 1e-9}, 400, "prompt_duration_s", "greater than or equal to 0.02"),
+    ({"duration_s": True}, 400, "duration_s", "valid number"),
+    ({"duration_s": "10"}, 400, "duration_s", "valid number"),
+    ({"include_source": 0}, 400, "include_source", "valid boolean"),
+    ({"seed": 1.5}, 400, "seed", "valid integer"),
+    ({"prompt": 7}, 400, "prompt", "valid string"),
 ]
 
 
@@ -273,6 +294,17 @@ BAD_INPUTS = [
         "unknown-format",
         "include-source-not-bool",
         "misspelt-field",
+        "symlink-loop",
+        "nul-byte-in-path",
+        "source-under-one-frame",
+        "duration-under-one-sample-flac",
+        "duration-under-one-sample-mp3",
+        "prompt-under-one-frame",
+        "duration-boolean",
+        "duration-string-number",
+        "include-source-number",
+        "seed-fraction",
+        "prompt-not-string",
     ],
 )
 def test_bad_input_gets_a_4xx_naming_the_field(

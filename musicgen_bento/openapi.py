@@ -1,0 +1,209 @@
+"""The OpenAPI document served at `/docs.json`: every route the service answers, with every answer.
+
+BentoML generates a document for its `@bentoml.api` methods only, drops `null` from optional
+fields (`queue_position` is declared an integer, yet is null once a job runs), declares 3.0.2 while
+writing 3.1's numeric `exclusiveMinimum`, and knows nothing of the GET/DELETE routes or of the
+service's own error answers. This module writes the service's routes from the same pydantic models
+the routes validate with (JSON Schema 2020-12, which is OpenAPI 3.1's dialect) and keeps BentoML's
+infrastructure routes (`/healthz`, `/livez`, `/readyz`, `/metrics`) as BentoML describes them.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from pydantic import BaseModel
+
+from .schemas import (
+    ContinueRequest,
+    ContinueResponse,
+    GenerateRequest,
+    HealthResponse,
+    JobAccepted,
+    JobView,
+)
+
+_ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "title": "Error",
+    "required": ["error"],
+    "properties": {
+        "error": {"type": "string", "description": "What is wrong and what to change; starts with the field."},
+        "field": {"type": "string", "description": "The request field at fault, when one is."},
+        "detail": {
+            "type": "array",
+            "items": {"type": "object"},
+            "description": "pydantic's list of validation errors, for a body that breaks the schema.",
+        },
+    },
+}
+
+_STATUS_TEXT = {
+    400: "A field missing, of the wrong type or out of range; an unknown field; a body that is not valid JSON.",
+    403: "A path outside the allowed input directories (MUSICGEN_INPUT_ROOTS).",
+    404: "No file at a path in the request; an unknown or expired job id.",
+    409: "The audio of a job that has not succeeded; an idempotency key reused for another request.",
+    413: "A source file over the size or duration limit.",
+    415: "A body that is not JSON (send Content-Type: application/json).",
+    422: "A source file that cannot be used: a directory, empty, truncated, not audio, a symlink loop, "
+    "shorter than one codec frame.",
+    503: "The model is loading or failed to load, the job queue is full, the server is stopping, or the output "
+    "directory cannot be written; Retry-After says when to try again.",
+    507: "The output directory is full; nothing was written.",
+}
+
+_RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer"}}}
+_JOB_ID = {
+    "name": "job_id",
+    "in": "path",
+    "required": True,
+    "description": "The id POST /generate answered.",
+    "schema": {"type": "string"},
+}
+
+
+class _Document:
+    """Builds the paths and the component schemas they refer to."""
+
+    def __init__(self) -> None:
+        self.schemas: dict[str, Any] = {"Error": _ERROR_SCHEMA}
+
+    def ref(self, model: type[BaseModel], mode: str) -> dict[str, str]:
+        generated = model.model_json_schema(ref_template="#/components/schemas/{model}", mode=mode)  # type: ignore[arg-type]
+        self.schemas.update(generated.pop("$defs", {}))
+        self.schemas[model.__name__] = generated
+        return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+    def json_body(self, schema: dict[str, Any]) -> dict[str, Any]:
+        return {"required": True, "content": {"application/json": {"schema": schema}}}
+
+    def answers(self, success: dict[int, dict[str, Any]], errors: list[int]) -> dict[str, Any]:
+        responses: dict[str, Any] = {str(status): answer for status, answer in success.items()}
+        for status in errors:
+            answer: dict[str, Any] = {
+                "description": _STATUS_TEXT[status],
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+            }
+            if status == 503:
+                answer["headers"] = _RETRY_AFTER
+            responses[str(status)] = answer
+        return responses
+
+    def ok(self, model: type[BaseModel], description: str = "Success.") -> dict[str, Any]:
+        return {
+            "description": description,
+            "content": {"application/json": {"schema": self.ref(model, "serialization")}},
+        }
+
+
+def openapi_document(bentoml_document: dict[str, Any], title: str, version: str) -> dict[str, Any]:
+    """The service's OpenAPI 3.1 document; `bentoml_document` is BentoML's, for its infrastructure routes."""
+    doc = _Document()
+    job_id_body = doc.json_body(
+        {
+            "type": "object",
+            "required": ["job_id"],
+            "additionalProperties": False,
+            "properties": {"job_id": {"type": "string"}},
+        }
+    )
+    source_errors = [400, 403, 404, 413, 415, 422, 503]
+    paths: dict[str, Any] = {
+        "/continue": {
+            "post": {
+                "operationId": "continue_",
+                "summary": "Continue the music in a file on the server's disk; answers with the new file's path.",
+                "requestBody": doc.json_body(doc.ref(ContinueRequest, "validation")),
+                "responses": doc.answers({200: doc.ok(ContinueResponse)}, [*source_errors, 507]),
+            }
+        },
+        "/generate": {
+            "post": {
+                "operationId": "generate",
+                "summary": "Queue a generation job; answers 202 at once with its id and where to follow it.",
+                "requestBody": doc.json_body(doc.ref(GenerateRequest, "validation")),
+                "responses": doc.answers(
+                    {
+                        202: {
+                            **doc.ok(JobAccepted, "Queued (or answered from the cache, status succeeded)."),
+                            "headers": {"Location": {"description": "The job's URL.", "schema": {"type": "string"}}},
+                        }
+                    },
+                    [*source_errors, 409],
+                ),
+            }
+        },
+        "/jobs/{job_id}": {
+            "get": {
+                "operationId": "get_job",
+                "summary": "A job's status, progress and result.",
+                "parameters": [_JOB_ID],
+                "responses": doc.answers({200: doc.ok(JobView)}, [404]),
+            },
+            "delete": {
+                "operationId": "delete_job",
+                "summary": "Cancel a queued job, or stop a running one at its next decoding step.",
+                "parameters": [_JOB_ID],
+                "responses": doc.answers({200: doc.ok(JobView)}, [404]),
+            },
+        },
+        "/jobs/{job_id}/audio": {
+            "get": {
+                "operationId": "get_job_audio",
+                "summary": "A succeeded job's audio, from any replica.",
+                "parameters": [_JOB_ID],
+                "responses": doc.answers(
+                    {
+                        200: {
+                            "description": "The audio file, in the job's output format.",
+                            "content": {
+                                media: {"schema": {"type": "string", "format": "binary"}}
+                                for media in ("audio/wav", "audio/flac", "audio/ogg", "audio/mpeg")
+                            },
+                        }
+                    },
+                    [404, 409],
+                ),
+            }
+        },
+        "/jobs/status": {
+            "post": {
+                "operationId": "job_status",
+                "summary": "The same as GET /jobs/{job_id}, for bentoml.SyncHTTPClient.",
+                "requestBody": job_id_body,
+                "responses": doc.answers({200: doc.ok(JobView)}, [400, 404, 415]),
+            }
+        },
+        "/jobs/cancel": {
+            "post": {
+                "operationId": "cancel_job",
+                "summary": "The same as DELETE /jobs/{job_id}, for bentoml.SyncHTTPClient.",
+                "requestBody": job_id_body,
+                "responses": doc.answers({200: doc.ok(JobView)}, [400, 404, 415]),
+            }
+        },
+        "/health": {
+            method: {
+                "operationId": f"health_{method}",
+                "summary": "What an orchestrator polls until the model is ready: loading, ready or error.",
+                "responses": doc.answers({200: doc.ok(HealthResponse)}, [415] if method == "post" else []),
+            }
+            for method in ("get", "post")
+        },
+    }
+    infrastructure = {
+        path: copy.deepcopy(item)
+        for path, item in bentoml_document.get("paths", {}).items()
+        if path in ("/healthz", "/livez", "/readyz", "/metrics")
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": title,
+            "version": version,
+            "description": bentoml_document.get("info", {}).get("description", ""),
+        },
+        "paths": {**paths, **infrastructure},
+        "components": {"schemas": doc.schemas},
+    }

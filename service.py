@@ -6,6 +6,7 @@ response. Configuration comes from environment variables (see the README's setti
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from importlib.metadata import version
 from typing import Any
@@ -37,6 +38,7 @@ with bentoml.importing():
     from musicgen_bento.metrics import ServiceMetrics, use_own_metrics_directory
     from musicgen_bento.parent_watch import exit_with_parent
 
+logger = logging.getLogger("musicgen_bento")
 SETTINGS = Settings.from_env()
 use_own_metrics_directory()
 
@@ -80,7 +82,7 @@ async def get_openapi(request: Request) -> JSONResponse:
     document = getattr(http_routes.state, "openapi", None)
     if document is None:
         bentoml_document = MusicGen.openapi_spec.asdict()  # type: ignore[attr-defined]
-        document = openapi_document(bentoml_document, "musicgen", version("musicgen-bento"))
+        document = openapi_document(bentoml_document, "musicgen", version("musicgen-bento"), SETTINGS)
         http_routes.state.openapi = document
     return JSONResponse(document)
 
@@ -113,6 +115,8 @@ class MusicGen:
 
     def __init__(self) -> None:
         self.settings = SETTINGS
+        for risk in self.settings.risks():
+            logger.warning(risk)
         self.metrics = ServiceMetrics(self.settings.batch_slots)
         self.host = ModelHost(self.settings, on_step=self.metrics.engine_step)
         self.host.start()
@@ -193,6 +197,7 @@ class MusicGen:
             device=snapshot.device,
             detail=snapshot.detail,
             licence=snapshot.licence,
+            engine=self.host.engine_health(),
         )
 
 

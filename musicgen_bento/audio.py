@@ -86,10 +86,7 @@ def resolve_input_path(raw_path: str, limits: InputLimits, field: str = "audio_p
     if "\x00" in raw_path:
         raise InvalidParameter("contains a NUL character, which no file path can; give a plain path", field=field)
     quoted = _quote_path(raw_path)
-    try:
-        path = Path(raw_path).expanduser()
-    except RuntimeError:  # ~user naming no user
-        raise InvalidParameter(f"{quoted} names no home directory; give an absolute path", field=field) from None
+    path = Path(raw_path)
     if not path.is_absolute():
         raise InvalidParameter(f"{quoted} is relative; give an absolute path", field=field)
     try:

@@ -194,6 +194,9 @@ _FRIENDLIER = {
     "missing": "is required",
     "extra_forbidden": "is not a field of this request; check its spelling against the API page served at /",
     "json_invalid": "the request body is not valid JSON",
+    # Only the server-path fields have a pattern.
+    "string_pattern_mismatch": "must be the absolute path of a file on the server's disk (starting with /), "
+    "with no NUL character",
 }
 
 

@@ -170,7 +170,10 @@ class _CodesOfGenerate:
         self._local = threading.local()
 
     def install(self, model: Any) -> None:
+        """Installs the hook on `model` (once; later calls change nothing)."""
         decoder = model.decoder
+        if "apply_delay_pattern_mask" in vars(decoder):
+            return
         original = type(decoder).apply_delay_pattern_mask
         pad_token = int(model.generation_config.pad_token_id)
 
@@ -302,8 +305,6 @@ class MusicGenGenerator:
                 model, self._processor = load(self.info, self.device, self.dtype)
                 if self.engine == "static":
                     self._engine = DecodeEngine(model, self.device, self.batch_slots)
-                else:
-                    _codes_of_generate.install(model)
                 self._model = model
                 logger.info(
                     "loaded %s on %s in %.1f s (%s engine)",
@@ -474,6 +475,7 @@ class MusicGenGenerator:
         if prompt_codes is not None:
             inputs = {**inputs, "decoder_input_ids": prompt_codes.to(self.device)}
         sampling = params.temperature > 0
+        _codes_of_generate.install(self._model)
         try:
             with _codes_of_generate.capturing():
                 self._model.generate(

@@ -312,6 +312,10 @@ class _Throttle:
         return False
 
 
+# How long one claim waits for a job to appear: also how soon the worker notices it must stop.
+_CLAIM_WAIT_S = 2.0
+
+
 class JobWorker:
     """Runs queued jobs on this process's generator: up to as many at once as it decodes together
     (`MUSICGEN_BATCH_SLOTS` with the static engine, one with transformers'), each on a thread of
@@ -330,6 +334,7 @@ class JobWorker:
         self._interrupting = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="musicgen-job-worker", daemon=True)
         self._sweeps = _Throttle(30.0)
+        self._queue_reports = _Throttle(1.0)
         self._running: set[threading.Thread] = set()
         self._changed = threading.Condition()
 
@@ -350,7 +355,8 @@ class JobWorker:
         self._stopping.set()
         with self._changed:
             self._changed.notify_all()
-        self._thread.join(timeout=grace_s)
+        # The claiming loop notices within one claim's wait; after it has ended no job can start.
+        self._thread.join(timeout=_CLAIM_WAIT_S + 5)
         with self._changed:
             self._changed.wait_for(lambda: not self._running, timeout=max(0.0, deadline - time.monotonic()))
             if not self._running:
@@ -363,23 +369,28 @@ class JobWorker:
             generator = self.host.wait_until_ready(timeout_s=1.0)
             if generator is None:
                 continue
-            # Claim only what can start decoding now; the rest stays queued for other replicas.
-            if not self._wait_for_room(generator.concurrency):
-                continue
-            if self._stopping.is_set():
-                break
             try:
-                if self._sweeps.due():
-                    self.queue.sweep()
-                claim = self.queue.claim(self.worker_id, wait_s=2.0)
-                if self.metrics is not None:
-                    self.metrics.jobs(queued=self.queue.queued_count())
+                self._housekeeping()
+                # Claim only what can start decoding now; the rest stays queued for other replicas.
+                if not self._wait_for_room(generator.concurrency) or self._stopping.is_set():
+                    continue
+                claim = self.queue.claim(self.worker_id, wait_s=_CLAIM_WAIT_S)
             except Exception:  # the queue's store may be briefly unreachable; keep serving
                 logger.exception("job queue unavailable; retrying")
                 self._stopping.wait(2.0)
                 continue
-            if claim is not None:
+            if claim is not None and self._stopping.is_set():
+                # Claimed while the worker began to stop: back to the front of the queue, untouched.
+                self.queue.release(claim)
+            elif claim is not None:
                 self._start_job(claim, generator)
+
+    def _housekeeping(self) -> None:
+        """Deletes expired jobs now and then, and reports the queue's length."""
+        if self._sweeps.due():
+            self.queue.sweep()
+        if self.metrics is not None and self._queue_reports.due():
+            self.metrics.jobs(queued=self.queue.queued_count())
 
     def _wait_for_room(self, capacity: int) -> bool:
         """Waits up to a second until fewer than `capacity` jobs run (or the worker stops)."""

@@ -17,6 +17,7 @@ from .errors import MusicGenError, NotReady
 from .generator import GenerationParams, GenerationRequest, MusicGenGenerator, pick_device, pick_dtype
 from .mock import MockMusicGenGenerator
 from .model_store import resolve
+from .schemas import EngineHealth
 from .settings import Settings
 
 logger = logging.getLogger("musicgen_bento")
@@ -80,6 +81,24 @@ class ModelHost:
         """Waits up to `timeout_s` for the model to be ready; the generator, or None."""
         self._ready.wait(timeout_s)
         return self.ready_generator()
+
+    def engine_health(self) -> EngineHealth | None:
+        """The decoding engine's state for health; None until the model is ready."""
+        generator = self.ready_generator()
+        if generator is None:
+            return None
+        if isinstance(generator, MockMusicGenGenerator):
+            return EngineHealth(kind="mock", slots=generator.concurrency)
+        stats = generator.engine_stats()
+        if stats is None:
+            return EngineHealth(kind="transformers", slots=1)
+        return EngineHealth(
+            kind="static",
+            slots=generator.concurrency,
+            decoding=stats.decoding,
+            waiting=stats.waiting,
+            steps=stats.steps,
+        )
 
     def close(self) -> None:
         """Stops the generator's decoding (at shutdown, after the job worker has stopped)."""

@@ -23,6 +23,7 @@ from .schemas import (
     JobAccepted,
     JobView,
 )
+from .settings import Settings
 
 _ERROR_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -97,7 +98,25 @@ class _Document:
         }
 
 
-def openapi_document(bentoml_document: dict[str, Any], title: str, version: str) -> dict[str, Any]:
+def _declare_limits(schemas: dict[str, Any], settings: Settings) -> None:
+    """Writes the limits that come from settings into the request schemas, so that every request
+    the document allows is one the service accepts."""
+    limits = {
+        "ContinueRequest": {"duration_s": settings.max_duration_s, "prompt_duration_s": settings.max_prompt_s},
+        "GenerateRequest": {"duration_s": settings.max_job_duration_s, "prompt_duration_s": settings.max_prompt_s},
+    }
+    for model, maxima in limits.items():
+        for field, maximum in maxima.items():
+            schemas[model]["properties"][field]["maximum"] = maximum
+    # A job needs something to start from: a prompt that is not blank, a melody or music to continue.
+    schemas["GenerateRequest"]["anyOf"] = [
+        {"required": ["prompt"], "properties": {"prompt": {"pattern": r"\S"}}},
+        {"required": ["melody_path"], "properties": {"melody_path": {"type": "string"}}},
+        {"required": ["continue_from"], "properties": {"continue_from": {"type": "string"}}},
+    ]
+
+
+def openapi_document(bentoml_document: dict[str, Any], title: str, version: str, settings: Settings) -> dict[str, Any]:
     """The service's OpenAPI 3.1 document; `bentoml_document` is BentoML's, for its infrastructure routes."""
     doc = _Document()
     job_id_body = doc.json_body(
@@ -197,6 +216,7 @@ def openapi_document(bentoml_document: dict[str, Any], title: str, version: str)
         for path, item in bentoml_document.get("paths", {}).items()
         if path in ("/healthz", "/livez", "/readyz", "/metrics")
     }
+    _declare_limits(doc.schemas, settings)
     return {
         "openapi": "3.1.0",
         "info": {

@@ -3,15 +3,27 @@ in the generated OpenAPI page."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 OutputFormatField = Literal["wav", "flac", "ogg", "mp3"]
 
 
 # The shortest length a duration may have: one codec frame (MusicGen's codec makes 50 a second).
 MIN_DURATION_S = 0.02
+# A path on the server's disk: absolute, and never with a NUL, which no file path can hold.
+SERVER_PATH_PATTERN = r"^/[^\x00]*$"
+
+
+def _integral_float_as_int(value: Any) -> Any:
+    # JSON Schema's "integer" includes 5.0; strict validation alone would refuse it (and still
+    # refuses 5.5, true and "5").
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+# An integer field: a JSON integer, or a number with no fractional part; never a boolean or a string.
+Integer = Annotated[int, BeforeValidator(_integral_float_as_int)]
 
 
 class GenerationOptions(BaseModel):
@@ -34,11 +46,12 @@ class GenerationOptions(BaseModel):
     cfg_coef: float = Field(
         3.0, ge=0, le=30, description="Classifier-free guidance strength; 1 or less turns guidance off."
     )
-    seed: int | None = Field(
-        None, ge=0, le=2**31 - 1, description="Random seed; the seed used is always returned. Omit for a random one."
+    # The bounds come before the validator, or the document shows them as "ge"/"le", not "minimum"/"maximum".
+    seed: Annotated[int, Field(ge=0, le=2**31 - 1), BeforeValidator(_integral_float_as_int)] | None = Field(
+        None, description="Random seed; the seed used is always returned. Omit for a random one."
     )
     temperature: float = Field(1.0, ge=0, le=10, description="Sampling temperature; 0 means greedy decoding.")
-    top_k: int = Field(250, ge=0, le=2048, description="Sample from the k most likely codes; 0 turns it off.")
+    top_k: Integer = Field(250, ge=0, le=2048, description="Sample from the k most likely codes; 0 turns it off.")
     top_p: float = Field(0.0, ge=0, le=1, description="Nucleus sampling threshold; 0 turns it off.")
     output_format: OutputFormatField = Field("wav", description="Container of the output file.")
 
@@ -49,6 +62,7 @@ class ContinueRequest(GenerationOptions):
     audio_path: str = Field(
         ...,
         min_length=1,
+        pattern=SERVER_PATH_PATTERN,
         description="Absolute path of the source audio on the server's disk (wav, mp3, flac or ogg).",
     )
     prompt_duration_s: float = Field(
@@ -73,6 +87,16 @@ class ContinueResponse(BaseModel):
     elapsed_s: float = Field(description="Seconds the server spent on the request.")
 
 
+class EngineHealth(BaseModel):
+    """What the decoding engine is doing, in GET /health once the model is ready."""
+
+    kind: Literal["static", "transformers", "mock"] = Field(description="The decoding loop (MUSICGEN_ENGINE).")
+    slots: int = Field(description="Requests decoded together at most (1 with transformers' generate()).")
+    decoding: int | None = Field(default=None, description="Static engine: requests holding a slot now.")
+    waiting: int | None = Field(default=None, description="Static engine: requests queued for a slot now.")
+    steps: int | None = Field(default=None, description="Static engine: batched decoding steps since start.")
+
+
 class HealthResponse(BaseModel):
     """Body of GET /health."""
 
@@ -82,6 +106,7 @@ class HealthResponse(BaseModel):
     device: str
     detail: str | None = None
     licence: str | None = Field(None, description="Licence of the served weights, from the model store.")
+    engine: EngineHealth | None = Field(None, description="The decoding engine, once the model is ready.")
 
 
 JobStatusField = Literal["queued", "running", "succeeded", "failed", "canceled"]
@@ -102,10 +127,14 @@ class GenerateRequest(GenerationOptions):
         "default; past the window it is generated in overlapping windows).",
     )
     melody_path: str | None = Field(
-        None, description="Melody models: an audio file on the server's disk whose melody conditions the music."
+        None,
+        pattern=SERVER_PATH_PATTERN,
+        description="Melody models: an audio file on the server's disk whose melody conditions the music.",
     )
     continue_from: str | None = Field(
-        None, description="An audio file on the server's disk to continue, with /continue's semantics."
+        None,
+        pattern=SERVER_PATH_PATTERN,
+        description="An audio file on the server's disk to continue, with /continue's semantics.",
     )
     prompt_duration_s: float = Field(
         10.0,

@@ -206,6 +206,17 @@ class Settings:
         if self.batch_slots < 1:
             raise SettingsError(f"MUSICGEN_BATCH_SLOTS: must be at least 1; got {self.batch_slots}")
 
+    def risks(self) -> list[str]:
+        """Warnings about how this configuration exposes the server, for the start-up log."""
+        risks = []
+        if not self.input_roots:
+            risks.append(
+                "MUSICGEN_INPUT_ROOTS is empty: a request may use any audio file this process can read as its "
+                "source, and with include_source copy it into the output directory. On a server that clients "
+                "share, set it to the directories their files are in (README: Deploying, a hardened configuration)"
+            )
+        return risks
+
     @property
     def max_prompt_s(self) -> float:
         """Longest audio prompt: a window must keep room for at least one second of new music."""

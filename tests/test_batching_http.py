@@ -183,3 +183,11 @@ def test_transformers_engine_serves_concurrent_calls_one_at_a_time(
     for answer in answers:
         assert np.array_equal(samples(answer["audio_path"]), samples(alone["audio_path"]))
     assert metrics(fallback).get("musicgen_engine_batch_size_count", 0.0) == 0  # no engine: nothing batched
+
+
+def test_health_reports_the_engine(server: Server) -> None:
+    engine = httpx.get(f"{server.url}/health", timeout=10).json()["engine"]
+    assert engine["kind"] == "static"
+    assert engine["slots"] == SLOTS
+    assert engine["decoding"] == engine["waiting"] == 0
+    assert engine["steps"] > 0  # the earlier tests' steps

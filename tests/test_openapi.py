@@ -1,0 +1,86 @@
+"""The OpenAPI document at /docs.json tells the truth: it is a valid document, it lists every route
+the service answers, and the service's answers to generated requests (schemathesis, a bounded
+number of examples per operation) match it: declared statuses, declared bodies, no server error."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from openapi_spec_validator import validate
+
+from .conftest import TINY_TEXT, Server
+
+
+@pytest.fixture(scope="module")
+def server(start_server: Any, tiny_models: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Server:
+    inputs = tmp_path_factory.mktemp("openapi-inputs")
+    started: Server = start_server(
+        settings={
+            "MUSICGEN_MODEL": TINY_TEXT,
+            # Generated requests stay cheap: no more music than the default 10 s (a lower limit would
+            # refuse a request that leaves duration_s out), and paths outside this folder are refused.
+            "MUSICGEN_MAX_DURATION_S": "10",
+            "MUSICGEN_MAX_JOB_DURATION_S": "10",
+            "MUSICGEN_INPUT_ROOTS": str(inputs),
+        }
+    )
+    started.wait_until("ready", timeout=180)
+    return started
+
+
+@pytest.fixture(scope="module")
+def document(server: Server) -> dict[str, Any]:
+    response = httpx.get(f"{server.url}/docs.json", timeout=30)
+    assert response.status_code == 200
+    return response.json()  # type: ignore[no-any-return]
+
+
+def test_the_document_is_valid_openapi(document: dict[str, Any]) -> None:
+    validate(document)
+
+
+def test_every_route_the_service_answers_is_in_the_document(document: dict[str, Any]) -> None:
+    import service
+
+    answered = {api.route for api in service.MusicGen.apis.values()}
+    answered |= {route.path for route in service.http_routes.routes if route.path != "/docs.json"}
+    assert answered - set(document["paths"]) == set()
+    for path, methods in {"/jobs/{job_id}": {"get", "delete"}, "/health": {"get", "post"}}.items():
+        assert methods <= set(document["paths"][path]), path
+
+
+def test_every_error_answer_is_declared(document: dict[str, Any]) -> None:
+    continue_answers = set(document["paths"]["/continue"]["post"]["responses"])
+    assert {"200", "400", "403", "404", "413", "415", "422", "503", "507"} <= continue_answers
+    generate_answers = set(document["paths"]["/generate"]["post"]["responses"])
+    assert {"202", "400", "403", "404", "409", "413", "415", "422", "503"} <= generate_answers
+    error = document["components"]["schemas"]["Error"]
+    assert error["properties"]["detail"]["type"] == "array"
+
+
+def test_answers_match_the_document(server: Server) -> None:
+    # Schemathesis' own pytest integration does not run on this pytest; its operations and their
+    # hypothesis strategies are used directly, a bounded number of examples per operation.
+    schema = schemathesis.openapi.from_url(f"{server.url}/docs.json")
+    failures: list[str] = []
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert len(operations) >= 10
+
+    for operation in operations:
+
+        @given(case=operation.as_strategy())
+        @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+        def answers(case: Any) -> None:
+            case.call_and_validate(timeout=60)
+
+        try:
+            answers()
+        except BaseException as error:  # every operation runs; failures are reported together
+            if isinstance(error, KeyboardInterrupt):
+                raise
+            failures.append(f"{operation.label}: {error}")
+    assert not failures, "\n\n".join(failures)

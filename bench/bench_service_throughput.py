@@ -12,7 +12,7 @@ the baseline and the measurement come from the same run on the same server. Thro
 seconds of audio per wall-clock second; the ratio is together / one after another.
 
     .venv/bin/python bench/bench_service_throughput.py [--shape musicgen-small] [--clip-s 5] \
-        [--continue-concurrency 1 4 8] [--job-concurrency 4 8] [--slots 8]
+        [--continue-concurrency 1 4 8] [--job-concurrency 4 8] [--slots 8] [--dtype auto|float32|bfloat16]
 """
 
 from __future__ import annotations
@@ -68,6 +68,9 @@ def main() -> None:
     parser.add_argument("--continue-concurrency", type=int, nargs="*", default=[1, 4, 8])
     parser.add_argument("--job-concurrency", type=int, nargs="*", default=[4, 8])
     parser.add_argument("--slots", type=int, default=8)
+    parser.add_argument(
+        "--dtype", default="auto", choices=["auto", "float32", "bfloat16"], help="the server's MUSICGEN_DTYPE"
+    )
     args = parser.parse_args()
     use_private_store()
 
@@ -88,10 +91,12 @@ def main() -> None:
         "MUSICGEN_BATCH_SLOTS": str(args.slots),
         "MUSICGEN_OUTPUT_DIR": str(workdir / "output"),
         "MUSICGEN_DATA_DIR": str(workdir / "data"),
+        "MUSICGEN_DTYPE": args.dtype,
     }
     print(
         f"{args.shape} shape (random weights) served by `bentoml serve` on {hardware('cpu')}, "
-        f"{args.slots} slots, {args.clip_s:g} s clips continuing a 10 s source",
+        f"{args.slots} slots, MUSICGEN_DTYPE={args.dtype}, {args.clip_s:g} s clips; /continue continues a 10 s "
+        "source (a 10 s prompt), jobs generate from text",
         flush=True,
     )
     with served(settings, timeout_s=900) as url, httpx.Client(timeout=3600) as http:

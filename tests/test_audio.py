@@ -21,7 +21,15 @@ from musicgen_bento.audio import (
     to_model_format,
     write_audio,
 )
-from musicgen_bento.errors import InputForbidden, InputNotFound, InputTooLarge, InvalidInput, InvalidParameter
+from musicgen_bento.errors import (
+    InputForbidden,
+    InputNotFound,
+    InputTooLarge,
+    InvalidInput,
+    InvalidParameter,
+    OutputFull,
+    OutputUnwritable,
+)
 
 LIMITS = InputLimits()
 
@@ -165,9 +173,25 @@ def test_failed_write_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.
 
     monkeypatch.setattr("musicgen_bento.audio.sf.write", write_then_fail)
     out = tmp_path / "out"
-    with pytest.raises(OSError, match="No space"):
+    with pytest.raises(OutputFull, match=f"the output directory {out} is full"):
         write_audio(torch.zeros(1, 3200), 32000, out, "wav")
     assert list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("code", "error"),
+    [(28, OutputFull), (122, OutputFull), (13, OutputUnwritable), (30, OutputUnwritable)],
+    ids=["no-space", "quota", "permission", "read-only"],
+)
+def test_a_failed_write_says_what_the_directory_lacks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int, error: type[Exception]
+) -> None:
+    def fail(path: str, *args: object, **kwargs: object) -> None:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr("musicgen_bento.audio.sf.write", fail)
+    with pytest.raises(error, match="MUSICGEN_OUTPUT_DIR"):
+        write_audio(torch.zeros(1, 3200), 32000, tmp_path / "out", "wav")
 
 
 def test_written_wav_round_trips(tmp_path: Path) -> None:

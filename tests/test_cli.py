@@ -29,6 +29,8 @@ def test_orchestrator_command_line_serves_health(melody_server: Server) -> None:
         "gpu_id": 0,
         "device": "cpu",
         "licence": "none: random weights generated locally, not a trained model",
+        # The flags' defaults: the static engine with 8 slots; nothing decoded yet (no warm-up in tests).
+        "engine": {"kind": "static", "slots": 8, "decoding": 0, "waiting": 0, "steps": 0},
     }
 
 

@@ -97,7 +97,7 @@ def test_a_job_continues_a_file_in_the_asked_format(client: MusicGenClient, tmp_
 BAD_SUBMISSIONS = [
     ({"duration_s": 2.0}, 400, "prompt", "give a text prompt"),
     ({"prompt": "x", "duration_s": 41}, 400, "duration_s", "at most 40 seconds"),
-    ({"prompt": "x", "duration_s": -2}, 400, "duration_s", "greater than 0"),
+    ({"prompt": "x", "duration_s": -2}, 400, "duration_s", "greater than or equal to 0.02"),
     ({"prompt": "x", "melody_path": "{tone}"}, 400, "melody_path", "not a melody model"),
     ({"continue_from": "/nowhere/song.wav"}, 404, "continue_from", "no file at"),
     ({"continue_from": "/dev/null"}, 422, "continue_from", "not a regular file"),

@@ -39,6 +39,9 @@ with bentoml.importing():
     from musicgen_bento.parent_watch import exit_with_parent
 
 logger = logging.getLogger("musicgen_bento")
+# BentoML's logging shows WARNING and above from other libraries; the service's own INFO lines (the
+# model ready, a job finished, a client gone) are what an operator reads, so they are let through.
+logger.setLevel(logging.INFO)
 SETTINGS = Settings.from_env()
 use_own_metrics_directory()
 

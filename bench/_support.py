@@ -36,6 +36,16 @@ def median_seconds(run: Callable[[], object], repeats: int) -> tuple[float, list
     return statistics.median(times), times
 
 
+def write_tone(path: Path, seconds: float, sample_rate: int) -> Path:
+    """A mono 220 Hz tone as a wav file: the source the benchmarks continue."""
+    import numpy as np
+    import soundfile as sf
+
+    t = np.arange(int(seconds * sample_rate)) / sample_rate
+    sf.write(str(path), (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), sample_rate)
+    return path
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

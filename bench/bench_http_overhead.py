@@ -15,7 +15,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from _support import median_seconds, served, use_private_store
+from _support import median_seconds, served, use_private_store, write_tone
 
 
 def main() -> None:
@@ -27,8 +27,6 @@ def main() -> None:
     use_private_store()
 
     import httpx
-    import numpy as np
-    import soundfile as sf
 
     from musicgen_bento.continuation import continue_music
     from musicgen_bento.generator import MusicGenGenerator, pick_device, pick_dtype
@@ -37,9 +35,7 @@ def main() -> None:
     from musicgen_bento.settings import Settings
 
     workdir = Path(tempfile.mkdtemp(prefix="musicgen-bench-"))
-    source = workdir / "source.wav"
-    t = np.arange(44100 * 12) / 44100
-    sf.write(str(source), (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), 44100)
+    source = write_tone(workdir / "source.wav", seconds=12, sample_rate=44100)
     body = {"audio_path": str(source), "prompt": "bench", "duration_s": args.duration_s, "seed": 1}
 
     server_settings = {"MUSICGEN_MODEL": args.model, "MUSICGEN_OUTPUT_DIR": str(workdir / "http")}

@@ -25,7 +25,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from _support import served, use_private_store
+from _support import served, use_private_store, write_tone
 
 MODEL_NAME = "bench-random-{shape}"
 
@@ -75,16 +75,12 @@ def main() -> None:
     use_private_store()
 
     import httpx
-    import numpy as np
-    import soundfile as sf
     from _decoding import hardware
 
     from musicgen_bento.client import MusicGenClient
 
     workdir = Path(tempfile.mkdtemp(prefix="musicgen-bench-service-"))
-    source = workdir / "source.wav"
-    t = np.arange(32000 * 10) / 32000
-    sf.write(str(source), (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), 32000)
+    source = write_tone(workdir / "source.wav", seconds=10, sample_rate=32000)
     tag = import_real_shape_model(args.shape, workdir)
     settings = {
         "MUSICGEN_MODEL": tag,

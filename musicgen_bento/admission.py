@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -66,30 +66,40 @@ class GenerationGate:
         arrival = generator.next_arrival()  # its place is kept while it waits for a thread
         if self._limiter is None:
             self._limiter = anyio.CapacityLimiter(self.threads_for(generator))
-        gone = threading.Event()
+        gone, started = threading.Event(), threading.Event()
 
         def on_thread() -> T:
-            if gone.is_set():
-                raise GenerationCanceled("the client disconnected before its request started")
+            started.set()
             return call(generator, arrival, gone.is_set)
 
-        async def watch_client() -> None:
-            while not gone.is_set():
-                await anyio.sleep(_DISCONNECT_POLL_S)
-                if await client_gone():
-                    logger.info("%s: client disconnected; canceling its generation", kind)
-                    gone.set()
+        outcome: dict[str, Any] = {}
+        async with anyio.create_task_group() as group:
 
-        failure: Exception | None = None
-        async with anyio.create_task_group() as watchers:
-            watchers.start_soon(watch_client)
+            async def watch_client() -> None:
+                while True:
+                    await anyio.sleep(_DISCONNECT_POLL_S)
+                    if await client_gone():
+                        logger.info(
+                            "%s: the client disconnected %s",
+                            kind,
+                            "; its generation stops" if started.is_set() else "while waiting; it leaves the line",
+                        )
+                        gone.set()  # a running generation stops at the engine's next step
+                        # One still waiting for a thread leaves the line now; a running one cannot
+                        # be interrupted here, and this cancel waits for its thread to return.
+                        group.cancel_scope.cancel()
+                        return
+
+            group.start_soon(watch_client)
             try:
-                result = await anyio.to_thread.run_sync(on_thread, limiter=self._limiter)
-            except Exception as error:  # raised outside the group, not wrapped in an ExceptionGroup
-                failure = error
-            watchers.cancel_scope.cancel()
-        if failure is not None:
-            raise failure
+                outcome["result"] = await anyio.to_thread.run_sync(on_thread, limiter=self._limiter)
+            except Exception as error:  # re-raised outside the group, not wrapped in an ExceptionGroup
+                outcome["error"] = error
+            group.cancel_scope.cancel()
+        if "error" in outcome:
+            raise outcome["error"]
+        if "result" not in outcome:
+            raise GenerationCanceled("the client disconnected before its request started")
         if self.metrics is not None:
             self.metrics.generation_finished(kind, time.perf_counter() - arrived)
-        return result
+        return outcome["result"]  # type: ignore[no-any-return]

@@ -191,3 +191,23 @@ def test_health_reports_the_engine(server: Server) -> None:
     assert engine["slots"] == SLOTS
     assert engine["decoding"] == engine["waiting"] == 0
     assert engine["steps"] > 0  # the earlier tests' steps
+
+
+def test_a_client_that_disconnects_while_waiting_leaves_the_line(
+    start_server: Any, source: Path, tiny_models: dict[str, str]
+) -> None:
+    # transformers' generate() serves one request at a time: a second call waits for the first.
+    fallback: Server = start_server(settings=settings(MUSICGEN_ENGINE="transformers"))
+    fallback.wait_until("ready", timeout=180)
+    first = threading.Thread(target=continue_call, args=(fallback, source, 1), kwargs={"duration_s": 8.0})
+    first.start()
+    time.sleep(0.5)
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(
+            f"{fallback.url}/continue",
+            json={"audio_path": str(source), "duration_s": 1.0, "seed": 2},
+            timeout=httpx.Timeout(1.0, connect=5.0),
+        )
+    first.join()
+    log = fallback.log_path.read_text(errors="replace")
+    assert "client disconnected while waiting; it leaves the line" in log, log[-3000:]

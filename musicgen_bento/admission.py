@@ -80,9 +80,9 @@ class GenerationGate:
                     await anyio.sleep(_DISCONNECT_POLL_S)
                     if await client_gone():
                         logger.info(
-                            "%s: the client disconnected %s",
+                            "%s: the client disconnected%s",
                             kind,
-                            "; its generation stops" if started.is_set() else "while waiting; it leaves the line",
+                            "; its generation stops" if started.is_set() else " while waiting; it leaves the line",
                         )
                         gone.set()  # a running generation stops at the engine's next step
                         # One still waiting for a thread leaves the line now; a running one cannot

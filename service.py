@@ -7,19 +7,15 @@ response. Configuration comes from environment variables (see the README's setti
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import time
 from importlib.metadata import version
 from typing import Any
 
 import bentoml
-from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
-from musicgen_bento.errors import ReadableErrorsMiddleware, answers_errors
-from musicgen_bento.openapi import openapi_document
+from musicgen_bento.api.errors import answers_errors
+from musicgen_bento.api.middleware import ReadableErrorsMiddleware
+from musicgen_bento.api.routes import HttpRoutes
 from musicgen_bento.schemas import (
     ContinueRequest,
     ContinueResponse,
@@ -31,12 +27,15 @@ from musicgen_bento.schemas import (
 from musicgen_bento.settings import Settings
 
 with bentoml.importing():
-    from musicgen_bento.admission import GenerationGate
-    from musicgen_bento.continuation import continue_music
-    from musicgen_bento.jobs import JobService, JobWorker, open_queue
-    from musicgen_bento.lifecycle import ModelHost
+    from musicgen_bento.api.admission import GenerationGate
+    from musicgen_bento.api.openapi import openapi_document
+    from musicgen_bento.generation.host import ModelHost
+    from musicgen_bento.jobs import open_queue
+    from musicgen_bento.jobs.service import JobService
+    from musicgen_bento.jobs.worker import JobWorker
     from musicgen_bento.metrics import ServiceMetrics, use_own_metrics_directory
     from musicgen_bento.parent_watch import exit_with_parent
+    from musicgen_bento.render import RenderPlan, render
 
 logger = logging.getLogger("musicgen_bento")
 # BentoML's logging shows WARNING and above from other libraries; the service's own INFO lines (the
@@ -45,62 +44,8 @@ logger.setLevel(logging.INFO)
 SETTINGS = Settings.from_env()
 use_own_metrics_directory()
 
-
-async def _answer(call: Callable[[], Any]) -> Response:
-    """Runs a blocking handler off the event loop; errors become their responses."""
-    outcome = await run_in_threadpool(answers_errors(call))
-    if isinstance(outcome, Response):
-        return outcome
-    if isinstance(outcome, tuple):  # (audio bytes, media type)
-        return Response(outcome[0], media_type=outcome[1])
-    return JSONResponse(outcome.model_dump(mode="json", exclude_none=False))
-
-
-def _service() -> MusicGen:
-    return http_routes.state.service  # type: ignore[no-any-return]
-
-
-async def get_health(request: Request) -> JSONResponse:
-    """GET /health: what an orchestrator polls until the model is ready."""
-    return JSONResponse(_service().health_report().model_dump(exclude_none=True))
-
-
-async def get_job(request: Request) -> Response:
-    """GET /jobs/{job_id}: a job's status, progress and result."""
-    return await _answer(lambda: _service().jobs.view(request.path_params["job_id"]))
-
-
-async def get_job_audio(request: Request) -> Response:
-    """GET /jobs/{job_id}/audio: a succeeded job's audio, from any replica."""
-    return await _answer(lambda: _service().jobs.audio(request.path_params["job_id"]))
-
-
-async def delete_job(request: Request) -> Response:
-    """DELETE /jobs/{job_id}: cancels a queued job, or stops a running one at its next step."""
-    return await _answer(lambda: _service().jobs.cancel(request.path_params["job_id"]))
-
-
-async def get_openapi(request: Request) -> JSONResponse:
-    """GET /docs.json: the OpenAPI document of every route (BentoML's describes its API methods only)."""
-    document = getattr(http_routes.state, "openapi", None)
-    if document is None:
-        bentoml_document = MusicGen.openapi_spec.asdict()  # type: ignore[attr-defined]
-        document = openapi_document(bentoml_document, "musicgen", version("musicgen-bento"), SETTINGS)
-        http_routes.state.openapi = document
-    return JSONResponse(document)
-
-
 # BentoML's API methods answer POST only; health, job status, audio and cancel need GET and DELETE.
-http_routes = Starlette(
-    routes=[
-        Route("/health", get_health, methods=["GET"]),
-        # Listed before BentoML's own /docs.json, which this one replaces.
-        Route("/docs.json", get_openapi, methods=["GET"]),
-        Route("/jobs/{job_id}", get_job, methods=["GET"]),
-        Route("/jobs/{job_id}", delete_job, methods=["DELETE"]),
-        Route("/jobs/{job_id}/audio", get_job_audio, methods=["GET"]),
-    ]
-)
+http_routes = HttpRoutes()
 
 
 @bentoml.service(
@@ -112,7 +57,7 @@ http_routes = Starlette(
     # A long continuation on a CPU takes minutes; the orchestrator, not the server, decides when to give up.
     traffic={"timeout": 3600},
 )
-@bentoml.asgi_app(http_routes, path="/")
+@bentoml.asgi_app(http_routes.app, path="/")
 class MusicGen:
     """MusicGen continuation, asynchronous generation jobs and health over HTTP."""
 
@@ -128,7 +73,8 @@ class MusicGen:
         self.jobs = JobService(queue, self.host, self.settings)
         self.worker = JobWorker(queue, self.host, self.settings, self.metrics)
         self.worker.start()
-        http_routes.state.service = self
+        self._openapi: dict[str, Any] | None = None
+        http_routes.bind(self)
         self._grace_s = self.settings.shutdown_grace_s
         exit_with_parent(on_orphaned=self._orphaned)
 
@@ -153,16 +99,27 @@ class MusicGen:
     async def continue_(self, ctx: bentoml.Context, **fields: Any) -> ContinueResponse:
         """Continue the music in a file on the server's disk; returns the path of a new file.
 
-        Concurrent calls decode together (see `musicgen_bento.admission`); a call whose client
+        Concurrent calls decode together (see `musicgen_bento.api.admission`); a call whose client
         disconnects is canceled at the engine's next step and writes nothing.
         """
-        request = ContinueRequest.model_construct(**fields)
-        return await self.gate.run(
+        started = time.perf_counter()
+        plan = RenderPlan.of_continue(ContinueRequest.model_construct(**fields), self.settings)
+        rendered = await self.gate.run(
             "continue",
-            lambda generator, arrival, client_gone: continue_music(
-                request, generator, self.settings, should_cancel=client_gone, arrival=arrival
+            lambda generator, arrival, client_gone: render(
+                plan, generator, self.settings, should_cancel=client_gone, arrival=arrival
             ),
             ctx.request.is_disconnected,
+        )
+        return ContinueResponse(
+            audio_path=str(rendered.path),
+            duration_s=rendered.duration_s,
+            sample_rate=rendered.sample_rate,
+            channels=rendered.channels,
+            prompt_duration_s=rendered.prompt_duration_s or 0.0,
+            seed=rendered.seed,
+            model=rendered.model,
+            elapsed_s=round(time.perf_counter() - started, 3),
         )
 
     @bentoml.api(route="/generate", input_spec=GenerateRequest, output_spec=JobAccepted)
@@ -202,6 +159,13 @@ class MusicGen:
             licence=snapshot.licence,
             engine=self.host.engine_health(),
         )
+
+    def openapi(self) -> dict[str, Any]:
+        """The OpenAPI document of every route, made once."""
+        if self._openapi is None:
+            bentoml_document = MusicGen.openapi_spec.asdict()  # type: ignore[attr-defined]
+            self._openapi = openapi_document(bentoml_document, "musicgen", version("musicgen-bento"), self.settings)
+        return self._openapi
 
 
 # `@bentoml.service` makes MusicGen a bentoml.Service; the stacked decorators hide that from mypy.

@@ -17,8 +17,8 @@ def real_shape_generators(shape: str, slots: int) -> tuple[dict[str, Any], str, 
     Returns ({"transformers": ..., "static": ...}, device, dtype). The model is built in memory
     (no model store), so nothing but the decoder's shape and the codec's frame rate is real.
     """
-    from musicgen_bento.generator import pick_device, pick_dtype
-    from musicgen_bento.tiny_models import build_real_shape_model
+    from musicgen_bento.generation.device import pick_device, pick_dtype
+    from musicgen_bento.models.tiny import build_real_shape_model
 
     device = pick_device(0)
     dtype = pick_dtype(device, "auto")
@@ -29,9 +29,8 @@ def real_shape_generators(shape: str, slots: int) -> tuple[dict[str, Any], str, 
 
 def in_memory_generators(model: Any, processor: Any, description: str, slots: int) -> dict[str, Any]:
     """The service's generator once per engine on a model built in memory (already on its device)."""
-    from musicgen_bento.engine import DecodeEngine
-    from musicgen_bento.generator import MusicGenGenerator
-    from musicgen_bento.model_store import ModelInfo
+    from musicgen_bento.generation.generator import MusicGenGenerator
+    from musicgen_bento.models.store import ModelInfo
 
     device = str(model.device)
     info = ModelInfo(f"bench-{description}", f"random weights, {description}", "text", 32000, 1, "none", Path("."))
@@ -39,9 +38,7 @@ def in_memory_generators(model: Any, processor: Any, description: str, slots: in
     for engine in ("transformers", "static"):
         generator = MusicGenGenerator(info, device, model.dtype, 30.0, 18.0, engine=engine, batch_slots=slots)
         # The benchmark's model is built in memory, so it is handed over instead of loaded.
-        generator._model, generator._processor = model, processor
-        if engine == "static":
-            generator._engine = DecodeEngine(model, device, slots)
+        generator.use_model(model, processor)
         generators[engine] = generator
     return generators
 
@@ -50,7 +47,7 @@ def generation_wall_s(generator: Any, steps: int, device: str) -> float:
     """Wall seconds of one generation through `generator` that takes `steps` decoding steps."""
     import torch
 
-    from musicgen_bento.generator import GenerationParams, GenerationRequest
+    from musicgen_bento.generation.params import GenerationParams, GenerationRequest
 
     params = GenerationParams(prompt="bench", duration_s=(steps - DELAY) / 50, seed=0)
     started = time.perf_counter()

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,65 +35,23 @@ def median_seconds(run: Callable[[], object], repeats: int) -> tuple[float, list
 
 def write_tone(path: Path, seconds: float, sample_rate: int) -> Path:
     """A mono 220 Hz tone as a wav file: the source the benchmarks continue."""
-    import numpy as np
-    import soundfile as sf
+    from musicgen_bento.testing import write_tone as tone
 
-    t = np.arange(int(seconds * sample_rate)) / sample_rate
-    sf.write(str(path), (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), sample_rate)
-    return path
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return tone(path, seconds=seconds, sample_rate=sample_rate, channels=1)
 
 
 @contextmanager
 def served(settings: dict[str, str], timeout_s: float = 300) -> Iterator[str]:
-    """Runs `bentoml serve service:MusicGen` with `settings` until the block ends; yields its URL."""
-    import httpx
+    """Runs `bentoml serve service:MusicGen` with `settings` until the block ends; yields its URL.
+    The server is the one the tests use (`musicgen_bento.testing`), stopped with its whole tree."""
+    from musicgen_bento.testing import ServerProcess, free_port
 
     port = free_port()
-    env = {**os.environ, **settings}
-    url = f"http://127.0.0.1:{port}"
-    with tempfile.NamedTemporaryFile(prefix="musicgen-bench-server-", suffix=".log", delete=False) as log:
-        process = subprocess.Popen(
-            [str(BIN / "bentoml"), "serve", "service:MusicGen", "--port", str(port), "--host", "127.0.0.1"],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            deadline = time.monotonic() + timeout_s
-            while True:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"server did not become ready; see {log.name}")
-                try:
-                    if httpx.get(f"{url}/health", timeout=5).json().get("status") == "ready":
-                        break
-                except (httpx.HTTPError, ValueError):
-                    pass
-                time.sleep(0.2)
-            yield url
-        finally:
-            stop_tree(process)
-
-
-def stop_tree(process: subprocess.Popen[bytes]) -> None:
-    """Stops a server and every process under it. BentoML's workers run in process groups of their
-    own, so a signal to the server's group alone would leave them running."""
-    import psutil
-
-    children = psutil.Process(process.pid).children(recursive=True)
-    os.killpg(process.pid, signal.SIGTERM)
+    log_path = Path(tempfile.mkdtemp(prefix="musicgen-bench-server-")) / "server.log"
+    command = [str(BIN / "bentoml"), "serve", "service:MusicGen", "--port", str(port), "--host", "127.0.0.1"]
+    server = ServerProcess(command, {**os.environ, **settings}, port, log_path, cwd=ROOT)
     try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=10)
-    _, alive = psutil.wait_procs(children, timeout=10)
-    for child in alive:
-        child.kill()
+        server.wait_until("ready", timeout=timeout_s)
+        yield server.url
+    finally:
+        server.stop()

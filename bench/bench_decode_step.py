@@ -27,9 +27,11 @@ def main() -> None:
 
     import torch
 
-    from musicgen_bento.generator import GenerationParams, GenerationRequest, MusicGenGenerator, pick_device, pick_dtype
-    from musicgen_bento.model_store import import_directory
-    from musicgen_bento.tiny_models import build_real_shape_model
+    from musicgen_bento.generation.device import pick_device, pick_dtype
+    from musicgen_bento.generation.generator import MusicGenGenerator
+    from musicgen_bento.generation.params import GenerationParams, GenerationRequest
+    from musicgen_bento.models.store import import_directory
+    from musicgen_bento.models.tiny import build_real_shape_model
 
     device = pick_device(0)
     dtype = pick_dtype(device, "auto")

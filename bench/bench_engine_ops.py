@@ -108,7 +108,7 @@ def step_overhead(steps: int, rounds: int) -> dict[str, float]:
     """Milliseconds per step of both engines on the tiny text model, batch 1, through the generator:
     the difference between a long and a short generation's wall times over the difference in steps
     (per-request costs cancel), median over rounds that alternate the engines."""
-    from musicgen_bento.tiny_models import build_tiny_model
+    from musicgen_bento.models.tiny import build_tiny_model
 
     model, processor = build_tiny_model("text")
     generators = in_memory_generators(model, processor, "tiny", slots=1)
@@ -135,8 +135,8 @@ def main() -> None:
     args = parser.parse_args()
     use_private_store()
 
-    from musicgen_bento.generator import pick_device, pick_dtype
-    from musicgen_bento.tiny_models import build_real_shape_model
+    from musicgen_bento.generation.device import pick_device, pick_dtype
+    from musicgen_bento.models.tiny import build_real_shape_model
 
     device = pick_device(0)
     print(f"on {hardware(device)}", flush=True)

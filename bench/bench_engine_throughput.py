@@ -30,7 +30,7 @@ def main() -> None:
 
     import torch
 
-    from musicgen_bento.generator import GenerationParams, GenerationRequest
+    from musicgen_bento.generation.params import GenerationParams, GenerationRequest
 
     generators, device, dtype = real_shape_generators(args.shape, slots=max(args.concurrency))
     print(f"{args.shape} on {hardware(device)}, {dtype}, guidance on, {args.clip_s:g} s clips", flush=True)

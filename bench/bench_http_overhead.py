@@ -28,9 +28,10 @@ def main() -> None:
 
     import httpx
 
-    from musicgen_bento.continuation import continue_music
-    from musicgen_bento.generator import MusicGenGenerator, pick_device, pick_dtype
-    from musicgen_bento.model_store import resolve
+    from musicgen_bento.generation.device import pick_device, pick_dtype
+    from musicgen_bento.generation.generator import MusicGenGenerator
+    from musicgen_bento.models.store import resolve
+    from musicgen_bento.render import RenderPlan, render
     from musicgen_bento.schemas import ContinueRequest
     from musicgen_bento.settings import Settings
 
@@ -46,10 +47,10 @@ def main() -> None:
         generator = MusicGenGenerator(
             info, device, pick_dtype(device, "auto"), settings.window_s, settings.extend_stride_s
         )
-        request = ContinueRequest(**body)  # type: ignore[arg-type]
+        plan = RenderPlan.of_continue(ContinueRequest(**body), settings)  # type: ignore[arg-type]
 
         def direct() -> None:
-            continue_music(request, generator, settings)
+            render(plan, generator, settings)
 
         def over_http() -> None:
             client.post(f"{url}/continue", json=body).raise_for_status()

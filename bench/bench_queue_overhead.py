@@ -24,8 +24,10 @@ from _support import use_private_store
 
 
 def measure(backend: str, redis_url: str, jobs: int) -> tuple[list[float], list[float]]:
-    from musicgen_bento.jobs import JobService, JobWorker, open_queue
-    from musicgen_bento.lifecycle import ModelHost
+    from musicgen_bento.generation.host import ModelHost
+    from musicgen_bento.jobs import open_queue
+    from musicgen_bento.jobs.service import JobService
+    from musicgen_bento.jobs.worker import JobWorker
     from musicgen_bento.schemas import GenerateRequest
     from musicgen_bento.settings import Settings
 

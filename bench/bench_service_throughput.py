@@ -32,8 +32,8 @@ MODEL_NAME = "bench-random-{shape}"
 
 def import_real_shape_model(shape: str, workdir: Path) -> str:
     """Saves a random-weight `shape` model and imports it into the (private) model store; its tag."""
-    from musicgen_bento.model_store import import_directory
-    from musicgen_bento.tiny_models import build_real_shape_model
+    from musicgen_bento.models.store import import_directory
+    from musicgen_bento.models.tiny import build_real_shape_model
 
     model, processor = build_real_shape_model(shape)
     directory = workdir / "checkpoint"
@@ -77,7 +77,7 @@ def main() -> None:
     import httpx
     from _decoding import hardware
 
-    from musicgen_bento.client import MusicGenClient
+    from musicgen_bento.api.client import MusicGenClient
 
     workdir = Path(tempfile.mkdtemp(prefix="musicgen-bench-service-"))
     source = write_tone(workdir / "source.wav", seconds=10, sample_rate=32000)

@@ -39,15 +39,17 @@ def main() -> None:
     import torch
     from _decoding import hardware, in_memory_generators
 
-    from musicgen_bento.audio import InputLimits, read_audio, to_model_format, write_audio
+    from musicgen_bento.audio.clip import to_model_format
+    from musicgen_bento.audio.files import read_audio, write_audio
+    from musicgen_bento.audio.paths import InputLimits
     from musicgen_bento.engine import DecodeRequest, Sampling
-    from musicgen_bento.generator import GenerationParams
-    from musicgen_bento.tiny_models import build_real_shape_model
+    from musicgen_bento.generation.params import GenerationParams
+    from musicgen_bento.models.tiny import build_real_shape_model
 
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
     model, processor = build_real_shape_model("musicgen-small")
     generator = in_memory_generators(model.to("cpu", dtype), processor, "small", 8)["static"]
-    engine = generator._engine
+    engine = generator.decode_engine
     workdir = Path(tempfile.mkdtemp(prefix="musicgen-profile-"))
     source_path = write_tone(workdir / "source.wav", seconds=args.prompt_s, sample_rate=44100)
     params = GenerationParams(prompt="profile", duration_s=args.clip_s, seed=1)
@@ -61,8 +63,10 @@ def main() -> None:
                 lambda: to_model_format(read_audio(source_path, InputLimits()), 32000, 1),
                 results,
             )
-            prompt_codes = timed("codec: encode prompt", lambda: generator._encode_prompt(clip.samples), results)
-            inputs = timed("text encoder (processor + T5)", lambda: generator._processor_inputs(params, None), results)
+            prompt_codes = timed("codec: encode prompt", lambda: generator.codec.encode(clip.samples), results)
+            inputs = timed(
+                "text encoder (processor + T5)", lambda: generator.conditioning_inputs(params, None), results
+            )
             states, mask = timed("conditioning states", lambda: engine.encode_conditioning(inputs), results)
             short = DecodeRequest(states, mask, prompt_codes, 4, Sampling(), torch.Generator().manual_seed(1))
             timed("prefill (+ 7 steps: a 4-frame decode)", lambda: engine.decode(short, (0,)), results)
@@ -71,9 +75,9 @@ def main() -> None:
             steps_before = engine.steps_run
             codes = timed("prefill + decoding steps", lambda: engine.decode(request, (0,)), results)
             steps = engine.steps_run - steps_before
-            audio = timed("codec: decode prompt + new codes", lambda: generator._decode_codes(codes), results)
+            audio = timed("codec: decode prompt + new codes", lambda: generator.codec.decode(codes), results)
             new_codes = codes[:, prompt_codes.shape[1] :]
-            timed("codec: decode new codes only", lambda: generator._decode_codes(new_codes), results)
+            timed("codec: decode new codes only", lambda: generator.codec.decode(new_codes), results)
             new_audio = audio[:, -round(args.clip_s * 32000) :]
             timed("write wav", lambda: write_audio(new_audio, 32000, workdir, "wav"), results)
         return results, steps

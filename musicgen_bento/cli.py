@@ -79,7 +79,7 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def models_import(args: argparse.Namespace) -> int:
-    from .model_store import import_model
+    from .models.store import import_model
 
     info = import_model(args.source, name=args.name, progress=lambda line: print(line, file=sys.stderr))
     print(
@@ -90,7 +90,7 @@ def models_import(args: argparse.Namespace) -> int:
 
 
 def models_create_tiny(args: argparse.Namespace) -> int:
-    from .model_store import create_tiny
+    from .models.store import create_tiny
 
     kinds = ["text", "melody"] if args.kind == "all" else [args.kind]
     for kind in kinds:
@@ -100,7 +100,7 @@ def models_create_tiny(args: argparse.Namespace) -> int:
 
 
 def models_list(args: argparse.Namespace) -> int:
-    from .model_store import list_models
+    from .models.store import list_models
 
     found = list_models()
     if not found:

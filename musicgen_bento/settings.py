@@ -1,210 +1,191 @@
 """The service's configuration: one typed object read once from environment variables.
 
-Command-line flags meet environment variables here: every setting names its variable and
-its flag, the command line turns flags into variables for the server process, and the
-server reads the variables once into `Settings`. Nothing else in the package reads
-`os.environ`.
+Each setting is declared once, below: its type, default, bounds, variable (`MUSICGEN_` and its
+name), command-line flag and help. pydantic-settings reads and checks the variables; the command
+line turns flags into the same variables for the server process. Nothing else in the package
+reads `os.environ`.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
+from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
+from pydantic.json_schema import JsonDict
+from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings.sources.utils import parse_env_vars
 
-def _parse_bool(raw: str) -> bool:
-    value = raw.strip().lower()
-    if value in {"1", "true", "yes", "on"}:
-        return True
-    if value in {"0", "false", "no", "off", ""}:
-        return False
-    raise ValueError(f"expected one of 1/0, true/false, yes/no, on/off; got {raw!r}")
-
-
-def _parse_paths(raw: str) -> tuple[Path, ...]:
-    return tuple(Path(part).expanduser().resolve() for part in raw.split(os.pathsep) if part.strip())
-
-
-def _setting(
-    default: Any,
-    env: str,
-    flag: str | None,
-    help: str,
-    parse: Any = None,
-) -> Any:
-    """Declares one setting: its default, variable, command-line flag and help text."""
-    return field(default=default, metadata={"env": env, "flag": flag, "help": help, "parse": parse})
+ENV_PREFIX = "MUSICGEN_"
+# The variables `Settings.from_env` reads while it builds an object (None: the process environment).
+_ENVIRON: ContextVar[Mapping[str, str] | None] = ContextVar("musicgen_settings_environ", default=None)
 
 
 class SettingsError(ValueError):
     """A setting's variable or flag holds a value that cannot be used."""
 
 
-@dataclass(frozen=True)
-class Settings:
+def _setting(default: Any, flag: str, help: str, env: str | None = None, **bounds: Any) -> Any:
+    """Declares one setting: its default, command-line flag, help text and bounds (`gt`, `ge`, ...);
+    its variable is `MUSICGEN_<NAME>` unless `env` names another."""
+    extra: JsonDict = {"flag": flag}
+    if env is not None:
+        return Field(default, description=help, validation_alias=AliasChoices(env), json_schema_extra=extra, **bounds)
+    return Field(default, description=help, json_schema_extra=extra, **bounds)
+
+
+class Settings(BaseSettings):
     """Every knob of the service. Defaults suit a single-GPU node."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        case_sensitive=False,
+        frozen=True,
+        extra="ignore",
+        env_ignore_empty=True,
+        populate_by_name=True,
+    )
 
     model: str = _setting(
         "facebook/musicgen-small",
-        "MUSICGEN_MODEL",
         "--model",
         "Hub id (imported into the model store on first use) or model-store tag to serve.",
     )
-    gpu_id: int = _setting(0, "MUSICGEN_GPU_ID", "--gpu-id", "CUDA device index; CPU is used when CUDA is absent.")
-    host: str = _setting("0.0.0.0", "MUSICGEN_HOST", "--host", "Address the HTTP server listens on.")
-    port: int = _setting(3000, "MUSICGEN_PORT", "--port", "Port the HTTP server listens on.")
+    gpu_id: int = _setting(0, "--gpu-id", "CUDA device index; CPU is used when CUDA is absent.", ge=0)
+    host: str = _setting("0.0.0.0", "--host", "Address the HTTP server listens on.")
+    port: int = _setting(3000, "--port", "Port the HTTP server listens on.", ge=0, le=65535)
     mock: bool = _setting(
         False,
-        "CF_MUSICGEN_MOCK",
         "--mock",
         "Load no model; /continue returns the source cut or padded to the requested length.",
-        _parse_bool,
+        env="CF_MUSICGEN_MOCK",
     )
     output_dir: Path = _setting(
-        Path("output"),
-        "MUSICGEN_OUTPUT_DIR",
-        "--output-dir",
-        "Directory that generated files are written to (created if missing).",
+        Path("output"), "--output-dir", "Directory that generated files are written to (created if missing)."
     )
-    input_roots: tuple[Path, ...] = _setting(
+    input_roots: Annotated[tuple[Path, ...], NoDecode] = _setting(
         (),
-        "MUSICGEN_INPUT_ROOTS",
         "--input-roots",
         f"'{os.pathsep}'-separated directories that source files must lie in (symlinks followed); empty allows any.",
-        _parse_paths,
     )
-    max_input_mb: float = _setting(
-        200.0, "MUSICGEN_MAX_INPUT_MB", "--max-input-mb", "Largest accepted source file, in MB."
-    )
-    max_input_s: float = _setting(
-        1200.0, "MUSICGEN_MAX_INPUT_S", "--max-input-s", "Longest accepted source file, in seconds."
-    )
+    max_input_mb: float = _setting(200.0, "--max-input-mb", "Largest accepted source file, in MB.", gt=0)
+    max_input_s: float = _setting(1200.0, "--max-input-s", "Longest accepted source file, in seconds.", gt=0)
     max_duration_s: float = _setting(
-        30.0, "MUSICGEN_MAX_DURATION_S", "--max-duration-s", "Most seconds of new music one request may ask for."
+        30.0, "--max-duration-s", "Most seconds of new music one request may ask for.", gt=0
     )
     window_s: float = _setting(
         30.0,
-        "MUSICGEN_WINDOW_S",
         "--window-s",
         "Longest stretch (prompt + new music) the model generates at once; longer requests use overlapping windows.",
+        gt=1,
     )
     extend_stride_s: float = _setting(
         18.0,
-        "MUSICGEN_EXTEND_STRIDE_S",
         "--extend-stride-s",
         "Seconds of new music each further window adds; the rest of the window is its prompt.",
+        gt=0,
     )
-    dtype: str = _setting(
-        "auto",
-        "MUSICGEN_DTYPE",
-        "--dtype",
-        "Weights' precision: auto (float16 on CUDA, float32 on CPU), float32, float16 or bfloat16.",
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = _setting(
+        "auto", "--dtype", "Weights' precision: auto (float16 on CUDA, float32 on CPU), float32, float16 or bfloat16."
     )
     allow_download: bool = _setting(
         True,
-        "MUSICGEN_ALLOW_DOWNLOAD",
         "--allow-download",
         "Import a hub model missing from the store at start-up (needs the hub to be reachable).",
-        _parse_bool,
     )
     warmup_s: float = _setting(
         1.0,
-        "MUSICGEN_WARMUP_S",
         "--warmup-s",
         "Seconds of audio generated once at start-up so the first request pays no warm-up cost; 0 skips it.",
+        ge=0,
     )
     data_dir: Path = _setting(
         Path("data"),
-        "MUSICGEN_DATA_DIR",
         "--data-dir",
         "Directory of the embedded job queue's database (SQLite), used when no Redis URL is set.",
     )
     redis_url: str = _setting(
         "",
-        "MUSICGEN_REDIS_URL",
         "--redis-url",
         "Redis URL (redis://host:6379/0) of a job queue shared by several replicas; empty uses the embedded queue.",
     )
-    redis_prefix: str = _setting(
-        "musicgen", "MUSICGEN_REDIS_PREFIX", "--redis-prefix", "Prefix of every Redis key this service uses."
-    )
+    redis_prefix: str = _setting("musicgen", "--redis-prefix", "Prefix of every Redis key this service uses.")
     job_ttl_s: float = _setting(
-        86400.0,
-        "MUSICGEN_JOB_TTL_S",
-        "--job-ttl-s",
-        "Seconds a finished job, its result and its audio are kept.",
+        86400.0, "--job-ttl-s", "Seconds a finished job, its result and its audio are kept.", gt=0
     )
     max_queue: int = _setting(
-        100, "MUSICGEN_MAX_QUEUE", "--max-queue", "Most jobs waiting in the queue; past it POST /generate answers 503."
+        100, "--max-queue", "Most jobs waiting in the queue; past it POST /generate answers 503.", gt=0
     )
     max_job_duration_s: float = _setting(
         120.0,
-        "MUSICGEN_MAX_JOB_DURATION_S",
         "--max-job-duration-s",
         "Most seconds of music one job may ask for (longer than the window uses overlapping windows).",
+        gt=0,
     )
     visibility_timeout_s: float = _setting(
         60.0,
-        "MUSICGEN_VISIBILITY_TIMEOUT_S",
         "--visibility-timeout-s",
         "Redis queue: seconds without a heartbeat after which another replica takes over a running job.",
+        gt=0,
     )
     shutdown_grace_s: float = _setting(
         10.0,
-        "MUSICGEN_SHUTDOWN_GRACE_S",
         "--shutdown-grace-s",
         "On stop, seconds a running job may take to finish; then it is interrupted and queued again at the front.",
+        ge=0,
     )
-    engine: str = _setting(
+    engine: Literal["static", "transformers"] = _setting(
         "static",
-        "MUSICGEN_ENGINE",
         "--engine",
         "Decoding loop: static (static KV cache, step-level batching of concurrent requests, CUDA graphs on GPUs) "
         "or transformers (its generate(), one request at a time).",
     )
     batch_slots: int = _setting(
         8,
-        "MUSICGEN_BATCH_SLOTS",
         "--batch-slots",
         "Static engine: most requests (/continue calls and jobs together) decoded together; more wait in arrival "
         "order. A replica runs up to this many jobs at once. Each slot takes two rows of KV cache.",
+        ge=1,
     )
 
-    def __post_init__(self) -> None:
-        # Relative output directories are anchored where the process starts, once.
-        object.__setattr__(self, "output_dir", Path(self.output_dir).expanduser().resolve())
-        object.__setattr__(self, "data_dir", Path(self.data_dir).expanduser().resolve())
-        if self.dtype not in {"auto", "float32", "float16", "bfloat16"}:
-            raise SettingsError(f"MUSICGEN_DTYPE: expected auto, float32, float16 or bfloat16; got {self.dtype!r}")
-        for name in (
-            "max_input_mb",
-            "max_input_s",
-            "max_duration_s",
-            "window_s",
-            "extend_stride_s",
-            "job_ttl_s",
-            "max_queue",
-            "max_job_duration_s",
-            "visibility_timeout_s",
-        ):
-            if getattr(self, name) <= 0:
-                raise SettingsError(f"{_env_of(name)}: must be greater than 0; got {getattr(self, name)}")
+    @field_validator("input_roots", mode="before")
+    @classmethod
+    def _split_paths(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(Path(part).expanduser().resolve() for part in value.split(os.pathsep) if part.strip())
+        return value
+
+    @field_validator("output_dir", "data_dir")
+    @classmethod
+    def _anchor(cls, value: Path) -> Path:
+        # Relative directories are anchored where the process starts, once.
+        return value.expanduser().resolve()
+
+    @model_validator(mode="after")
+    def _windows_leave_room(self) -> Settings:
         if self.extend_stride_s >= self.window_s:
-            raise SettingsError(
-                f"MUSICGEN_EXTEND_STRIDE_S ({self.extend_stride_s}) must be shorter than "
-                f"MUSICGEN_WINDOW_S ({self.window_s}): each window needs room for its prompt"
+            raise ValueError(
+                f"MUSICGEN_EXTEND_STRIDE_S ({self.extend_stride_s:g}) must be shorter than MUSICGEN_WINDOW_S "
+                f"({self.window_s:g}): each window needs room for its prompt"
             )
-        if self.shutdown_grace_s < 0:
-            raise SettingsError(f"MUSICGEN_SHUTDOWN_GRACE_S: must be 0 or more; got {self.shutdown_grace_s}")
-        if self.warmup_s < 0:
-            raise SettingsError(f"MUSICGEN_WARMUP_S: must be 0 or more; got {self.warmup_s}")
-        if self.engine not in {"static", "transformers"}:
-            raise SettingsError(f"MUSICGEN_ENGINE: expected static or transformers; got {self.engine!r}")
-        if self.batch_slots < 1:
-            raise SettingsError(f"MUSICGEN_BATCH_SLOTS: must be at least 1; got {self.batch_slots}")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment only (or the mapping `from_env` was given): no .env file or secrets
+        # directory changes a server behind its operator's back.
+        environ = _ENVIRON.get()
+        return init_settings, _MappingSource(settings_cls, os.environ if environ is None else environ)
 
     def risks(self) -> list[str]:
         """Warnings about how this configuration exposes the server, for the start-up log."""
@@ -224,47 +205,59 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        """Reads every setting from `environ` (the process environment by default)."""
-        environ = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for spec in fields(cls):
-            raw = environ.get(spec.metadata["env"])
-            if raw is None:
-                continue
-            try:
-                values[spec.name] = _convert(spec.type, spec.metadata["parse"], raw)
-            except ValueError as exc:
-                raise SettingsError(f"{spec.metadata['env']}: {exc}") from None
-        return cls(**values)
+        """Reads every setting from `environ` (the process environment by default).
+
+        Raises `SettingsError` naming the variable of each bad value.
+        """
+        token = _ENVIRON.set(environ)
+        try:
+            return cls()
+        except ValidationError as error:
+            raise SettingsError(_describe(error)) from None
+        finally:
+            _ENVIRON.reset(token)
 
 
-def _env_of(name: str) -> str:
-    return next(spec.metadata["env"] for spec in fields(Settings) if spec.name == name)
+class _MappingSource(EnvSettingsSource):
+    """The settings' variables read from a given mapping instead of the process environment."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        self._environ = dict(environ)
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return parse_env_vars(self._environ, self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str)
 
 
-def _convert(type_name: Any, parse: Any, raw: str) -> Any:
-    if parse is not None:
-        return parse(raw)
-    kind = str(type_name)
-    if kind == "int":
-        return int(raw)
-    if kind == "float":
-        return float(raw)
-    if kind == "Path":
-        return Path(raw)
-    return raw
+def _describe(error: ValidationError) -> str:
+    """One sentence per bad value, each naming its variable."""
+    parts = []
+    for problem in error.errors():
+        name = str(problem["loc"][0]) if problem["loc"] else ""
+        env = _ENV_OF.get(name, name)
+        message = problem["msg"].removeprefix("Value error, ")
+        parts.append(f"{env}: {message}; got {problem['input']!r}" if env else message)
+    return "; ".join(parts)
+
+
+def _env_name(name: str, field: Any) -> str:
+    alias = field.validation_alias
+    return str(alias.choices[0]) if isinstance(alias, AliasChoices) else f"{ENV_PREFIX}{name.upper()}"
+
+
+_ENV_OF = {name: _env_name(name, field) for name, field in Settings.model_fields.items()}
 
 
 def setting_specs() -> list[dict[str, Any]]:
     """Name, variable, flag, default and help of every setting: for the command line and the docs."""
     return [
         {
-            "name": spec.name,
-            "env": spec.metadata["env"],
-            "flag": spec.metadata["flag"],
-            "help": spec.metadata["help"],
-            "default": spec.default,
-            "is_bool": spec.metadata["parse"] is _parse_bool,
+            "name": name,
+            "env": _ENV_OF[name],
+            "flag": (field.json_schema_extra or {}).get("flag"),  # type: ignore[union-attr]
+            "help": field.description,
+            "default": field.default,
+            "is_bool": field.annotation is bool,
         }
-        for spec in fields(Settings)
+        for name, field in Settings.model_fields.items()
     ]

@@ -7,10 +7,7 @@ at the end of their module.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,9 +15,10 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
-import soundfile as sf
+
+from musicgen_bento.jobs.model import JobQueue
+from musicgen_bento.testing import ServerProcess, free_port, write_tone
 
 ROOT = Path(__file__).resolve().parent.parent
 BENTOML_HOME = Path(tempfile.mkdtemp(prefix="musicgen-tests-home-"))
@@ -40,21 +38,6 @@ def tiny_models() -> dict[str, str]:
     return {"text": TINY_TEXT, "melody": TINY_MELODY}
 
 
-def write_tone(
-    path: Path,
-    seconds: float = 3.0,
-    sample_rate: int = 44100,
-    channels: int = 2,
-    subtype: str | None = None,
-) -> Path:
-    """Writes a tone (a different pitch per channel) in the format the suffix names."""
-    t = np.arange(int(seconds * sample_rate)) / sample_rate
-    data = np.stack([0.3 * np.sin(2 * np.pi * (220 + 110 * c) * t) for c in range(channels)], axis=1)
-    formats = {".wav": "WAV", ".flac": "FLAC", ".ogg": "OGG", ".mp3": "MP3"}
-    sf.write(str(path), data.astype(np.float32), sample_rate, format=formats[path.suffix], subtype=subtype)
-    return path
-
-
 @pytest.fixture
 def make_tone(tmp_path: Path) -> Callable[..., Path]:
     def make(name: str = "source.wav", **kwargs: object) -> Path:
@@ -63,68 +46,11 @@ def make_tone(tmp_path: Path) -> Callable[..., Path]:
     return make
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class Server:
-    """A service process started with a real command line, its URL and its log."""
+class Server(ServerProcess):
+    """A server of the test session, run from the checkout."""
 
     def __init__(self, command: list[str], env: dict[str, str], port: int, log_path: Path) -> None:
-        self.port = port
-        self.url = f"http://127.0.0.1:{port}"
-        self.log_path = log_path
-        self._log = log_path.open("wb")
-        self.process = subprocess.Popen(
-            command, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-6000:]
-
-    def health(self) -> dict[str, object] | None:
-        import httpx
-
-        try:
-            return httpx.get(f"{self.url}/health", timeout=5).json()  # type: ignore[no-any-return]
-        except (httpx.HTTPError, ValueError):
-            return None
-
-    def wait_until(self, status: str, timeout: float = 120) -> dict[str, object]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"server exited with {self.process.returncode}:\n{self.log()}")
-            body = self.health()
-            if body is not None and body.get("status") == status:
-                return body
-            time.sleep(0.2)
-        raise AssertionError(f"server not {status} after {timeout} s; last health {self.health()}:\n{self.log()}")
-
-    def kill(self) -> None:
-        """SIGKILL the server and every process under it: a crash, with no chance to clean up.
-
-        BentoML starts its workers in sessions of their own, so killing the process group
-        alone would leave them running.
-        """
-        import psutil
-
-        parent = psutil.Process(self.process.pid)
-        for process in [*parent.children(recursive=True), parent]:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                process.kill()
-        self.process.wait(timeout=30)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        self._log.close()
+        super().__init__(command, env, port, log_path, cwd=ROOT)
 
 
 def server_env(output_dir: Path, **settings: str) -> dict[str, str]:
@@ -222,3 +148,18 @@ def redis_prefix(redis_url: str) -> Iterator[str]:
     keys = list(client.scan_iter(match=f"{prefix}:*", count=500))
     if keys:
         client.delete(*keys)
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def queue(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[JobQueue]:
+    """A job queue of each backend: embedded SQLite, and the real Redis under this test's prefix."""
+    from musicgen_bento.jobs.redis_queue import RedisJobQueue
+    from musicgen_bento.jobs.sqlite_queue import SqliteJobQueue
+
+    opened: JobQueue
+    if request.param == "sqlite":
+        opened = SqliteJobQueue(tmp_path / "jobs.sqlite3", 3600)
+    else:
+        opened = RedisJobQueue(request.getfixturevalue("redis_url"), request.getfixturevalue("redis_prefix"), 3600, 60)
+    yield opened
+    opened.close()

@@ -11,16 +11,9 @@ import pytest
 import soundfile as sf
 import torch
 
-from musicgen_bento.audio import (
-    AudioClip,
-    InputLimits,
-    fit_length,
-    read_audio,
-    resolve_input_path,
-    smooth_join,
-    to_model_format,
-    write_audio,
-)
+from musicgen_bento.audio.clip import AudioClip, fit_length, smooth_join, to_model_format
+from musicgen_bento.audio.files import read_audio, write_audio
+from musicgen_bento.audio.paths import InputLimits, resolve_input_path
 from musicgen_bento.errors import (
     InputForbidden,
     InputNotFound,
@@ -171,7 +164,7 @@ def test_failed_write_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.
         real_write(path, *args, **kwargs)  # the partial file exists on disk...
         raise OSError(28, "No space left on device")  # ...when the disk fills up
 
-    monkeypatch.setattr("musicgen_bento.audio.sf.write", write_then_fail)
+    monkeypatch.setattr("musicgen_bento.audio.files.sf.write", write_then_fail)
     out = tmp_path / "out"
     with pytest.raises(OutputFull, match=f"the output directory {out} is full"):
         write_audio(torch.zeros(1, 3200), 32000, out, "wav")
@@ -189,7 +182,7 @@ def test_a_failed_write_says_what_the_directory_lacks(
     def fail(path: str, *args: object, **kwargs: object) -> None:
         raise OSError(code, os.strerror(code))
 
-    monkeypatch.setattr("musicgen_bento.audio.sf.write", fail)
+    monkeypatch.setattr("musicgen_bento.audio.files.sf.write", fail)
     with pytest.raises(error, match="MUSICGEN_OUTPUT_DIR"):
         write_audio(torch.zeros(1, 3200), 32000, tmp_path / "out", "wav")
 

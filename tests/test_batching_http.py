@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from musicgen_bento.client import MusicGenClient
+from musicgen_bento.api.client import MusicGenClient
 
 from .conftest import TINY_TEXT, Server, write_tone
 

@@ -18,12 +18,13 @@ from typing import Any
 import pytest
 import torch
 
-from musicgen_bento.audio import AudioClip
+from musicgen_bento.audio.clip import AudioClip
 from musicgen_bento.engine import DecodeEngine, DecodeRequest, Sampling
 from musicgen_bento.errors import GenerationCanceled, ShuttingDown
-from musicgen_bento.generator import GenerationParams, GenerationRequest, MusicGenGenerator
-from musicgen_bento.model_store import find
-from musicgen_bento.tiny_models import build_tiny_model
+from musicgen_bento.generation.generator import MusicGenGenerator
+from musicgen_bento.generation.params import GenerationParams, GenerationRequest
+from musicgen_bento.models.store import find
+from musicgen_bento.models.tiny import build_tiny_model
 
 SAMPLE_RATE = 32000
 
@@ -43,12 +44,12 @@ class Case:
 class Tiny:
     """A tiny model with its processor, a reference through `generate()`, and an engine."""
 
-    def __init__(self, kind: str, slots: int = 4, dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, kind: str, slots: int = 4, dtype: torch.dtype = torch.float32, pad_rows: bool = False) -> None:
         self.kind = kind
         self.dtype = dtype
         self.model, self.processor = build_tiny_model(kind)  # type: ignore[arg-type]
         self.model.to(dtype)
-        self.engine = DecodeEngine(self.model, "cpu", slots)
+        self.engine = DecodeEngine(self.model, "cpu", slots, pad_rows=pad_rows)
         self._captured: list[torch.Tensor] = []
         decode = self.model.audio_encoder.decode
 
@@ -194,13 +195,7 @@ def test_waiting_requests_are_admitted_in_their_order() -> None:
     # when it leaves, the waiting ones take the slot by rank: arrival order, as the generator ranks them.
     tiny = Tiny("text", slots=1)
     admitted: list[tuple[int, ...]] = []
-    prefill = tiny.engine._prefill
-
-    def recording_prefill(job: Any) -> None:
-        admitted.append(job.order)
-        prefill(job)
-
-    tiny.engine._prefill = recording_prefill  # type: ignore[method-assign]
+    tiny.engine.observer = lambda report: admitted.extend(report.admitted)
     all_queued = threading.Event()
 
     def hold_the_slot() -> None:
@@ -223,10 +218,10 @@ def test_waiting_requests_are_admitted_in_their_order() -> None:
             time.sleep(0.005)
 
     threads = [start(Case("hold", 0, 2000, TOP_K, 0), 0, hold_the_slot)]
-    wait_for(lambda: tiny.engine._active)
+    wait_for(lambda: tiny.engine.stats().decoding)
     for count, order in enumerate((3, 1, 2), start=1):
         threads.append(start(Case("a", 0, 10, TOP_K, order), order))
-        wait_for(lambda count=count: len(tiny.engine._waiting) == count)  # type: ignore[misc]
+        wait_for(lambda count=count: tiny.engine.stats().waiting == count)  # type: ignore[misc]
     all_queued.set()
     for thread in threads:
         thread.join(timeout=60)
@@ -259,9 +254,9 @@ def test_a_canceled_request_leaves_and_the_others_are_unaffected(tiny: Tiny) -> 
     assert len(errors) == 1 and len(steps) == 5
     assert torch.equal(codes, expected)
     deadline = time.monotonic() + 10
-    while tiny.engine._active and time.monotonic() < deadline:
+    while tiny.engine.stats().decoding and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert not tiny.engine._active  # the canceled request left the batch
+    assert not tiny.engine.stats().decoding  # the canceled request left the batch
 
 
 def test_close_fails_running_and_waiting_requests_and_refuses_new_ones() -> None:
@@ -283,12 +278,12 @@ def test_close_fails_running_and_waiting_requests_and_refuses_new_ones() -> None
     assert running_step.wait(timeout=30)
     threads[1].start()
     deadline = time.monotonic() + 10
-    while not tiny.engine._waiting and time.monotonic() < deadline:
+    while not tiny.engine.stats().waiting and time.monotonic() < deadline:
         time.sleep(0.01)
     tiny.engine.close(timeout_s=30)
     for thread in threads:
         thread.join(timeout=30)
-    assert not tiny.engine._worker.is_alive()  # type: ignore[union-attr]
+    assert not tiny.engine.alive
     assert isinstance(errors.get("running"), ShuttingDown) and isinstance(errors.get("waiting"), ShuttingDown)
     with pytest.raises(ShuttingDown, match="shutting down"):
         tiny.decode(Case("c", 0, 10, TOP_K, 3))
@@ -304,7 +299,7 @@ def test_a_process_exiting_in_the_middle_of_a_decode_exits_cleanly(tmp_path: Pat
             import threading
             import torch
             from musicgen_bento.engine import DecodeEngine, DecodeRequest, Sampling
-            from musicgen_bento.tiny_models import build_tiny_model
+            from musicgen_bento.models.tiny import build_tiny_model
 
             model, processor = build_tiny_model("text")
             engine = DecodeEngine(model, "cpu", 2)
@@ -352,27 +347,21 @@ def test_reduced_precision_weights_decode_the_same_tokens_alone_and_batched(kind
         tiny.engine.close()
 
 
-def test_free_rows_computed_alongside_do_not_change_any_tokens(tiny: Tiny) -> None:
+def test_free_rows_computed_alongside_do_not_change_any_tokens() -> None:
     # A captured CUDA graph computes a power-of-two number of rows, the rest free slots (some
     # never used, with fully masked text attention). Running the eager step the same way on the
-    # CPU checks that those rows disturb nothing, whatever the batch looks like.
-    engine = tiny.engine
-    forward = engine._decode_forward
-    padded_steps: list[int] = []
-
-    def padded(rows: int, length: int, cross: int) -> torch.Tensor:
-        padded_steps.append(engine._graph_rows(rows) - rows)
-        return forward(engine._graph_rows(rows), length, cross)
-
-    expected = {index: tiny.reference(case) for index, case in enumerate(BATCH)}
-    engine._decode_forward = padded  # type: ignore[method-assign]
+    # CPU (`pad_rows`) checks that those rows disturb nothing, whatever the batch looks like.
+    tiny = Tiny("text", slots=4)
+    padded = Tiny("text", slots=4, pad_rows=True)
     try:
-        results = _run_concurrently(tiny, BATCH)
+        expected = {index: tiny.reference(case) for index, case in enumerate(BATCH)}
+        results = _run_concurrently(padded, BATCH)
+        assert padded.engine.stats().padded_rows > 0, "no step had free rows to compute"
+        for index, codes in results.items():
+            assert torch.equal(codes, expected[index]), f"request {index} differs"
     finally:
-        del engine._decode_forward
-    assert any(padded_steps), "no step had free rows to compute"
-    for index, codes in results.items():
-        assert torch.equal(codes, expected[index]), f"request {index} differs"
+        tiny.engine.close()
+        padded.engine.close()
 
 
 def test_the_model_keeps_one_copy_of_the_weights_the_engine_joins() -> None:
@@ -384,11 +373,11 @@ def test_the_model_keeps_one_copy_of_the_weights_the_engine_joins() -> None:
     first = DecodeEngine(model, "cpu", 1)
     second = DecodeEngine(model, "cpu", 1)
     for engine in (first, second):
-        joint = engine._qkv[0]
+        joint = engine.decoder.qkv[0]
         assert joint.untyped_storage().data_ptr() == attention.q_proj.weight.untyped_storage().data_ptr()
         assert torch.equal(joint, torch.cat(before))
-    assert second._head_weight.data_ptr() == model.decoder.lm_heads[0].weight.data_ptr()
-    assert second._embedding.data_ptr() == model.decoder.model.decoder.embed_tokens[0].weight.data_ptr()
+    assert second.decoder.head_weight.data_ptr() == model.decoder.lm_heads[0].weight.data_ptr()
+    assert second.decoder.embedding.data_ptr() == model.decoder.model.decoder.embed_tokens[0].weight.data_ptr()
     first.close()
     second.close()
 
@@ -398,22 +387,22 @@ def test_a_decoding_step_traces_as_one_graph(tiny: Tiny) -> None:
     traces it whole, as one graph with no breaks, which is what CUDA graph capture needs too."""
     import torch._dynamo
 
-    engine = tiny.engine
-    forward = engine._decode_forward
+    decoder = tiny.engine.decoder
+    forward = decoder.step
     reports: list[Any] = []
 
-    def traced(rows: int, length: int, cross: int) -> torch.Tensor:
+    def traced(*args: Any) -> torch.Tensor:
         if not reports:
             torch._dynamo.reset()
-            reports.append(torch._dynamo.explain(forward)(rows, length, cross))
-        return forward(rows, length, cross)
+            reports.append(torch._dynamo.explain(forward)(*args))
+        return forward(*args)
 
-    engine._decode_forward = traced  # type: ignore[method-assign]
+    decoder.step = traced  # type: ignore[method-assign]
     try:
         case = Case("jazz", 4, 6, GREEDY, 31)
         assert torch.equal(tiny.decode(case), tiny.reference(case))  # tracing changed nothing
     finally:
-        del engine._decode_forward
+        del decoder.step
     assert reports, "no decoding step ran"
     assert (reports[0].graph_count, reports[0].graph_break_count) == (1, 0), reports[0].break_reasons
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from musicgen_bento.engine import DecodeEngine, DecodeRequest, Sampling
-from musicgen_bento.tiny_models import build_tiny_model
+from musicgen_bento.models.tiny import build_tiny_model
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -69,8 +69,8 @@ def test_captured_steps_give_the_eager_steps_tokens(kind: str) -> None:
     captured, _ = _engine(kind, graphs=True)
     expected = _decode_together(eager, _requests(eager, processor, kind))
     got = _decode_together(captured, _requests(captured, processor, kind))
-    assert captured._graphs_on, "graph capture failed and the engine fell back to eager steps (see the log)"
-    assert captured._graphs, "no step was replayed from a graph"
+    assert captured.graphs.enabled, "graph capture failed and the engine fell back to eager steps (see the log)"
+    assert captured.stats().graph_steps, "no step was replayed from a graph"
     assert sorted(got) == sorted(expected) == list(range(len(REQUESTS)))
     for index in expected:
         assert torch.equal(got[index], expected[index]), f"request {index} differs"

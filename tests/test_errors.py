@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 
-from musicgen_bento.errors import InvalidInput, NotReady, _rewrite_body, describe_validation_errors, error_response
+from musicgen_bento.api.errors import describe_validation_errors, error_response
+from musicgen_bento.api.middleware import _rewrite_body
+from musicgen_bento.errors import InvalidInput, NotReady
 
 
 def test_error_response_names_the_field_and_keeps_the_status() -> None:

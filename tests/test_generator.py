@@ -8,16 +8,12 @@ import threading
 import pytest
 import torch
 
-from musicgen_bento.audio import AudioClip
+from musicgen_bento.audio.clip import AudioClip
 from musicgen_bento.errors import GenerationCanceled
-from musicgen_bento.generator import (
-    GenerationParams,
-    GenerationRequest,
-    MusicGenGenerator,
-    Window,
-    plan_windows,
-)
-from musicgen_bento.model_store import find
+from musicgen_bento.generation.generator import MusicGenGenerator
+from musicgen_bento.generation.params import GenerationParams, GenerationRequest
+from musicgen_bento.generation.windows import Window, plan_windows
+from musicgen_bento.models.store import find
 
 SAMPLE_RATE = 32000
 

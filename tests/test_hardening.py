@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from musicgen_bento.client import MusicGenClient
+from musicgen_bento.api.client import MusicGenClient
 
 from .conftest import TINY_TEXT, Server, write_tone
 

@@ -9,18 +9,15 @@ import itertools
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 import torch
 
 from musicgen_bento.errors import GenerationCanceled
-from musicgen_bento.generator import CancelFn, GenerationRequest, GenerationResult, ProgressFn
-from musicgen_bento.jobs import Job, JobQueue, JobWorker
-from musicgen_bento.queue_redis import RedisJobQueue
-from musicgen_bento.queue_sqlite import SqliteJobQueue
+from musicgen_bento.generation.params import CancelFn, GenerationRequest, GenerationResult, ProgressFn
+from musicgen_bento.jobs.model import Job, JobQueue, JobStatus
+from musicgen_bento.jobs.worker import JobWorker
 from musicgen_bento.settings import Settings
 
 
@@ -78,21 +75,10 @@ class ReadyHost:
         return self.generator
 
 
-@pytest.fixture(params=["sqlite", "redis"])
-def queue(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[JobQueue]:
-    opened: JobQueue
-    if request.param == "sqlite":
-        opened = SqliteJobQueue(tmp_path / "jobs.sqlite3", 3600)
-    else:
-        opened = RedisJobQueue(request.getfixturevalue("redis_url"), request.getfixturevalue("redis_prefix"), 3600, 60)
-    yield opened
-    opened.close()
-
-
 def submit_jobs(queue: JobQueue, count: int) -> list[str]:
     ids = []
     for index in range(count):
-        job = Job(uuid.uuid4().hex, "queued", {"prompt": f"job {index}", "duration_s": 0.1}, time.time())
+        job = Job(uuid.uuid4().hex, JobStatus.QUEUED, {"prompt": f"job {index}", "duration_s": 0.1}, time.time())
         queue.submit(job, None, "f", max_queued=100)
         ids.append(job.job_id)
     return ids

@@ -14,7 +14,7 @@ import httpx
 import pytest
 import soundfile as sf
 
-from musicgen_bento.client import MusicGenClient, MusicGenClientError
+from musicgen_bento.api.client import MusicGenClient, MusicGenClientError
 
 from .conftest import TINY_TEXT, Server, write_tone
 

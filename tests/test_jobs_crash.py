@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import redis
 
-from musicgen_bento.client import MusicGenClient
+from musicgen_bento.api.client import MusicGenClient
 
 from .conftest import TINY_TEXT, Server
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from musicgen_bento.errors import ModelStoreError
-from musicgen_bento.model_store import find, import_model, is_hub_id, list_models, resolve, store_name
-from musicgen_bento.tiny_models import save_tiny_model
+from musicgen_bento.models.store import find, import_model, is_hub_id, list_models, resolve, store_name
+from musicgen_bento.models.tiny import save_tiny_model
 
 from .conftest import BIN
 

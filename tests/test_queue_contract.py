@@ -8,15 +8,16 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from musicgen_bento.errors import Conflict, QueueFull
-from musicgen_bento.jobs import Job, JobQueue
-from musicgen_bento.queue_redis import RedisJobQueue
-from musicgen_bento.queue_sqlite import SqliteJobQueue
+from musicgen_bento.jobs.model import Job, JobOutput, JobQueue, JobStatus
+from musicgen_bento.jobs.redis_queue import RedisJobQueue
+from musicgen_bento.jobs.sqlite_queue import SqliteJobQueue
 
 OpenQueue = Callable[..., JobQueue]
 
@@ -52,7 +53,13 @@ def queue(open_queue: OpenQueue) -> JobQueue:
 
 
 def new_job(**request: Any) -> Job:
-    return Job(job_id=uuid.uuid4().hex, status="queued", request={"prompt": "x", **request}, created_at=time.time())
+    return Job(
+        job_id=uuid.uuid4().hex, status=JobStatus.QUEUED, request={"prompt": "x", **request}, created_at=time.time()
+    )
+
+
+def output(audio_file: Path, seed: int, cached: bool = False) -> JobOutput:
+    return JobOutput(str(audio_file), 1.0, 32000, 1, seed, "tiny", cached)
 
 
 def submit(queue: JobQueue, job: Job | None = None, key: str | None = None, fingerprint: str = "f") -> Job:
@@ -96,11 +103,11 @@ def test_complete_stores_result_and_audio(queue: JobQueue, audio_file: Path) -> 
     assert claim is not None
     queue.report_progress(claim, 0.5)
     assert queue.get(job.job_id).progress == pytest.approx(0.5)  # type: ignore[union-attr]
-    assert queue.complete(claim, {"audio_path": str(audio_file), "seed": 1}, audio_file)
+    assert queue.complete(claim, output(audio_file, seed=1), audio_file)
     done = queue.get(job.job_id)
     assert done is not None
     assert (done.status, done.progress, done.completions) == ("succeeded", 1.0, 1)
-    assert done.result == {"audio_path": str(audio_file), "seed": 1}
+    assert done.result == output(audio_file, seed=1)
     assert done.finished_at is not None
     assert queue.audio(job.job_id) == audio_file.read_bytes()
 
@@ -166,7 +173,7 @@ def test_finished_jobs_expire_after_the_retention_time(open_queue: OpenQueue, au
     job = submit(queue)
     claim = queue.claim("worker-a", wait_s=1)
     assert claim is not None
-    queue.complete(claim, {"audio_path": str(audio_file)}, audio_file)
+    queue.complete(claim, output(audio_file, seed=1), audio_file)
     assert queue.get(job.job_id) is not None
     time.sleep(2.2)
     queue.sweep()
@@ -181,13 +188,14 @@ def test_a_remembered_result_is_found_by_its_cache_key(queue: JobQueue, audio_fi
     assert queue.cached("cache-key-1") is None
     claim = queue.claim("worker-a", wait_s=1)
     assert claim is not None
-    queue.complete(claim, {"audio_path": str(audio_file), "cached": False}, audio_file)
+    queue.complete(claim, output(audio_file, seed=1), audio_file)
     hit = queue.cached("cache-key-1")
     assert hit is not None and hit.job_id == job.job_id
     copy = new_job()
-    copy.status, copy.result, copy.finished_at = "succeeded", {**hit.result, "cached": True}, time.time()  # type: ignore[dict-item]
+    assert hit.result is not None
+    copy.status, copy.result, copy.finished_at = JobStatus.SUCCEEDED, replace(hit.result, cached=True), time.time()
     stored = queue.add_finished(copy, audio_from=hit.job_id)
-    assert stored.status == "succeeded" and stored.result["cached"] is True  # type: ignore[index]
+    assert stored.status is JobStatus.SUCCEEDED and stored.result == output(audio_file, seed=1, cached=True)
     assert queue.audio(copy.job_id) == audio_file.read_bytes()
 
 
@@ -205,11 +213,11 @@ def test_a_stale_claim_cannot_complete_a_job_taken_over(open_queue: OpenQueue, a
     assert fresh is not None and fresh.job.job_id == job.job_id
     assert second_queue.get(job.job_id).attempts == 2  # type: ignore[union-attr]
     assert not first_queue.heartbeat(stale)
-    assert not first_queue.complete(stale, {"audio_path": str(audio_file), "by": "a"}, audio_file)
-    assert second_queue.complete(fresh, {"audio_path": str(audio_file), "by": "b"}, audio_file)
+    assert not first_queue.complete(stale, output(audio_file, seed=1), audio_file)
+    assert second_queue.complete(fresh, output(audio_file, seed=2), audio_file)
     done = second_queue.get(job.job_id)
     assert done is not None
-    assert (done.status, done.completions, done.result["by"]) == ("succeeded", 1, "b")  # type: ignore[index]
+    assert (done.status, done.completions, done.result) == ("succeeded", 1, output(audio_file, seed=2))
 
 
 def test_a_released_job_is_first_in_line_again_for_any_worker(open_queue: OpenQueue, audio_file: Path) -> None:
@@ -231,8 +239,8 @@ def test_a_released_job_is_first_in_line_again_for_any_worker(open_queue: OpenQu
     assert again is not None and again.job.job_id == job.job_id
     assert other.get(job.job_id).attempts == 2  # type: ignore[union-attr]
     assert not stopping.release(claim)  # the old claim is stale: it can neither release nor complete
-    assert not stopping.complete(claim, {"audio_path": str(audio_file)}, audio_file)
-    assert other.complete(again, {"audio_path": str(audio_file)}, audio_file)
+    assert not stopping.complete(claim, output(audio_file, seed=1), audio_file)
+    assert other.complete(again, output(audio_file, seed=1), audio_file)
     assert other.get(job.job_id).completions == 1  # type: ignore[union-attr]
 
 

@@ -59,3 +59,30 @@ def test_every_setting_has_a_variable_and_help() -> None:
     for spec in setting_specs():
         assert spec["env"].startswith(("MUSICGEN_", "CF_MUSICGEN_"))
         assert spec["help"]
+
+
+def test_a_given_mapping_is_read_instead_of_the_process_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MUSICGEN_PORT", "4000")
+    assert Settings.from_env({}).port == 3000
+    assert Settings.from_env().port == 4000
+
+
+def test_an_empty_variable_means_the_default() -> None:
+    settings = Settings.from_env({"MUSICGEN_MAX_DURATION_S": "", "MUSICGEN_INPUT_ROOTS": ""})
+    assert (settings.max_duration_s, settings.input_roots) == (30.0, ())
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("MUSICGEN_BATCH_SLOTS", "0"), ("MUSICGEN_ENGINE", "vllm"), ("MUSICGEN_PORT", "70000")],
+    ids=["no-slots", "unknown-engine", "port-out-of-range"],
+)
+def test_bounds_are_declared_with_the_setting(variable: str, value: str) -> None:
+    with pytest.raises(SettingsError, match=f"{variable}: .*got '{value}'"):
+        Settings.from_env({variable: value})
+
+
+def test_settings_are_frozen() -> None:
+    settings = Settings.from_env({})
+    with pytest.raises(ValueError):
+        settings.port = 1  # type: ignore[misc]

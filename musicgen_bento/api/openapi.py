@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from .schemas import (
+from ..schemas import (
     ContinueRequest,
     ContinueResponse,
     GenerateRequest,
@@ -23,7 +23,7 @@ from .schemas import (
     JobAccepted,
     JobView,
 )
-from .settings import Settings
+from ..settings import Settings
 
 _ERROR_SCHEMA: dict[str, Any] = {
     "type": "object",

@@ -13,10 +13,9 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
-from .errors import Conflict, QueueFull
-from .jobs import Claim, Job
+from ..errors import Conflict, QueueFull
+from .model import Claim, Job, JobOutput, JobStatus
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -91,13 +90,13 @@ class SqliteJobQueue:
             " cache_key, idempotency_key, fingerprint) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
             (
                 job.job_id,
-                job.status,
+                job.status.value,
                 json.dumps(job.request),
                 job.created_at,
                 job.started_at,
                 job.finished_at,
                 job.progress,
-                json.dumps(job.result) if job.result is not None else None,
+                json.dumps(job.result.to_json()) if job.result is not None else None,
                 job.cache_key,
                 idempotency_key,
                 fingerprint,
@@ -117,7 +116,9 @@ class SqliteJobQueue:
         with self._lock:
             row = self._db.execute("SELECT job_id FROM cache WHERE cache_key=?", (cache_key,)).fetchone()
             job = self.get(row["job_id"]) if row is not None else None
-        if job is None or job.status != "succeeded" or not Path(str((job.result or {}).get("audio_path"))).is_file():
+        if job is None or job.status is not JobStatus.SUCCEEDED or job.result is None:
+            return None
+        if not Path(job.result.audio_path).is_file():
             return None
         return job
 
@@ -127,7 +128,7 @@ class SqliteJobQueue:
             if row is None:
                 return None
             position = None
-            if row["status"] == "queued":
+            if row["status"] == JobStatus.QUEUED.value:
                 position = self._db.execute(
                     "SELECT COUNT(*) FROM jobs WHERE status='queued' AND seq < ?", (row["seq"],)
                 ).fetchone()[0]
@@ -145,7 +146,7 @@ class SqliteJobQueue:
                 ).fetchone()
                 if row is not None:
                     job = _job_of(row, None)
-                    return Claim(job, token=str(job.attempts))
+                    return Claim(job, attempt=job.attempts, worker_id=worker_id)
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return None
@@ -158,7 +159,7 @@ class SqliteJobQueue:
         with self._lock:
             row = self._db.execute(
                 "SELECT 1 FROM jobs WHERE job_id=? AND status='running' AND attempts=?",
-                (claim.job.job_id, int(claim.token)),
+                (claim.job.job_id, claim.attempt),
             ).fetchone()
         return row is not None
 
@@ -166,10 +167,10 @@ class SqliteJobQueue:
         with self._lock:
             self._db.execute(
                 "UPDATE jobs SET progress=? WHERE job_id=? AND status='running' AND attempts=?",
-                (progress, claim.job.job_id, int(claim.token)),
+                (progress, claim.job.job_id, claim.attempt),
             )
 
-    def _finish(self, claim: Claim, status: str, result: dict[str, Any] | None, error: str | None) -> bool:
+    def _finish(self, claim: Claim, status: JobStatus, output: JobOutput | None, error: str | None) -> bool:
         with self._lock:
             updated = self._db.execute(
                 "UPDATE jobs SET status=?, result=?, error=?, finished_at=?,"
@@ -177,31 +178,31 @@ class SqliteJobQueue:
                 " completions=completions + (CASE WHEN ?='succeeded' THEN 1 ELSE 0 END)"
                 " WHERE job_id=? AND status='running' AND attempts=?",
                 (
-                    status,
-                    json.dumps(result) if result is not None else None,
+                    status.value,
+                    json.dumps(output.to_json()) if output is not None else None,
                     error,
                     time.time(),
-                    status,
-                    status,
+                    status.value,
+                    status.value,
                     claim.job.job_id,
-                    int(claim.token),
+                    claim.attempt,
                 ),
             ).rowcount
-            if updated and status == "succeeded" and claim.job.cache_key:
+            if updated and status is JobStatus.SUCCEEDED and claim.job.cache_key:
                 self._db.execute(
                     "INSERT OR REPLACE INTO cache (cache_key, job_id) VALUES (?, ?)",
                     (claim.job.cache_key, claim.job.job_id),
                 )
         return bool(updated)
 
-    def complete(self, claim: Claim, result: dict[str, Any], audio_path: Path) -> bool:
-        return self._finish(claim, "succeeded", result, None)
+    def complete(self, claim: Claim, output: JobOutput, audio_path: Path) -> bool:
+        return self._finish(claim, JobStatus.SUCCEEDED, output, None)
 
     def fail(self, claim: Claim, error: str) -> None:
-        self._finish(claim, "failed", None, error)
+        self._finish(claim, JobStatus.FAILED, None, error)
 
     def mark_canceled(self, claim: Claim) -> None:
-        self._finish(claim, "canceled", None, "canceled while running")
+        self._finish(claim, JobStatus.CANCELED, None, "canceled while running")
 
     def release(self, claim: Claim) -> bool:
         # The job keeps its sequence number, so it is back at its old place: ahead of the jobs
@@ -210,7 +211,7 @@ class SqliteJobQueue:
             released = self._db.execute(
                 "UPDATE jobs SET status='queued', started_at=NULL, progress=0"
                 " WHERE job_id=? AND status='running' AND attempts=?",
-                (claim.job.job_id, int(claim.token)),
+                (claim.job.job_id, claim.attempt),
             ).rowcount
             if released:
                 self._submitted.notify_all()
@@ -221,13 +222,13 @@ class SqliteJobQueue:
             job = self.get(job_id)
             if job is None:
                 return None
-            if job.status == "queued":
+            if job.status is JobStatus.QUEUED:
                 self._db.execute(
                     "UPDATE jobs SET status='canceled', finished_at=?, error='canceled before it ran'"
                     " WHERE job_id=? AND status='queued'",
                     (time.time(), job_id),
                 )
-            elif job.status == "running":
+            elif job.status is JobStatus.RUNNING:
                 self._db.execute("UPDATE jobs SET cancel_requested=1 WHERE job_id=?", (job_id,))
         return self.get(job_id)
 
@@ -244,7 +245,7 @@ class SqliteJobQueue:
         job = self.get(job_id)
         if job is None or job.result is None:
             return None
-        path = Path(str(job.result.get("audio_path")))
+        path = Path(job.result.audio_path)
         return path.read_bytes() if path.is_file() else None
 
     def sweep(self) -> None:
@@ -277,13 +278,13 @@ class SqliteJobQueue:
 def _job_of(row: sqlite3.Row, position: int | None) -> Job:
     return Job(
         job_id=row["job_id"],
-        status=row["status"],
+        status=JobStatus(row["status"]),
         request=json.loads(row["request"]),
         created_at=row["created_at"],
         started_at=row["started_at"],
         finished_at=row["finished_at"],
         progress=row["progress"],
-        result=json.loads(row["result"]) if row["result"] else None,
+        result=JobOutput.from_json(json.loads(row["result"])) if row["result"] else None,
         error=row["error"],
         queue_position=position,
         attempts=row["attempts"],

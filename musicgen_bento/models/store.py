@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ModelStoreError
+from ..errors import ModelStoreError
 
 logger = logging.getLogger("musicgen_bento")
 
@@ -204,7 +204,7 @@ def import_model(source: str, name: str | None = None, progress: ProgressCallbac
 
 def create_tiny(kind: str) -> ModelInfo:
     """Builds a tiny random-weight model of `kind` ('text' or 'melody') and stores it."""
-    from .tiny_models import TINY_NAMES, save_tiny_model
+    from .tiny import TINY_NAMES, save_tiny_model
 
     if kind not in TINY_NAMES:
         raise ModelStoreError(f"kind must be 'text' or 'melody'; got {kind!r}")
@@ -220,7 +220,7 @@ def resolve(model_ref: str, allow_download: bool, progress: ProgressCallback | N
     found = find(model_ref)
     if found is not None:
         return found
-    from .tiny_models import TINY_NAMES
+    from .tiny import TINY_NAMES
 
     tiny_kinds = {name: kind for kind, name in TINY_NAMES.items()}
     if model_ref.strip().lower() in tiny_kinds:

@@ -12,8 +12,8 @@ import secrets
 
 import torch
 
-from .audio import fit_length
-from .generator import CancelFn, GenerationRequest, GenerationResult, ProgressFn
+from ..audio.clip import fit_length
+from .params import CancelFn, GenerationRequest, GenerationResult, ProgressFn
 
 MOCK_SAMPLE_RATE = 32000
 MOCK_CHANNELS = 1

@@ -17,9 +17,8 @@ from typing import Any
 
 import httpx
 
-from .schemas import ContinueResponse, HealthResponse, JobAccepted, JobView
-
-FINISHED = ("succeeded", "failed", "canceled")
+from ..jobs.model import JobStatus
+from ..schemas import ContinueResponse, HealthResponse, JobAccepted, JobView
 
 
 class MusicGenClientError(Exception):
@@ -78,7 +77,7 @@ class MusicGenClient:
         deadline = time.monotonic() + timeout_s
         while True:
             view = self.status(job_id)
-            if view.status in FINISHED:
+            if JobStatus(view.status).finished:
                 return view
             if time.monotonic() >= deadline:
                 raise TimeoutError(f"job {job_id} is still {view.status} after {timeout_s:g} s")

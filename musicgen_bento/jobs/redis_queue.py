@@ -19,8 +19,8 @@ from typing import Any
 
 import redis
 
-from .errors import Conflict, QueueFull
-from .jobs import Claim, Job
+from ..errors import Conflict, QueueFull
+from .model import Claim, Job, JobOutput, JobStatus
 
 _GROUP = "workers"
 
@@ -156,7 +156,7 @@ class RedisJobQueue:
         if job_id is None:
             return None
         job = self.get(job_id.decode())
-        if job is None or job.status != "succeeded" or not self.redis.exists(self._audio_key(job.job_id)):
+        if job is None or job.status is not JobStatus.SUCCEEDED or not self.redis.exists(self._audio_key(job.job_id)):
             return None
         return job
 
@@ -166,7 +166,7 @@ class RedisJobQueue:
             return None
         fields = {key.decode(): value.decode() for key, value in raw.items()}
         position = None
-        if fields["status"] == "queued":
+        if fields["status"] == JobStatus.QUEUED.value:
             position = self.redis.zrank(self.queued, self._job_key(job_id))
         return _job_of(fields, position)
 
@@ -193,54 +193,53 @@ class RedisJobQueue:
                 continue
             job = self.get(job_id)
             if job is not None:
-                return Claim(job, token=f"{entry_id.decode()}|{attempt}|{worker_id}")
+                return Claim(job, attempt=int(attempt), worker_id=worker_id, entry_id=entry_id.decode())
         return None
 
     def heartbeat(self, claim: Claim) -> bool:
-        entry_id, attempt, worker_id = claim.token.split("|")
-        if self.redis.hget(self._job_key(claim.job.job_id), "attempts") != attempt.encode():
+        if self.redis.hget(self._job_key(claim.job.job_id), "attempts") != str(claim.attempt).encode():
             return False
         # Re-claiming our own pending entry resets its idle time: the visibility timeout restarts.
-        self.redis.xclaim(self.stream, _GROUP, worker_id, min_idle_time=0, message_ids=[entry_id], justid=True)
+        self.redis.xclaim(
+            self.stream, _GROUP, claim.worker_id, min_idle_time=0, message_ids=[claim.entry_id], justid=True
+        )
         return True
 
     def report_progress(self, claim: Claim, progress: float) -> None:
         self.redis.hset(self._job_key(claim.job.job_id), "progress", f"{progress:.4f}")
 
-    def _end(self, claim: Claim, status: str, result: dict[str, Any] | None, error: str, audio: bytes) -> bool:
-        entry_id, attempt, _ = claim.token.split("|")
+    def _end(self, claim: Claim, status: JobStatus, output: JobOutput | None, error: str, audio: bytes) -> bool:
         job_id = claim.job.job_id
         done = self._finish(
             keys=[self._job_key(job_id), self._audio_key(job_id), self.stream],
             args=[
-                attempt,
-                status,
-                json.dumps(result) if result else "",
+                claim.attempt,
+                status.value,
+                json.dumps(output.to_json()) if output else "",
                 error,
                 time.time(),
                 self.ttl_s,
                 audio,
-                entry_id,
+                claim.entry_id,
             ],
         )
-        if done and status == "succeeded" and claim.job.cache_key:
+        if done and status is JobStatus.SUCCEEDED and claim.job.cache_key:
             self.redis.set(f"{self.prefix}:cache:{claim.job.cache_key}", job_id, ex=self.ttl_s)
         return bool(done)
 
-    def complete(self, claim: Claim, result: dict[str, Any], audio_path: Path) -> bool:
-        return self._end(claim, "succeeded", result, "", audio_path.read_bytes())
+    def complete(self, claim: Claim, output: JobOutput, audio_path: Path) -> bool:
+        return self._end(claim, JobStatus.SUCCEEDED, output, "", audio_path.read_bytes())
 
     def fail(self, claim: Claim, error: str) -> None:
-        self._end(claim, "failed", None, error, b"")
+        self._end(claim, JobStatus.FAILED, None, error, b"")
 
     def mark_canceled(self, claim: Claim) -> None:
-        self._end(claim, "canceled", None, "canceled while running", b"")
+        self._end(claim, JobStatus.CANCELED, None, "canceled while running", b"")
 
     def release(self, claim: Claim) -> bool:
-        entry_id, attempt, worker_id = claim.token.split("|")
         released = self._release(
             keys=[self._job_key(claim.job.job_id), self.queued, self.stream],
-            args=[attempt, entry_id, worker_id, self.visibility_ms],
+            args=[claim.attempt, claim.entry_id, claim.worker_id, self.visibility_ms],
         )
         return bool(released)
 
@@ -268,7 +267,7 @@ class RedisJobQueue:
 def _fields_of(job: Job) -> dict[str, str]:
     fields = {
         "job_id": job.job_id,
-        "status": job.status,
+        "status": job.status.value,
         "request": json.dumps(job.request),
         "created_at": repr(job.created_at),
         "progress": repr(job.progress),
@@ -279,7 +278,7 @@ def _fields_of(job: Job) -> dict[str, str]:
         "started_at": job.started_at,
         "finished_at": job.finished_at,
         "cache_key": job.cache_key,
-        "result": json.dumps(job.result) if job.result is not None else None,
+        "result": json.dumps(job.result.to_json()) if job.result is not None else None,
         "error": job.error,
     }
     fields.update({key: str(value) for key, value in optional.items() if value is not None})
@@ -292,13 +291,13 @@ def _job_of(fields: dict[str, str], position: int | None) -> Job:
 
     return Job(
         job_id=fields["job_id"],
-        status=fields["status"],
+        status=JobStatus(fields["status"]),
         request=json.loads(fields["request"]),
         created_at=float(fields["created_at"]),
         started_at=number("started_at"),
         finished_at=number("finished_at"),
         progress=float(fields.get("progress", 0)),
-        result=json.loads(fields["result"]) if "result" in fields else None,
+        result=JobOutput.from_json(json.loads(fields["result"])) if "result" in fields else None,
         error=fields.get("error"),
         queue_position=position,
         attempts=int(fields.get("attempts", 0)),

@@ -11,14 +11,16 @@ from typing import Literal
 
 import torch
 
-from .audio import AudioClip
-from .engine import StepReport
-from .errors import MusicGenError, NotReady
-from .generator import GenerationParams, GenerationRequest, MusicGenGenerator, pick_device, pick_dtype
+from ..audio.clip import AudioClip
+from ..engine import StepReport
+from ..errors import MusicGenError, NotReady
+from ..models.store import resolve
+from ..schemas import EngineHealth
+from ..settings import Settings
+from .device import pick_device, pick_dtype
+from .generator import MusicGenGenerator
 from .mock import MockMusicGenGenerator
-from .model_store import resolve
-from .schemas import EngineHealth
-from .settings import Settings
+from .params import GenerationParams, GenerationRequest
 
 logger = logging.getLogger("musicgen_bento")
 

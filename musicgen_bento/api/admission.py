@@ -21,10 +21,10 @@ from typing import Any, TypeVar
 import anyio
 import anyio.to_thread
 
-from .errors import GenerationCanceled
-from .generator import CancelFn
-from .lifecycle import Generator, ModelHost
-from .metrics import ServiceMetrics
+from ..errors import GenerationCanceled
+from ..generation.host import Generator, ModelHost
+from ..generation.params import CancelFn
+from ..metrics import ServiceMetrics
 
 logger = logging.getLogger("musicgen_bento")
 

@@ -1,0 +1,119 @@
+"""ASGI middleware that gives every client error the service's JSON shape, including the ones
+BentoML and Starlette answer themselves (validation, malformed bodies, unknown routes)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.responses import JSONResponse
+
+from ..errors import UnsupportedMediaType
+from .errors import describe_validation_errors, error_response
+
+
+class ReadableErrorsMiddleware:
+    """Rewrites BentoML's own 4xx bodies (validation, malformed JSON) into this service's shape.
+
+    BentoML validates arguments before our code runs and answers with a generic headline and a
+    list of pydantic errors (or, for other client errors, a list wrapping the message). Clients
+    get `{"error": "<field>: <what is accepted>", "field": ..., "detail": [...]}` instead.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        refusal = _refuse_non_json_body(scope)
+        if refusal is not None:
+            await refusal(scope, receive, send)
+            return
+        start: dict[str, Any] = {}
+        chunks: list[bytes] = []
+
+        async def capture(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                if 400 <= status < 500 and (_is_json(message) or status in _ROUTING_ERRORS):
+                    start.update(message)
+                    return
+                await send(message)
+            elif message["type"] == "http.response.body" and start:
+                chunks.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    await _send_rewritten(start, b"".join(chunks), send, scope)
+            else:
+                await send(message)
+
+        await self.app(scope, receive, capture)
+
+
+def _refuse_non_json_body(scope: dict[str, Any]) -> JSONResponse | None:
+    """A 415 for a POST whose body is declared as anything but JSON, before BentoML parses it.
+
+    Every POST route takes a JSON body. BentoML would otherwise parse form and multipart bodies
+    itself, and a malformed one (no boundary, a 5,000-digit number, thousands of fields) fails in
+    its parser with a 500. A POST with no content type is taken as JSON, as BentoML does.
+    """
+    if scope.get("method") != "POST":
+        return None
+    headers = dict(scope.get("headers", []))
+    declared = headers.get(b"content-type", b"").decode("latin-1")
+    media_type = declared.split(";", 1)[0].strip().lower()
+    if not media_type or media_type == "application/json" or media_type.endswith("+json"):
+        return None
+    shown = declared[:100]
+    error = UnsupportedMediaType(
+        f"the body must be JSON, sent with 'Content-Type: application/json'; got {shown!r}", field="body"
+    )
+    return error_response(error)
+
+
+def _is_json(start_message: dict[str, Any]) -> bool:
+    headers = dict(start_message.get("headers", []))
+    return headers.get(b"content-type", b"").startswith(b"application/json")
+
+
+# Starlette's router answers these itself, in plain text, for a path or method no route takes.
+_ROUTING_ERRORS = {404: "no route {path}", 405: "{method} is not allowed on {path}"}
+
+
+async def _send_rewritten(start: dict[str, Any], raw: bytes, send: Any, scope: dict[str, Any]) -> None:
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        body = None
+    rewritten = _rewrite_body(body)
+    status = start["status"]
+    if body is None and status in _ROUTING_ERRORS:
+        path = str(scope.get("path", ""))
+        shown = path if len(path) <= 100 else path[:100] + "…"
+        message = _ROUTING_ERRORS[status].format(method=scope.get("method"), path=repr(shown))
+        rewritten = {"error": f"{message}; the API page served at / lists the routes"}
+    payload = raw if rewritten is None else json.dumps(rewritten).encode()
+    headers = [(k, v) for k, v in start.get("headers", []) if k.lower() not in (b"content-length", b"content-type")]
+    content_type = (
+        b"application/json"
+        if rewritten is not None
+        else dict(start.get("headers", [])).get(b"content-type", b"application/json")
+    )
+    headers += [(b"content-length", str(len(payload)).encode()), (b"content-type", content_type)]
+    await send({**start, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})
+
+
+def _rewrite_body(body: Any) -> dict[str, Any] | None:
+    # BentoML wraps non-validation client errors as a one-element list: [{"error": "..."}].
+    if isinstance(body, list) and len(body) == 1 and isinstance(body[0], dict):
+        return body[0]
+    if isinstance(body, dict) and isinstance(body.get("detail"), list) and "field" not in body:
+        detail = body["detail"]
+        fields = [".".join(str(p) for p in e.get("loc", ())) for e in detail if isinstance(e, dict)]
+        rewritten = {"error": describe_validation_errors(detail), "detail": detail}
+        if fields and fields[0]:
+            rewritten["field"] = fields[0]
+        return rewritten
+    return None

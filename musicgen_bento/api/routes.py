@@ -1,0 +1,93 @@
+"""The routes BentoML's API methods can't be: GET and DELETE (health, job status and audio,
+cancel) and the OpenAPI document, as a Starlette app mounted beside them.
+
+BentoML mounts the app when the service class is defined, before any instance exists, so the
+routes reach the service through `bind`, which the service calls from its constructor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from ..errors import NotReady
+from ..jobs.service import JobService
+from ..schemas import HealthResponse
+from .errors import answers_errors
+
+
+class RoutedService(Protocol):
+    """What the routes need from the service."""
+
+    jobs: JobService
+
+    def health_report(self) -> HealthResponse: ...
+
+    def openapi(self) -> dict[str, Any]: ...
+
+
+class HttpRoutes:
+    """The mounted Starlette app and the service instance its routes serve."""
+
+    def __init__(self) -> None:
+        self._service: RoutedService | None = None
+        self.app = Starlette(
+            routes=[
+                Route("/health", self.get_health, methods=["GET"]),
+                # Listed before BentoML's own /docs.json, which this one replaces.
+                Route("/docs.json", self.get_openapi, methods=["GET"]),
+                Route("/jobs/{job_id}", self.get_job, methods=["GET"]),
+                Route("/jobs/{job_id}", self.delete_job, methods=["DELETE"]),
+                Route("/jobs/{job_id}/audio", self.get_job_audio, methods=["GET"]),
+            ]
+        )
+
+    @property
+    def paths(self) -> set[str]:
+        return {route.path for route in self.app.routes if isinstance(route, Route)}
+
+    def bind(self, service: RoutedService) -> None:
+        self._service = service
+
+    def _bound(self) -> RoutedService:
+        if self._service is None:  # only between the mount and the service's constructor
+            raise NotReady("the service is starting; retry shortly")
+        return self._service
+
+    async def get_health(self, request: Request) -> Response:
+        """GET /health: what an orchestrator polls until the model is ready."""
+        return await _answer(lambda: self._bound().health_report())
+
+    async def get_openapi(self, request: Request) -> Response:
+        """GET /docs.json: the OpenAPI document of every route (BentoML's describes its API methods only)."""
+        return await _answer(lambda: self._bound().openapi())
+
+    async def get_job(self, request: Request) -> Response:
+        """GET /jobs/{job_id}: a job's status, progress and result."""
+        return await _answer(lambda: self._bound().jobs.view(request.path_params["job_id"]))
+
+    async def get_job_audio(self, request: Request) -> Response:
+        """GET /jobs/{job_id}/audio: a succeeded job's audio, from any replica."""
+        return await _answer(lambda: self._bound().jobs.audio(request.path_params["job_id"]))
+
+    async def delete_job(self, request: Request) -> Response:
+        """DELETE /jobs/{job_id}: cancels a queued job, or stops a running one at its next step."""
+        return await _answer(lambda: self._bound().jobs.cancel(request.path_params["job_id"]))
+
+
+async def _answer(call: Callable[[], Any]) -> Response:
+    """Runs a blocking handler off the event loop; errors become their responses."""
+    outcome = await run_in_threadpool(answers_errors(call))
+    if isinstance(outcome, Response):
+        return outcome
+    if isinstance(outcome, tuple):  # (audio bytes, media type)
+        return Response(outcome[0], media_type=outcome[1])
+    if isinstance(outcome, dict):
+        return JSONResponse(outcome)
+    return JSONResponse(outcome.model_dump(mode="json", exclude_none=isinstance(outcome, HealthResponse)))

@@ -1,0 +1,71 @@
+"""CUDA graphs of the decoding step: captured once per (rows, length, cross length) bucket and
+replayed, so a step on a GPU costs one launch instead of hundreds."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+logger = logging.getLogger("musicgen_bento")
+
+# The decoding step's forward: (rows, attention length, cross length) -> logits.
+Forward = Callable[[int, int, int], torch.Tensor]
+
+
+def padded_rows(rows: int, max_rows: int) -> int:
+    """The rows a captured graph computes for `rows` active ones: the next power of two. The extra
+    rows are free slots (position 0), whose results are ignored."""
+    return min(1 << (rows - 1).bit_length(), max_rows)
+
+
+class CudaGraphs:
+    """Captured steps by bucket. Falls back to the eager forward, for good, if a capture fails."""
+
+    def __init__(self, forward: Forward, device: torch.device, max_rows: int) -> None:
+        self._forward = forward
+        self._device = device
+        self._max_rows = max_rows
+        self._graphs: dict[tuple[int, int, int], tuple[Any, torch.Tensor]] = {}
+        self._pool: Any = None
+        self.enabled = device.type == "cuda"
+
+    def clear(self) -> None:
+        """Drops every graph (the buffers they read were replaced)."""
+        self._graphs.clear()
+
+    def run(self, rows: int, length: int, cross: int) -> torch.Tensor:
+        """The step's logits, from the graph of this bucket (captured now if new)."""
+        padded = padded_rows(rows, self._max_rows)
+        key = (padded, length, cross)
+        entry = self._graphs.get(key)
+        if entry is None:
+            try:
+                entry = self._capture(padded, length, cross)
+            except Exception:  # capture is an optimisation: decode eagerly rather than fail
+                logger.exception("CUDA graph capture failed; decoding eagerly from now on")
+                self.enabled = False
+                return self._forward(rows, length, cross)
+            self._graphs[key] = entry
+        # The warm-up and capture wrote the cache at the current positions with the same inputs,
+        # so replaying now is the step itself.
+        entry[0].replay()
+        return entry[1]
+
+    def _capture(self, rows: int, length: int, cross: int) -> tuple[Any, torch.Tensor]:
+        stream = torch.cuda.Stream(self._device)
+        stream.wait_stream(torch.cuda.current_stream(self._device))
+        with torch.cuda.stream(stream):
+            for _ in range(2):  # warm-up outside the capture, as CUDA graphs require
+                self._forward(rows, length, cross)
+        torch.cuda.current_stream(self._device).wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        # thread_local: request threads keep using the GPU (text encoder, codec) while this thread
+        # captures; the default ("global") would fail their allocations.
+        with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
+            output = self._forward(rows, length, cross)
+        return graph, output

@@ -1,0 +1,220 @@
+"""The MusicGen decoder's forward, written once for both of its uses: the prefill of one request
+(its whole start at once) and a decoding step (one token for every row of the batch). They differ
+only in how self-attention reads and writes the cache; every other part of a layer is shared."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .batch_state import BatchState
+from .kv_cache import KVCache, attention_bias
+
+# Self-attention of one layer: (layer index, projected q|k|v, scale) -> attention output.
+SelfAttention = Callable[[int, torch.Tensor, float], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class CrossRows:
+    """The cross-attention a forward reads: rows of the cache, `length` positions, and the bias."""
+
+    rows: slice
+    length: int
+    bias: torch.Tensor
+
+
+class Decoder:
+    """Runs the decoder of a loaded model over the engine's cache with joint weights.
+
+    The joint weights (q|k|v per layer, the codebooks' heads, their embeddings) cut the operations
+    per step; the model's own modules become views of them, so the model keeps one copy and works
+    as before.
+    """
+
+    def __init__(self, model: Any) -> None:
+        causal_lm = model.decoder
+        self.model = model
+        self.stack = causal_lm.model.decoder
+        config = causal_lm.config
+        self.is_melody = not hasattr(self.stack.layers[0], "encoder_attn")
+        self.codebooks = int(config.num_codebooks)
+        self.vocab = int(config.vocab_size)
+        self.hidden = int(config.hidden_size)
+        self.heads = int(config.num_attention_heads)
+        self.head_dim = self.hidden // self.heads
+        self.layers = len(self.stack.layers)
+        self.dtype = next(causal_lm.parameters()).dtype
+        device = next(causal_lm.parameters()).device
+        self.qkv = [
+            joint_weight([layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj])
+            for layer in self.stack.layers
+        ]
+        self.head_weight = joint_weight(list(causal_lm.lm_heads))
+        self.embedding = joint_weight(list(self.stack.embed_tokens))
+        table_rows = self.stack.embed_tokens[0].weight.shape[0]
+        self.embedding_offsets = torch.arange(self.codebooks, device=device) * table_rows
+
+    def ensure_positions(self, positions: int) -> None:
+        """Makes the sinusoidal position table cover `positions`."""
+        if self.stack.embed_positions.weights.shape[0] < positions:
+            self.stack.embed_positions.make_weights(positions, self.hidden)
+
+    def encode_conditioning(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The two conditioning rows (conditional, unconditional) of one request.
+
+        Uses the model's own helpers, exactly as `generate()` with guidance does, so the decoder
+        sees the same states: text models get cross-attention states and mask, melody models the
+        prefix of projected chroma and text states.
+        """
+        config = copy.copy(self.model.generation_config)
+        config.guidance_scale = 3.0  # any value > 1: both rows are always built
+        kwargs = {key: value for key, value in inputs.items() if key != "input_ids"}
+        if self.is_melody:
+            kwargs = self.model._prepare_encoder_hidden_states_kwargs_for_generation(
+                inputs["input_ids"], kwargs, "input_ids", config
+            )
+            return kwargs["encoder_hidden_states"].to(self.dtype), None
+        kwargs = self.model._prepare_text_encoder_kwargs_for_generation(
+            inputs["input_ids"], kwargs, "input_ids", config
+        )
+        states = kwargs["encoder_outputs"].last_hidden_state
+        mask = kwargs["attention_mask"]
+        model_config = self.model.config
+        if (
+            model_config.text_encoder.hidden_size != model_config.decoder.hidden_size
+            and model_config.decoder.cross_attention_hidden_size is None
+        ):
+            states = self.model.enc_to_dec_proj(states)
+        states = states * mask[..., None]
+        return states.to(self.dtype), mask.bool()
+
+    def fill_cross(self, cache: KVCache, rows: slice, states: torch.Tensor, mask: torch.Tensor) -> None:
+        """Computes a request's cross-attention keys and values (text models) into its cache rows."""
+        length = states.shape[1]
+        # The unconditional row's states are zeros (so are its keys and values); letting it
+        # attend to them gives the zero output transformers gets from a fully masked row,
+        # without relying on how a kernel treats fully masked rows.
+        mask = mask.clone()
+        mask[1, :length] = True
+        cache.cross_bias[rows] = float("-inf")
+        cache.cross_bias[rows, :length] = attention_bias(mask, self.dtype)
+        for index, layer in enumerate(self.stack.layers):
+            attention = layer.encoder_attn
+            cache.cross_keys[index, rows, :, :length] = self.split_heads(attention.k_proj(states))
+            cache.cross_values[index, rows, :, :length] = self.split_heads(attention.v_proj(states))
+
+    # -- the two forwards -------------------------------------------------------------------------
+
+    def prefill(self, cache: KVCache, hidden: torch.Tensor, rows: slice, cross_len: int) -> torch.Tensor:
+        """Runs the decoder over a request's whole start (prefix, start token, prompt) in `hidden`,
+        filling its cache rows; returns the last position's logits, (2, codebooks, vocab) in float32."""
+        length = hidden.shape[1]
+
+        def attend(index: int, projected: torch.Tensor, scale: float) -> torch.Tensor:
+            query, key, value = (self.split_heads(part) for part in projected.chunk(3, dim=-1))
+            cache.self_kv[index, rows, 0, :, :length] = key
+            cache.self_kv[index, rows, 1, :, :length] = value
+            return F.scaled_dot_product_attention(query, key, value, is_causal=True, scale=scale)
+
+        cross = None if self.is_melody else CrossRows(rows, cross_len, cache.cross_bias[rows, None, None, :cross_len])
+        hidden = self._layers(cache, hidden, attend, cross)
+        return self.head_logits(self.stack.layer_norm(hidden[:, -1])).float()
+
+    def step(self, cache: KVCache, state: BatchState, rows: int, length: int, cross: int) -> torch.Tensor:
+        """One token for each of the first `rows` rows, attending over `length` cached positions
+        (and `cross` cross-attention ones); writes and returns `state.logits`."""
+        tokens = state.row_tokens[:rows]
+        positions = state.row_positions[:rows]
+        hidden = (self.embed(tokens) + self.stack.embed_positions.weights[positions]).unsqueeze(1)
+        index_of_row = state.row_index[:rows]
+        key_value_of_row = (rows, 2, self.heads, self.head_dim)
+        visible = torch.arange(length, device=tokens.device).view(1, 1, 1, length) <= positions.view(rows, 1, 1, 1)
+        bias = attention_bias(visible, self.dtype)
+
+        def attend(index: int, projected: torch.Tensor, scale: float) -> torch.Tensor:
+            query, key_value = projected.split([self.hidden, 2 * self.hidden], dim=-1)
+            layer_cache = cache.self_kv[index]
+            layer_cache[index_of_row, :, :, positions] = key_value.view(key_value_of_row)
+            return F.scaled_dot_product_attention(
+                self.split_heads(query),
+                layer_cache[:rows, 0, :, :length],
+                layer_cache[:rows, 1, :, :length],
+                attn_mask=bias,
+                scale=scale,
+            )
+
+        cross_rows = (
+            None if self.is_melody else CrossRows(slice(0, rows), cross, cache.cross_bias[:rows, None, None, :cross])
+        )
+        hidden = self.stack.layer_norm(self._layers(cache, hidden, attend, cross_rows))
+        state.logits[:rows] = self.head_logits(hidden[:, 0])
+        return state.logits
+
+    def _layers(
+        self, cache: KVCache, hidden: torch.Tensor, attend: SelfAttention, cross: CrossRows | None
+    ) -> torch.Tensor:
+        """Every decoder layer: self-attention (as `attend` does it), cross-attention, feed-forward."""
+        for index, layer in enumerate(self.stack.layers):
+            attention = layer.self_attn
+            projected = F.linear(layer.self_attn_layer_norm(hidden), self.qkv[index])
+            hidden = hidden + attention.out_proj(self.merge_heads(attend(index, projected, attention.scaling)))
+            if cross is not None:
+                keys = cache.cross_keys[index, cross.rows, :, : cross.length]
+                values = cache.cross_values[index, cross.rows, :, : cross.length]
+                hidden = hidden + self._cross_attention(layer, hidden, keys, values, cross.bias)
+            hidden = hidden + layer.fc2(layer.activation_fn(layer.fc1(layer.final_layer_norm(hidden))))
+        return hidden
+
+    # -- the pieces -------------------------------------------------------------------------------
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The summed embeddings of every codebook's token: tokens (N, codebooks) → (N, hidden)."""
+        return F.embedding(tokens + self.embedding_offsets, self.embedding).sum(dim=1)
+
+    def head_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Every codebook's logits: hidden (N, hidden) → (N, codebooks, vocab)."""
+        return F.linear(hidden, self.head_weight).view(hidden.shape[0], self.codebooks, self.vocab)
+
+    def _cross_attention(
+        self, layer: Any, hidden: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bias: torch.Tensor
+    ) -> torch.Tensor:
+        attention = layer.encoder_attn
+        query = self.split_heads(attention.q_proj(layer.encoder_attn_layer_norm(hidden)))
+        out = F.scaled_dot_product_attention(query, keys, values, attn_mask=bias, scale=attention.scaling)
+        return attention.out_proj(self.merge_heads(out))  # type: ignore[no-any-return]
+
+    def split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        return x.view(x.shape[0], x.shape[1], self.heads, self.head_dim).transpose(1, 2)
+
+    def merge_heads(self, x: torch.Tensor) -> torch.Tensor:
+        return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], self.hidden)
+
+
+def joint_weight(modules: list[Any]) -> torch.Tensor:
+    """One weight for several linear or embedding `modules`, their weights stacked along the first
+    dimension; each module's weight becomes a view of it, so the model keeps a single copy and
+    works as before. Modules already sharing one such weight (another engine on the same model)
+    are left as they are."""
+    weights = [module.weight for module in modules]
+    first, width = weights[0], weights[0].shape[1:]
+    rows = sum(weight.shape[0] for weight in weights)
+    offsets = itertools.accumulate((weight.shape[0] * weight[0].numel() for weight in weights), initial=0)
+    if all(
+        weight.untyped_storage().data_ptr() == first.untyped_storage().data_ptr()
+        and weight.storage_offset() == first.storage_offset() + offset
+        and weight.is_contiguous()
+        for weight, offset in zip(weights, offsets, strict=False)  # offsets has one more
+    ):
+        return first.detach().new_empty(0).set_(first.untyped_storage(), first.storage_offset(), (rows, *width))
+    joint = torch.cat([weight.detach() for weight in weights])
+    start = 0
+    for module, weight in zip(modules, weights, strict=True):
+        module.weight = torch.nn.Parameter(joint[start : start + weight.shape[0]], requires_grad=False)
+        start += weight.shape[0]
+    return joint

@@ -1,0 +1,95 @@
+"""The engine's value types: what a request asks for (`DecodeRequest`, `Sampling`) and what the
+engine reports (`StepReport` after each step, `EngineStats` on demand)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+StepFn = Callable[[], None]
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How one request picks its tokens (the service's semantics: 0 turns top-k/top-p off)."""
+
+    cfg_coef: float = 3.0
+    temperature: float = 1.0
+    top_k: int = 250
+    top_p: float = 0.0
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0
+
+    @property
+    def guided(self) -> bool:
+        return self.cfg_coef > 1
+
+    @property
+    def top_k_limit(self) -> int | None:
+        """The tokens top-k keeps; None when top-k is off."""
+        return self.top_k if self.top_k > 0 else None
+
+    @property
+    def top_p_limit(self) -> float | None:
+        """The probability mass top-p keeps; None when top-p is off."""
+        return self.top_p if 0 < self.top_p < 1 else None
+
+
+@dataclass(frozen=True)
+class DecodeRequest:
+    """One window of decoding for one request.
+
+    `conditioning` holds two rows, conditional then unconditional: cross-attention states shaped
+    (2, S, hidden) with `conditioning_mask` (2, S) for text models, or the decoder prefix shaped
+    (2, P, hidden) for melody models (mask None). `prompt_codes` (codebooks, frames) are the audio
+    prompt's tokens; `new_frames` frames follow them.
+    """
+
+    conditioning: torch.Tensor
+    conditioning_mask: torch.Tensor | None
+    prompt_codes: torch.Tensor | None
+    new_frames: int
+    sampling: Sampling
+    generator: torch.Generator | None
+
+    @property
+    def prompt_frames(self) -> int:
+        return 0 if self.prompt_codes is None else int(self.prompt_codes.shape[1])
+
+
+@dataclass(frozen=True)
+class StepReport:
+    """What the engine did in one decoding step, for metrics: handed to `DecodeEngine.observer`.
+
+    The engine also reports when it goes idle, with `batch` 0.
+    """
+
+    batch: int  # requests decoded together in this step
+    decoding: int  # requests holding a slot after it
+    waiting: int  # requests queued for a free slot after it
+    canceled: int  # requests canceled since the engine started
+    admitted: tuple[tuple[int, ...], ...] = ()  # the orders of the requests admitted since the last report
+
+
+@dataclass
+class EngineStats:
+    """Counters the engine keeps since it started (read them with `DecodeEngine.stats()`)."""
+
+    steps: int = 0  # batched decoding steps
+    request_steps: int = 0  # requests decoded in those steps, summed
+    steps_by_batch: dict[int, int] = field(default_factory=dict)  # batch size -> steps at that size
+    admitted: int = 0
+    canceled: int = 0  # requests that left before their end because their caller gave up
+    decoding: int = 0  # requests in a slot now
+    waiting: int = 0  # requests queued for a slot now
+    graph_steps: int = 0  # steps replayed from a captured CUDA graph
+    padded_rows: int = 0  # rows computed for free slots alongside the running ones (padded steps)
+
+    def count_step(self, batch: int) -> None:
+        self.steps += 1
+        self.request_steps += batch
+        self.steps_by_batch[batch] = self.steps_by_batch.get(batch, 0) + 1

@@ -1,0 +1,236 @@
+"""The two ways a window's tokens are decoded, behind one small protocol: the step-batched
+engine (concurrent requests share the device), or transformers' own `generate()` (one request
+at a time, in arrival order)."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Protocol
+
+import torch
+
+from ..engine import DecodeEngine, DecodeRequest, EngineStats, StepReport
+from .params import GenerationParams, StepWatcher
+
+
+@dataclass(frozen=True)
+class WindowInputs:
+    """What one pass of the model decodes from: the processor's tensors (text and melody), the
+    window's prompt codes (codebooks, frames) and how many new frames it adds."""
+
+    params: GenerationParams
+    inputs: dict[str, torch.Tensor]
+    prompt_codes: torch.Tensor | None
+    new_frames: int
+
+
+class DecodeBackend(Protocol):
+    """Decodes windows of codes for the generator."""
+
+    @property
+    def concurrency(self) -> int:
+        """How many generations decode at once."""
+
+    def seeded(self, seed: int) -> contextlib.AbstractContextManager[torch.Generator | None]:
+        """Holds what one generation needs across its windows: its random generator (None when
+        the backend draws from torch's global one, seeded here), its turn on the device."""
+
+    def decode_window(
+        self, window: WindowInputs, watcher: StepWatcher, rng: torch.Generator | None, order: tuple[int, ...]
+    ) -> torch.Tensor:
+        """The window's codes, prompt included: (codebooks, prompt + new frames or more), on the CPU."""
+
+    def stats(self) -> EngineStats | None: ...
+
+    def observe(self, observer: Callable[[StepReport], None]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class EngineBackend:
+    """The static-cache engine: up to `slots` generations decode together, admitted by arrival."""
+
+    def __init__(self, model: Any, device: str, slots: int) -> None:
+        self.engine = DecodeEngine(model, device, slots)
+        self._device = device
+
+    @property
+    def concurrency(self) -> int:
+        return self.engine.slots
+
+    @contextlib.contextmanager
+    def seeded(self, seed: int) -> Iterator[torch.Generator | None]:
+        # Each request draws from its own generator, seeded as transformers' global one would be,
+        # so both backends give the same tokens on the CPU.
+        rng = torch.Generator(device=self._device)
+        rng.manual_seed(seed)
+        yield rng
+
+    def decode_window(
+        self, window: WindowInputs, watcher: StepWatcher, rng: torch.Generator | None, order: tuple[int, ...]
+    ) -> torch.Tensor:
+        engine = self.engine
+        prompt_frames = 0 if window.prompt_codes is None else window.prompt_codes.shape[1]
+        # The delay pattern needs at least codebooks-1 frames in all; shorter windows decode a
+        # few extra frames, which the generator cuts off.
+        frames = max(window.new_frames, engine.delay_steps - prompt_frames)
+        states, mask = engine.encode_conditioning(window.inputs)
+        request = DecodeRequest(states, mask, window.prompt_codes, frames, window.params.sampling, rng)
+        return engine.decode(request, order, on_step=watcher.step)
+
+    def stats(self) -> EngineStats | None:
+        return self.engine.stats()
+
+    def observe(self, observer: Callable[[StepReport], None]) -> None:
+        self.engine.observer = observer
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+class TransformersBackend:
+    """transformers' `generate()`, one generation at a time in arrival order, stopped where it
+    hands its codes to the codec so that long generation stays in token space."""
+
+    concurrency = 1
+
+    def __init__(self, model: Any, device: str) -> None:
+        self._model = model
+        self._device = device
+        self._turns = _FairLock()
+        _codes_of_generate.install(model)
+        config = model.config.decoder
+        self._delay_steps = config.num_codebooks // config.audio_channels - 1
+
+    @contextlib.contextmanager
+    def seeded(self, seed: int) -> Iterator[torch.Generator | None]:
+        with self._turns:
+            # Seeding the global generators is safe only because generations take turns; every
+            # request starts from its own seed.
+            torch.manual_seed(seed)
+            yield None
+
+    def decode_window(
+        self, window: WindowInputs, watcher: StepWatcher, rng: torch.Generator | None, order: tuple[int, ...]
+    ) -> torch.Tensor:
+        inputs = window.inputs
+        if window.prompt_codes is not None:
+            inputs = {**inputs, "decoder_input_ids": window.prompt_codes.to(self._device)}
+        sampling = window.params.sampling
+        sampled = not sampling.greedy
+        try:
+            with _codes_of_generate.capturing():
+                self._model.generate(
+                    **inputs,
+                    max_new_tokens=window.new_frames + self._delay_steps,
+                    do_sample=sampled,
+                    temperature=sampling.temperature if sampled else None,
+                    top_k=sampling.top_k_limit if sampled else None,
+                    top_p=sampling.top_p_limit if sampled else None,
+                    guidance_scale=sampling.cfg_coef if sampling.guided else None,
+                    stopping_criteria=[_criterion(watcher)],
+                )
+        except _CodesReady as ready:
+            return ready.codes
+        raise RuntimeError("transformers' generate() returned without handing its codes to the codec")
+
+    def stats(self) -> EngineStats | None:
+        return None
+
+    def observe(self, observer: Callable[[StepReport], None]) -> None:
+        """No engine to observe: generate() runs its own loop."""
+
+    def close(self) -> None:
+        """Nothing to stop: a running generate() ends with its request."""
+
+
+def _criterion(watcher: StepWatcher) -> Any:
+    """A transformers stopping criterion that reports each step to `watcher` (which raises to cancel)."""
+    from transformers import StoppingCriteria
+
+    class Criterion(StoppingCriteria):  # type: ignore[misc]
+        def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+            watcher.step()
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+    return Criterion()
+
+
+class _CodesReady(Exception):
+    """Carries the codes transformers' `generate()` was about to decode, out of it."""
+
+    def __init__(self, codes: torch.Tensor) -> None:
+        super().__init__("codes ready")
+        self.codes = codes
+
+
+class _CodesOfGenerate:
+    """Stops transformers' `generate()` when its codes are complete, before it decodes them to audio.
+
+    After sampling, `generate()` undoes the delay pattern with its decoder's
+    `apply_delay_pattern_mask` and hands the result to the codec. Generation in token space needs
+    those codes, not the audio: on the thread that is `capturing()`, the hook installed by `install`
+    finishes undoing the pattern exactly as `generate()` does and raises `_CodesReady` with the
+    codes. Other threads (and other callers of the method) see the original, untouched.
+    """
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def install(self, model: Any) -> None:
+        """Installs the hook on `model` (once; later calls change nothing)."""
+        decoder = model.decoder
+        if "apply_delay_pattern_mask" in vars(decoder):
+            return
+        original = type(decoder).apply_delay_pattern_mask
+        pad_token = int(model.generation_config.pad_token_id)
+
+        def apply_delay_pattern_mask(input_ids: torch.Tensor, pattern_mask: torch.Tensor) -> torch.Tensor:
+            masked = original(input_ids, pattern_mask)
+            # generate() also calls it before every step, on the sequence so far; the last call
+            # comes after sampling, on the whole sequence, as long as the pattern.
+            if getattr(self._local, "active", False) and input_ids.shape[-1] == pattern_mask.shape[-1]:
+                codebooks = decoder.num_codebooks
+                codes = masked[masked != pad_token].reshape(1, codebooks, -1)[0]
+                raise _CodesReady(codes.cpu())
+            return masked  # type: ignore[no-any-return]
+
+        decoder.apply_delay_pattern_mask = apply_delay_pattern_mask
+
+    @contextlib.contextmanager
+    def capturing(self) -> Iterator[None]:
+        self._local.active = True
+        try:
+            yield
+        finally:
+            self._local.active = False
+
+
+_codes_of_generate = _CodesOfGenerate()
+
+
+class _FairLock:
+    """A lock granted in arrival order (`threading.Lock` promises no order)."""
+
+    def __init__(self) -> None:
+        self._cv = threading.Condition()
+        self._next_ticket = 0
+        self._serving = 0
+
+    def __enter__(self) -> None:
+        with self._cv:
+            ticket = self._next_ticket
+            self._next_ticket += 1
+            while ticket != self._serving:
+                self._cv.wait()
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        with self._cv:
+            self._serving += 1
+            self._cv.notify_all()

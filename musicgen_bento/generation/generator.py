@@ -1,0 +1,273 @@
+"""MusicGen generation: one blocking, thread-safe call per request on a lazily loaded model.
+
+Generation parameters travel with each call as a frozen value; nothing about a request is
+stored on the shared model. Requests longer than the model's window are generated in windows
+in token space (see `windows`), and the codec decodes all of it once at the end. Tokens come
+from one of two backends (see `backends`): the step-batched engine or transformers' `generate()`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from ..audio.clip import smooth_join
+from ..engine import DecodeEngine, EngineStats, StepReport
+from ..models.store import ModelInfo, load
+from .backends import DecodeBackend, EngineBackend, TransformersBackend, WindowInputs
+from .codec import Codec
+from .params import CancelFn, GenerationParams, GenerationRequest, GenerationResult, ProgressFn, StepWatcher
+from .windows import Window, melody_of_window, plan_windows
+
+logger = logging.getLogger("musicgen_bento")
+
+ENGINES: tuple[str, ...] = ("static", "transformers")
+
+
+class MusicGenGenerator:
+    """Generates with one stored MusicGen checkpoint on one device.
+
+    The model loads on first use (or when `load()` is called). `generate` may be called from
+    many threads at once. With the `static` engine (the default) up to `batch_slots` requests
+    decode together, joining and leaving the batch between steps, admitted in arrival order;
+    with `transformers` generations run one at a time, in arrival order.
+    """
+
+    def __init__(
+        self,
+        info: ModelInfo,
+        device: str,
+        dtype: torch.dtype,
+        window_s: float,
+        extend_stride_s: float,
+        engine: str = "static",
+        batch_slots: int = 8,
+    ) -> None:
+        if engine not in ENGINES:
+            raise ValueError(f"engine must be one of {', '.join(ENGINES)}; got {engine!r}")
+        self.info = info
+        self.device = device
+        self.dtype = dtype
+        self.window_s = window_s
+        self.extend_stride_s = extend_stride_s
+        self.engine = engine
+        self.batch_slots = batch_slots
+        self._model: Any = None
+        self._processor: Any = None
+        self._codec: Codec | None = None
+        self._backend: DecodeBackend | None = None
+        self._load_lock = threading.Lock()
+        # Fast tokenizers are not safe to call from several threads at once.
+        self._processor_lock = threading.Lock()
+        self._arrivals = itertools.count()
+
+    @property
+    def name(self) -> str:
+        return self.info.tag
+
+    @property
+    def sample_rate(self) -> int:
+        return self.info.sample_rate
+
+    @property
+    def channels(self) -> int:
+        return self.info.channels
+
+    @property
+    def is_melody(self) -> bool:
+        return self.info.kind == "melody"
+
+    @property
+    def concurrency(self) -> int:
+        """How many requests decode at once: the engine's slots, or 1 with transformers' `generate()`."""
+        return self.batch_slots if self.engine == "static" else 1
+
+    def engine_stats(self) -> EngineStats | None:
+        """The decoding engine's counters (None with transformers' `generate()` or before loading)."""
+        return None if self._backend is None else self._backend.stats()
+
+    def observe_steps(self, observer: Callable[[StepReport], None]) -> None:
+        """Calls `observer` after every decoding step of the engine (once loaded); for metrics."""
+        self._loaded_backend().observe(observer)
+
+    @property
+    def frame_samples(self) -> int:
+        """Samples per codec frame (640 at MusicGen's 32 kHz and 50 Hz)."""
+        return self._loaded_codec().frame_samples
+
+    @property
+    def codec(self) -> Codec:
+        """The loaded model's codec."""
+        return self._loaded_codec()
+
+    @property
+    def decode_engine(self) -> DecodeEngine | None:
+        """The step-batched engine (None with transformers' `generate()`)."""
+        backend = self._loaded_backend()
+        return backend.engine if isinstance(backend, EngineBackend) else None
+
+    def use_model(self, model: Any, processor: Any) -> None:
+        """Serves a model already built in memory (and on its device) instead of loading one from
+        the store: for benchmarks of shapes no store holds."""
+        with self._load_lock:
+            self._install(model, processor)
+
+    def load(self) -> None:
+        with self._load_lock:
+            if self._model is None:
+                started = time.perf_counter()
+                self._install(*load(self.info, self.device, self.dtype))
+                logger.info(
+                    "loaded %s on %s in %.1f s (%s engine)",
+                    self.info.tag,
+                    self.device,
+                    time.perf_counter() - started,
+                    self.engine,
+                )
+
+    def _install(self, model: Any, processor: Any) -> None:
+        self._processor = processor
+        self._codec = Codec(model, self.device, self.dtype)
+        if self.engine == "static":
+            self._backend = EngineBackend(model, self.device, self.batch_slots)
+        else:
+            self._backend = TransformersBackend(model, self.device)
+        self._model = model
+
+    def close(self) -> None:
+        """Stops the decoding engine between two steps; later and unfinished generations raise
+        `ShuttingDown`. Called when the service stops."""
+        if self._backend is not None:
+            self._backend.close()
+
+    def next_arrival(self) -> int:
+        """A ticket that ranks a request among all others on this generator (smaller is served first).
+
+        Callers that wait before calling `generate` (an HTTP request queued for a thread) take it
+        when the request arrives, so waiting does not cost them their place.
+        """
+        return next(self._arrivals)
+
+    def generate(
+        self,
+        request: GenerationRequest,
+        progress: ProgressFn | None = None,
+        should_cancel: CancelFn | None = None,
+        arrival: int | None = None,
+    ) -> GenerationResult:
+        """Generates `request.params.duration_s` seconds of new music.
+
+        Args:
+            request: what to generate; its audio prompt must be at the model's rate and channels.
+            progress: called after each decoding step with (steps done, total steps).
+            should_cancel: polled after each step; returning True stops generation and raises
+                `GenerationCanceled`.
+            arrival: the request's ticket from `next_arrival()`; taken now when not given.
+        """
+        arrival = self.next_arrival() if arrival is None else arrival
+        backend, codec = self._loaded_backend(), self._loaded_codec()
+        params = request.params
+        seed = params.seed if params.seed is not None else secrets.randbelow(2**31)
+        hop = codec.frame_samples
+        frame_rate = self.sample_rate / hop
+        new_frames = math.ceil(params.duration_s * self.sample_rate / hop)
+        prompt = request.audio_prompt.samples if request.audio_prompt is not None else None
+        prompt_frames = 0 if prompt is None else prompt.shape[1] // hop
+        windows = plan_windows(
+            prompt_frames, new_frames, int(self.window_s * frame_rate), int(self.extend_stride_s * frame_rate)
+        )
+        watcher = StepWatcher(sum(w.new_frames + self._delay_steps for w in windows), progress, should_cancel)
+        melody = request.melody.samples if request.melody is not None and self.is_melody else None
+
+        prompt_audio = None
+        if prompt is not None and prompt_frames:
+            prompt_audio = prompt[:, prompt.shape[1] - prompt_frames * hop :]
+        with torch.inference_mode():
+            prompt_codes = None if prompt_audio is None else codec.encode(prompt_audio)
+            with backend.seeded(seed) as rng:
+                codes = self._run_windows(params, prompt_codes, melody, windows, watcher, rng, arrival)
+            # One pass of the codec over the prompt and every window: no seams between windows.
+            decoded = codec.decode(codes)
+        prompt_samples = prompt_frames * hop
+        new_audio = decoded[:, prompt_samples : prompt_samples + round(params.duration_s * self.sample_rate)]
+        if prompt_audio is not None:
+            new_audio = smooth_join(prompt_audio, new_audio, decoded[:, prompt_samples - 1], self.sample_rate)
+        return GenerationResult(new_audio, self.sample_rate, seed)
+
+    def _run_windows(
+        self,
+        params: GenerationParams,
+        prompt_codes: torch.Tensor | None,
+        melody: torch.Tensor | None,
+        windows: list[Window],
+        watcher: StepWatcher,
+        rng: torch.Generator | None,
+        arrival: int,
+    ) -> torch.Tensor:
+        """Every window's tokens after the prompt's: (codebooks, prompt + new frames).
+
+        Long generation stays in token space, as audiocraft's does: a further window's prompt is
+        the tail of the tokens that exist so far, never audio decoded and encoded again. Melody
+        models condition a further window on the melody at the window's place in time, looped when
+        it is shorter (audiocraft's rule); the first window takes the melody as it is.
+        """
+        backend = self._loaded_backend()
+        codes = prompt_codes
+        start_frame = 0  # where the window's prompt starts, in frames from the start of `codes`
+        for index, window in enumerate(windows):
+            window_prompt = None
+            if codes is not None and window.prompt_frames:
+                start_frame = codes.shape[1] - window.prompt_frames
+                window_prompt = codes[:, start_frame:]
+            window_melody = melody
+            if melody is not None and index > 0:
+                window_melody = melody_of_window(melody, window, start_frame, self.frame_samples)
+            inputs = WindowInputs(
+                params, self.conditioning_inputs(params, window_melody), window_prompt, window.new_frames
+            )
+            window_codes = backend.decode_window(inputs, watcher, rng, (arrival, index))
+            prompt_length = 0 if window_prompt is None else window_prompt.shape[1]
+            new_codes = window_codes[:, prompt_length : prompt_length + window.new_frames]
+            if new_codes.shape[1] < window.new_frames:
+                raise RuntimeError(f"the model returned {new_codes.shape[1]} frames; {window.new_frames} were expected")
+            codes = new_codes if codes is None else torch.cat([codes, new_codes], dim=1)
+        assert codes is not None  # there is always at least one window
+        return codes
+
+    def _loaded_backend(self) -> DecodeBackend:
+        self.load()
+        assert self._backend is not None
+        return self._backend
+
+    def _loaded_codec(self) -> Codec:
+        self.load()
+        assert self._codec is not None
+        return self._codec
+
+    @property
+    def _delay_steps(self) -> int:
+        # MusicGen's delay pattern offsets codebook k by k steps, so the last codebook of the
+        # last frame arrives codebooks-1 steps after the first.
+        self.load()
+        decoder = self._model.config.decoder
+        return decoder.num_codebooks // decoder.audio_channels - 1  # type: ignore[no-any-return]
+
+    def conditioning_inputs(self, params: GenerationParams, melody: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """The processor's tensors for a text prompt and a melody (melody models), on the device."""
+        processor_args: dict[str, Any] = {"text": [params.prompt], "padding": True, "return_tensors": "pt"}
+        if melody is not None:
+            processor_args.update(audio=melody.mean(dim=0).numpy(), sampling_rate=self.sample_rate)
+        with self._processor_lock:
+            processed = self._processor(**processor_args)
+        inputs = {key: value.to(self.device) for key, value in processed.items()}
+        if "input_features" in inputs:
+            inputs["input_features"] = inputs["input_features"].to(self.dtype)
+        return inputs

@@ -1,0 +1,130 @@
+"""What a job is: its record, its status, a worker's claim on it, its output, and the protocol
+both queue backends (embedded SQLite, shared Redis) implement."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any, Protocol
+
+
+class JobStatus(str, Enum):
+    """A job's state. The values are stored as they are (SQL rows, Redis hashes, Lua scripts)."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED)
+
+
+@dataclass(frozen=True)
+class JobOutput:
+    """What a succeeded job produced, as the queue stores it."""
+
+    audio_path: str
+    duration_s: float
+    sample_rate: int
+    channels: int
+    seed: int
+    model: str
+    cached: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> JobOutput:
+        return cls(**data)
+
+
+@dataclass
+class Job:
+    """A job as a queue stores it."""
+
+    job_id: str
+    status: JobStatus
+    request: dict[str, Any]
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    progress: float = 0.0
+    result: JobOutput | None = None
+    error: str | None = None
+    queue_position: int | None = None
+    attempts: int = 0
+    cache_key: str | None = None
+    completions: int = 0
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A worker's hold on a running job.
+
+    `attempt` fences it: each claim of a job increments its attempts, and a queue accepts an
+    outcome only under the attempt the job is running under, so a stale holder can't finish it.
+    """
+
+    job: Job
+    attempt: int
+    worker_id: str
+    entry_id: str = ""  # Redis: the stream entry carrying the job (SQLite needs none)
+
+
+# Job ids are made by `uuid.uuid4().hex`; anything else names no job and is never looked up.
+JOB_ID = re.compile(r"[0-9a-f]{32}")
+
+
+class JobQueue(Protocol):
+    """What both queue backends provide. Every method is safe to call from any thread."""
+
+    def submit(self, job: Job, idempotency_key: str | None, fingerprint: str, max_queued: int) -> tuple[Job, bool]:
+        """Queues `job`, or returns the job an earlier submission with the same key made (and False)."""
+
+    def add_finished(self, job: Job, audio_from: str) -> Job:
+        """Stores an already-succeeded job whose audio is that of the job `audio_from` (a cache hit)."""
+
+    def cached(self, cache_key: str) -> Job | None:
+        """The succeeded job remembered under `cache_key`, if it is still kept."""
+
+    def get(self, job_id: str) -> Job | None: ...
+
+    def claim(self, worker_id: str, wait_s: float) -> Claim | None:
+        """Takes the next queued job (or one abandoned by a dead worker), waiting up to `wait_s`."""
+
+    def heartbeat(self, claim: Claim) -> bool:
+        """Keeps the claim alive; False when another worker took the job over meanwhile."""
+
+    def report_progress(self, claim: Claim, progress: float) -> None: ...
+
+    def complete(self, claim: Claim, output: JobOutput, audio_path: Path) -> bool:
+        """Records the output (and, where the backend keeps it, the audio); False if the claim was lost."""
+
+    def fail(self, claim: Claim, error: str) -> None: ...
+
+    def mark_canceled(self, claim: Claim) -> None: ...
+
+    def release(self, claim: Claim) -> bool:
+        """Puts a running job back at the front of the queue, to run again from the start (a worker
+        stopping); False if the claim was lost meanwhile."""
+
+    def cancel(self, job_id: str) -> Job | None:
+        """Cancels a queued job at once; asks a running one to stop. None if unknown."""
+
+    def cancel_requested(self, job_id: str) -> bool: ...
+
+    def queued_count(self) -> int:
+        """Jobs waiting to be claimed."""
+
+    def audio(self, job_id: str) -> bytes | None: ...
+
+    def sweep(self) -> None:
+        """Deletes finished jobs (and their audio) older than the retention time."""
+
+    def close(self) -> None: ...

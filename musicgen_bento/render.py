@@ -18,7 +18,7 @@ from .audio.paths import InputLimits, resolve_input_path
 from .errors import InvalidInput, InvalidParameter
 from .generation.host import Generator
 from .generation.params import CancelFn, GenerationParams, GenerationRequest, ProgressFn
-from .schemas import MIN_DURATION_S, ContinueRequest, GenerateRequest, GenerationOptions
+from .schemas import DEFAULT_DURATION_S, MIN_DURATION_S, ContinueRequest, GenerateRequest, GenerationOptions
 from .settings import Settings
 
 
@@ -28,11 +28,12 @@ class RenderPlan:
 
     options: GenerationOptions
     output_format: str
+    duration_s: float  # the request's, or what an omitted one means on this server
     max_duration_s: float
     max_duration_setting: str  # the environment variable that sets `max_duration_s`, for messages
+    prompt_duration_s: float
     source_field: str | None = None  # the request field naming the file to continue
     source_path: str | None = None
-    prompt_duration_s: float = 10.0
     melody_path: str | None = None
     include_source: bool = False
 
@@ -41,11 +42,12 @@ class RenderPlan:
         return cls(
             options=request,
             output_format=request.output_format,
+            duration_s=_or_default(request.duration_s, settings.max_duration_s),
             max_duration_s=settings.max_duration_s,
             max_duration_setting="MUSICGEN_MAX_DURATION_S",
+            prompt_duration_s=_or_default(request.prompt_duration_s, settings.max_prompt_s),
             source_field="audio_path",
             source_path=request.audio_path,
-            prompt_duration_s=request.prompt_duration_s,
             include_source=request.include_source,
         )
 
@@ -54,11 +56,12 @@ class RenderPlan:
         return cls(
             options=request,
             output_format=request.output_format,
+            duration_s=_or_default(request.duration_s, settings.max_job_duration_s),
             max_duration_s=settings.max_job_duration_s,
             max_duration_setting="MUSICGEN_MAX_JOB_DURATION_S",
+            prompt_duration_s=_or_default(request.prompt_duration_s, settings.max_prompt_s),
             source_field="continue_from" if request.continue_from else None,
             source_path=request.continue_from,
-            prompt_duration_s=request.prompt_duration_s,
             melody_path=request.melody_path,
         )
 
@@ -90,10 +93,9 @@ def check_plan(plan: RenderPlan, settings: Settings) -> None:
     options = plan.options
     if not options.prompt.strip() and not plan.input_fields():
         raise InvalidParameter("give a text prompt, a melody_path or a continue_from file", field="prompt")
-    if options.duration_s > plan.max_duration_s:
+    if plan.duration_s > plan.max_duration_s:
         raise InvalidParameter(
-            f"must be at most {plan.max_duration_s:g} seconds ({plan.max_duration_setting}); "
-            f"got {options.duration_s:g}",
+            f"must be at most {plan.max_duration_s:g} seconds ({plan.max_duration_setting}); got {plan.duration_s:g}",
             field="duration_s",
         )
     if plan.source_path and plan.prompt_duration_s > settings.max_prompt_s:
@@ -152,7 +154,8 @@ def render(
         melody = prompt if generator.is_melody else None
     if plan.melody_path:
         melody = _load(plan.melody_path, "melody_path", generator, settings)
-    request = GenerationRequest(GenerationParams.from_options(plan.options), audio_prompt=prompt, melody=melody)
+    params = GenerationParams.from_options(plan.options, plan.duration_s)
+    request = GenerationRequest(params, audio_prompt=prompt, melody=melody)
     result = generator.generate(request, progress=progress, should_cancel=should_cancel, arrival=arrival)
     audio = result.audio
     if plan.include_source and source is not None:
@@ -189,6 +192,11 @@ def input_limits(settings: Settings) -> InputLimits:
         max_bytes=int(settings.max_input_mb * 1024 * 1024),
         max_duration_s=settings.max_input_s,
     )
+
+
+def _or_default(value: float | None, limit: float) -> float:
+    """A duration as given, or what an omitted one means: the default, or the limit where it is lower."""
+    return min(DEFAULT_DURATION_S, limit) if value is None else value
 
 
 def _load(raw_path: str, field: str, generator: Generator, settings: Settings) -> AudioClip:

@@ -12,6 +12,8 @@ OutputFormatField = Literal["wav", "flac", "ogg", "mp3"]
 
 # The shortest length a duration may have: one codec frame (MusicGen's codec makes 50 a second).
 MIN_DURATION_S = 0.02
+# What an omitted duration_s or prompt_duration_s means, unless the server's limit is lower.
+DEFAULT_DURATION_S = 10.0
 # A path on the server's disk: absolute, and never with a NUL, which no file path can hold.
 SERVER_PATH_PATTERN = r"^/[^\x00]*$"
 
@@ -37,11 +39,10 @@ class GenerationOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     prompt: str = Field("", max_length=2000, description="Text conditioning, e.g. 'lo-fi piano with soft drums'.")
-    duration_s: float = Field(
-        10.0,
-        ge=MIN_DURATION_S,
+    duration_s: Annotated[float, Field(ge=MIN_DURATION_S)] | None = Field(
+        None,
         description="Seconds of NEW music to generate: at least 0.02 (one codec frame), up to "
-        "MUSICGEN_MAX_DURATION_S (30 by default).",
+        "MUSICGEN_MAX_DURATION_S (30 by default). Omitted: 10, or that limit where it is lower.",
     )
     cfg_coef: float = Field(
         3.0, ge=0, le=30, description="Classifier-free guidance strength; 1 or less turns guidance off."
@@ -65,11 +66,10 @@ class ContinueRequest(GenerationOptions):
         pattern=SERVER_PATH_PATTERN,
         description="Absolute path of the source audio on the server's disk (wav, mp3, flac or ogg).",
     )
-    prompt_duration_s: float = Field(
-        10.0,
-        ge=MIN_DURATION_S,
+    prompt_duration_s: Annotated[float, Field(ge=MIN_DURATION_S)] | None = Field(
+        None,
         description="Seconds at the END of the source used as the audio prompt (at least 0.02, one codec frame); "
-        "a shorter source is used whole.",
+        "a shorter source is used whole. Omitted: 10, or the longest prompt the window allows where that is lower.",
     )
     include_source: bool = Field(False, description="Output the source followed by the new music.")
 
@@ -120,11 +120,11 @@ class GenerateRequest(GenerationOptions):
         max_length=2000,
         description="Text conditioning; required unless melody_path or continue_from is given.",
     )
-    duration_s: float = Field(
-        10.0,
-        ge=MIN_DURATION_S,
+    duration_s: Annotated[float, Field(ge=MIN_DURATION_S)] | None = Field(
+        None,
         description="Seconds of music: at least 0.02 (one codec frame), up to MUSICGEN_MAX_JOB_DURATION_S (120 by "
-        "default; past the window it is generated in overlapping windows).",
+        "default; past the window it is generated in overlapping windows). Omitted: 10, or that limit where it "
+        "is lower.",
     )
     melody_path: str | None = Field(
         None,
@@ -136,10 +136,10 @@ class GenerateRequest(GenerationOptions):
         pattern=SERVER_PATH_PATTERN,
         description="An audio file on the server's disk to continue, with /continue's semantics.",
     )
-    prompt_duration_s: float = Field(
-        10.0,
-        ge=MIN_DURATION_S,
-        description="With continue_from: seconds at the end of that file used as the audio prompt (at least 0.02).",
+    prompt_duration_s: Annotated[float, Field(ge=MIN_DURATION_S)] | None = Field(
+        None,
+        description="With continue_from: seconds at the end of that file used as the audio prompt (at least 0.02). "
+        "Omitted: 10, or the longest prompt the window allows where that is lower.",
     )
     idempotency_key: str | None = Field(
         None,

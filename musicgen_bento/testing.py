@@ -47,6 +47,7 @@ class ServerProcess:
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.log_path = log_path
+        self.env = env
         self._log = log_path.open("wb")
         self.process = subprocess.Popen(
             command, cwd=cwd, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True

@@ -149,3 +149,19 @@ def test_canceling_a_queued_job_ends_it_at_once(jobs: JobService) -> None:
     accepted = jobs.submit(GenerateRequest(prompt="strings"))
     assert jobs.cancel(accepted.job_id).status == "canceled"
     assert jobs.queue.queued_count() == 0
+
+
+def test_an_omitted_duration_means_the_job_limit_where_it_is_lower(queue: JobQueue, tmp_path: Path) -> None:
+    settings = Settings(mock=True, output_dir=tmp_path / "low", max_job_duration_s=1.5, warmup_s=0.0)
+    host = ModelHost(settings)
+    host.start()
+    jobs = JobService(queue, host, settings)
+    accepted = jobs.submit(GenerateRequest(prompt="short"))
+    worker = JobWorker(queue, host, settings)
+    worker.start()
+    try:
+        assert wait_until_finished(jobs, accepted.job_id) == "succeeded"
+    finally:
+        worker.stop(grace_s=5)
+    result = jobs.view(accepted.job_id).result
+    assert result is not None and result.duration_s == pytest.approx(1.5)

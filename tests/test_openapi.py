@@ -4,6 +4,7 @@ number of examples per operation) match it: declared statuses, declared bodies, 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -12,7 +13,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from openapi_spec_validator import validate
 
-from .conftest import TINY_TEXT, Server
+from .conftest import TINY_TEXT, Server, write_tone
 
 
 @pytest.fixture(scope="module")
@@ -21,15 +22,23 @@ def server(start_server: Any, tiny_models: dict[str, str], tmp_path_factory: pyt
     started: Server = start_server(
         settings={
             "MUSICGEN_MODEL": TINY_TEXT,
-            # Generated requests stay cheap: no more music than the default 10 s (a lower limit would
-            # refuse a request that leaves duration_s out), and paths outside this folder are refused.
-            "MUSICGEN_MAX_DURATION_S": "10",
-            "MUSICGEN_MAX_JOB_DURATION_S": "10",
+            # Generated requests stay cheap: limits below the 10 s an omitted duration means (which
+            # then means the limit), a window that keeps prompts short, and paths outside this folder
+            # are refused.
+            "MUSICGEN_MAX_DURATION_S": "2",
+            "MUSICGEN_MAX_JOB_DURATION_S": "2",
+            "MUSICGEN_WINDOW_S": "4",
+            "MUSICGEN_EXTEND_STRIDE_S": "2",
             "MUSICGEN_INPUT_ROOTS": str(inputs),
         }
     )
     started.wait_until("ready", timeout=180)
     return started
+
+
+@pytest.fixture(scope="module")
+def inputs(server: Server) -> Path:
+    return Path(server.env["MUSICGEN_INPUT_ROOTS"])
 
 
 @pytest.fixture(scope="module")
@@ -84,3 +93,20 @@ def test_answers_match_the_document(server: Server) -> None:
                 raise
             failures.append(f"{operation.label}: {error}")
     assert not failures, "\n\n".join(failures)
+
+
+def test_omitted_durations_mean_the_limits_where_they_are_lower(server: Server, inputs: Path) -> None:
+    source = write_tone(inputs / "source.wav", seconds=5.0)
+    response = httpx.post(f"{server.url}/continue", json={"audio_path": str(source)}, timeout=120)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["duration_s"] == pytest.approx(2.0, abs=0.01)  # MUSICGEN_MAX_DURATION_S
+    assert body["prompt_duration_s"] == pytest.approx(3.0, abs=0.03)  # MUSICGEN_WINDOW_S - 1
+    explicit = httpx.post(f"{server.url}/continue", json={"audio_path": str(source), "duration_s": 3}, timeout=60)
+    assert explicit.status_code == 400
+    assert explicit.json()["field"] == "duration_s"
+
+
+def test_the_documented_limits_are_the_servers(document: dict[str, Any]) -> None:
+    duration = document["components"]["schemas"]["ContinueRequest"]["properties"]["duration_s"]
+    assert {"type": "number", "minimum": 0.02, "maximum": 2.0} in duration["anyOf"]

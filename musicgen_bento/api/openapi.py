@@ -107,7 +107,11 @@ def _declare_limits(schemas: dict[str, Any], settings: Settings) -> None:
     }
     for model, maxima in limits.items():
         for field, maximum in maxima.items():
-            schemas[model]["properties"][field]["maximum"] = maximum
+            schema = schemas[model]["properties"][field]
+            # An optional number is `anyOf: [number, null]`; the bound belongs to the number.
+            for branch in schema.get("anyOf", [schema]):
+                if branch.get("type") == "number":
+                    branch["maximum"] = maximum
     # A job needs something to start from: a prompt that is not blank, a melody or music to continue.
     schemas["GenerateRequest"]["anyOf"] = [
         {"required": ["prompt"], "properties": {"prompt": {"pattern": r"\S"}}},

@@ -33,11 +33,12 @@ class GenerationParams:
     seed: int | None = None
 
     @classmethod
-    def from_options(cls, options: GenerationOptions) -> GenerationParams:
-        """The parameters of a validated API request."""
+    def from_options(cls, options: GenerationOptions, duration_s: float) -> GenerationParams:
+        """The parameters of a validated API request; `duration_s` is its duration resolved
+        against the server's limit (the request may leave it out)."""
         return cls(
             prompt=options.prompt,
-            duration_s=options.duration_s,
+            duration_s=duration_s,
             cfg_coef=options.cfg_coef,
             temperature=options.temperature,
             top_k=options.top_k,

@@ -23,6 +23,7 @@ from musicgen_bento.schemas import (
     HealthResponse,
     JobAccepted,
     JobView,
+    Take,
 )
 from musicgen_bento.settings import Settings
 
@@ -111,14 +112,20 @@ class MusicGen:
             ),
             ctx.request.is_disconnected,
         )
+        first = rendered.first
         return ContinueResponse(
-            audio_path=str(rendered.path),
-            duration_s=rendered.duration_s,
+            audio_path=str(first.path),
+            duration_s=first.duration_s,
             sample_rate=rendered.sample_rate,
-            channels=rendered.channels,
+            channels=first.channels,
+            prompt_start_s=rendered.prompt_start_s or 0.0,
             prompt_duration_s=rendered.prompt_duration_s or 0.0,
-            seed=rendered.seed,
+            seed=first.seed,
             model=rendered.model,
+            provenance=first.provenance,
+            takes=[
+                Take(audio_path=str(take.path), seed=take.seed, duration_s=take.duration_s) for take in rendered.takes
+            ],
             elapsed_s=round(time.perf_counter() - started, 3),
         )
 

@@ -91,8 +91,9 @@ def models_import(args: argparse.Namespace) -> int:
 
 def models_create_tiny(args: argparse.Namespace) -> int:
     from .models.store import create_tiny
+    from .models.tiny import TINY_NAMES
 
-    kinds = ["text", "melody"] if args.kind == "all" else [args.kind]
+    kinds = list(TINY_NAMES) if args.kind == "all" else [args.kind]
     for kind in kinds:
         info = create_tiny(kind)
         print(f"created {info.tag} ({info.kind}; random weights: noise, not music)")
@@ -130,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     importer.add_argument("--name", help="store name (default: the hub id with '/' as '--', or the directory name)")
     importer.set_defaults(run=models_import)
     tiny = model_commands.add_parser("create-tiny", help="Build tiny random-weight models for tests and offline runs.")
-    tiny.add_argument("--kind", choices=["text", "melody", "all"], default="all")
+    tiny.add_argument("--kind", choices=["text", "melody", "stereo", "all"], default="all")
     tiny.set_defaults(run=models_create_tiny)
     lister = model_commands.add_parser("list", help="List the MusicGen models in the store.")
     lister.set_defaults(run=models_list)

@@ -7,19 +7,38 @@ source handling and the same write then serve both entry points, so they cannot 
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import secrets
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib.metadata import version
 from pathlib import Path
 
 import torch
 
 from .audio.clip import AudioClip, to_model_format
-from .audio.files import audio_file_duration_s, read_audio, write_audio
+from .audio.files import FileTags, audio_file_duration_s, read_audio, write_audio
+from .audio.loudness import normalize
 from .audio.paths import InputLimits, resolve_input_path
 from .errors import InvalidInput, InvalidParameter
 from .generation.host import Generator
-from .generation.params import CancelFn, GenerationParams, GenerationRequest, ProgressFn
-from .schemas import DEFAULT_DURATION_S, MIN_DURATION_S, ContinueRequest, GenerateRequest, GenerationOptions
+from .generation.params import CancelFn, GenerationParams, GenerationRequest, GenerationResult, ProgressFn
+from .schemas import (
+    DEFAULT_DURATION_S,
+    MIN_DURATION_S,
+    ContinueRequest,
+    GenerateRequest,
+    GenerationOptions,
+    Provenance,
+)
 from .settings import Settings
+
+_VERSION = version("musicgen-bento")
+_SEEDS = 2**31  # seeds run from 0 to 2**31 - 1
+_PROMPT_CHARACTERS = 200  # of the prompt kept in provenance and metadata
 
 
 @dataclass(frozen=True)
@@ -32,6 +51,7 @@ class RenderPlan:
     max_duration_s: float
     max_duration_setting: str  # the environment variable that sets `max_duration_s`, for messages
     prompt_duration_s: float
+    prompt_start_s: float | None = None  # None: the prompt is the end of the source
     source_field: str | None = None  # the request field naming the file to continue
     source_path: str | None = None
     melody_path: str | None = None
@@ -46,6 +66,7 @@ class RenderPlan:
             max_duration_s=settings.max_duration_s,
             max_duration_setting="MUSICGEN_MAX_DURATION_S",
             prompt_duration_s=_or_default(request.prompt_duration_s, settings.max_prompt_s),
+            prompt_start_s=request.prompt_start_s,
             source_field="audio_path",
             source_path=request.audio_path,
             include_source=request.include_source,
@@ -60,6 +81,7 @@ class RenderPlan:
             max_duration_s=settings.max_job_duration_s,
             max_duration_setting="MUSICGEN_MAX_JOB_DURATION_S",
             prompt_duration_s=_or_default(request.prompt_duration_s, settings.max_prompt_s),
+            prompt_start_s=request.prompt_start_s,
             source_field="continue_from" if request.continue_from else None,
             source_path=request.continue_from,
             melody_path=request.melody_path,
@@ -76,16 +98,29 @@ class RenderPlan:
 
 
 @dataclass(frozen=True)
-class Rendered:
-    """A written file and what it holds."""
+class RenderedTake:
+    """One written file and what it holds."""
 
     path: Path
     duration_s: float
-    sample_rate: int
     channels: int
     seed: int
+    provenance: Provenance
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """What a request produced: its takes' files (the first is the request's answer) and how."""
+
+    takes: list[RenderedTake]
+    sample_rate: int
     model: str
+    prompt_start_s: float | None  # where the audio prompt starts in the source; None without one
     prompt_duration_s: float | None  # the audio prompt taken from the source; None without one
+
+    @property
+    def first(self) -> RenderedTake:
+        return self.takes[0]
 
 
 def check_plan(plan: RenderPlan, settings: Settings) -> None:
@@ -98,6 +133,8 @@ def check_plan(plan: RenderPlan, settings: Settings) -> None:
             f"must be at most {plan.max_duration_s:g} seconds ({plan.max_duration_setting}); got {plan.duration_s:g}",
             field="duration_s",
         )
+    if plan.prompt_start_s is not None and not plan.source_path:
+        raise InvalidParameter("takes a source to continue: give continue_from too", field="prompt_start_s")
     if plan.source_path and plan.prompt_duration_s > settings.max_prompt_s:
         raise InvalidParameter(
             f"must be at most {settings.max_prompt_s:g} seconds so the {settings.window_s:g} s window keeps room "
@@ -124,8 +161,9 @@ def check_inputs(plan: RenderPlan, settings: Settings) -> dict[str, Path]:
     for field, raw_path in plan.input_fields().items():
         path = resolve_input_path(raw_path, limits, field=field)
         clip = read_audio(path, limits, field=field)
-        if field == plan.source_field and clip.frames < round(MIN_DURATION_S * clip.sample_rate):
-            raise _too_short(clip, MIN_DURATION_S, field)
+        if field == plan.source_field:
+            frame_samples = round(MIN_DURATION_S * clip.sample_rate)
+            prompt_span(clip, plan.prompt_start_s, plan.prompt_duration_s, frame_samples, field)
         paths[field] = path
     return paths
 
@@ -147,43 +185,122 @@ def render(
     """
     check_plan(plan, settings)
     check_model(plan, generator)
-    source = prompt = melody = None
-    if plan.source_field and plan.source_path:
-        source = _load(plan.source_path, plan.source_field, generator, settings)
-        prompt = prompt_from_end(source, plan.prompt_duration_s, generator.frame_samples, plan.source_field)
-        melody = prompt if generator.is_melody else None
-    if plan.melody_path:
-        melody = _load(plan.melody_path, "melody_path", generator, settings)
+    source, prompt, melody = _inputs(plan, generator, settings)
     params = GenerationParams.from_options(plan.options, plan.duration_s)
-    request = GenerationRequest(params, audio_prompt=prompt, melody=melody)
-    result = generator.generate(request, progress=progress, should_cancel=should_cancel, arrival=arrival)
-    audio = result.audio
-    if plan.include_source and source is not None:
-        audio = torch.cat([source.samples, audio], dim=1)
-    path = write_audio(audio, result.sample_rate, settings.output_dir, plan.output_format)
+    requests = [
+        GenerationRequest(take, audio_prompt=prompt, melody=melody) for take in _takes(params, plan.options.takes)
+    ]
+    results = _generate(generator, requests, progress, should_cancel, arrival)
+    span = None if prompt is None or source is None else (source.duration_s - prompt.duration_s, prompt.duration_s)
+    takes = []
+    for result in results:
+        # The new music only: the source part of include_source keeps its own level.
+        audio = normalize(result.audio, result.sample_rate, plan.options.normalization, plan.options.loudness_lufs)
+        if plan.include_source and source is not None:
+            audio = torch.cat([source.samples, audio], dim=1)
+        provenance = _provenance(plan, generator, settings, result.seed, span)
+        path = write_audio(audio, result.sample_rate, settings.output_dir, plan.output_format, _tags(provenance))
+        duration_s = round(audio_file_duration_s(path), 6)
+        takes.append(RenderedTake(path, duration_s, int(audio.shape[0]), result.seed, provenance))
     return Rendered(
-        path=path,
-        duration_s=round(audio_file_duration_s(path), 6),
-        sample_rate=result.sample_rate,
-        channels=int(audio.shape[0]),
-        seed=result.seed,
+        takes=takes,
+        sample_rate=results[0].sample_rate,
         model=generator.name,
-        prompt_duration_s=None if prompt is None else round(prompt.duration_s, 6),
+        prompt_start_s=None if span is None else round(span[0], 6),
+        prompt_duration_s=None if span is None else round(span[1], 6),
     )
 
 
-def prompt_from_end(source: AudioClip, prompt_duration_s: float, frame_samples: int, field: str) -> AudioClip:
-    """The last `prompt_duration_s` seconds of `source`, rounded down to whole codec frames.
+def _inputs(
+    plan: RenderPlan, generator: Generator, settings: Settings
+) -> tuple[AudioClip | None, AudioClip | None, AudioClip | None]:
+    """The source (up to the prompt's end), the audio prompt and the melody, read and converted."""
+    source = prompt = melody = None
+    if plan.source_field and plan.source_path:
+        whole = _load(plan.source_path, plan.source_field, generator, settings)
+        start, end = prompt_span(
+            whole, plan.prompt_start_s, plan.prompt_duration_s, generator.frame_samples, plan.source_field
+        )
+        prompt = AudioClip(whole.samples[:, start:end], whole.sample_rate)
+        source = AudioClip(whole.samples[:, :end], whole.sample_rate)  # what include_source outputs
+        melody = prompt if generator.is_melody else None
+    if plan.melody_path:
+        melody = _load(plan.melody_path, "melody_path", generator, settings)
+    return source, prompt, melody
 
-    Whole frames keep the join exact: the new music starts right where the prompt ends.
-    A source shorter than that is used whole (rounded down likewise). A source shorter than one
-    frame is refused (`field` names it): there would be nothing to continue.
+
+def _takes(params: GenerationParams, count: int) -> list[GenerationParams]:
+    """The parameters of each take: consecutive seeds from the request's (or a random one)."""
+    seed = params.seed if params.seed is not None else secrets.randbelow(_SEEDS)
+    return [dataclasses.replace(params, seed=(seed + take) % _SEEDS) for take in range(count)]
+
+
+def _generate(
+    generator: Generator,
+    requests: list[GenerationRequest],
+    progress: ProgressFn | None,
+    should_cancel: CancelFn | None,
+    arrival: int | None,
+) -> list[GenerationResult]:
+    """Every take, generated at once so that they decode together (one after another with
+    transformers' generate()); progress counts the steps of all of them."""
+    if len(requests) == 1:
+        return [generator.generate(requests[0], progress=progress, should_cancel=should_cancel, arrival=arrival)]
+    arrival = generator.next_arrival() if arrival is None else arrival
+    steps = _TakesProgress(len(requests), progress)
+    with ThreadPoolExecutor(len(requests), thread_name_prefix="musicgen-take") as pool:
+        futures = [
+            pool.submit(generator.generate, request, steps.reporter(index), should_cancel, arrival)
+            for index, request in enumerate(requests)
+        ]
+        return [future.result() for future in futures]
+
+
+class _TakesProgress:
+    """Sums the steps of several takes into one progress report."""
+
+    def __init__(self, takes: int, progress: ProgressFn | None) -> None:
+        self._done, self._total = [0] * takes, [0] * takes
+        self._progress = progress
+        self._lock = threading.Lock()
+
+    def reporter(self, take: int) -> ProgressFn:
+        def report(done: int, total: int) -> None:
+            with self._lock:
+                self._done[take], self._total[take] = done, total
+                done_all, total_all = sum(self._done), sum(self._total)
+            if self._progress is not None and all(self._total):
+                self._progress(done_all, total_all)
+
+        return report
+
+
+def prompt_span(
+    source: AudioClip, start_s: float | None, duration_s: float, frame_samples: int, field: str
+) -> tuple[int, int]:
+    """Where the audio prompt lies in `source`, as (first sample, end sample), in whole codec frames.
+
+    From `start_s` (None: the prompt ends where the source does) it lasts `duration_s`, or as much
+    of that as the source holds, rounded down to whole frames: whole frames keep the join exact, the
+    new music starts right where the prompt ends. A prompt of less than one frame is refused: there
+    would be nothing to continue (`field` names the source; `prompt_start_s` when it is the start).
     """
-    wanted = min(round(prompt_duration_s * source.sample_rate), source.frames)
-    samples = (wanted // frame_samples) * frame_samples
-    if samples == 0:
-        raise _too_short(source, frame_samples / source.sample_rate, field)
-    return AudioClip(source.samples[:, source.frames - samples :], source.sample_rate)
+    wanted = round(duration_s * source.sample_rate)
+    if start_s is None:
+        samples = (min(wanted, source.frames) // frame_samples) * frame_samples
+        if samples == 0:
+            raise _too_short(source, frame_samples / source.sample_rate, field)
+        return source.frames - samples, source.frames
+    start = round(start_s * source.sample_rate)
+    samples = (min(wanted, source.frames - start) // frame_samples) * frame_samples
+    if samples <= 0:
+        latest = max(0.0, (source.frames - frame_samples) / source.sample_rate)
+        raise InvalidParameter(
+            f"the source lasts {source.duration_s:.3f} s, so a prompt of at least one codec frame "
+            f"({frame_samples / source.sample_rate * 1000:.0f} ms) must start by {latest:.3f} s; got {start_s:g}",
+            field="prompt_start_s",
+        )
+    return start, start + samples
 
 
 def input_limits(settings: Settings) -> InputLimits:
@@ -191,6 +308,56 @@ def input_limits(settings: Settings) -> InputLimits:
         roots=settings.input_roots,
         max_bytes=int(settings.max_input_mb * 1024 * 1024),
         max_duration_s=settings.max_input_s,
+    )
+
+
+def _provenance(
+    plan: RenderPlan, generator: Generator, settings: Settings, seed: int, prompt_span_s: tuple[float, float] | None
+) -> Provenance:
+    """Where the file comes from: model, licence, seed, this software, the prompt (unless the
+    settings keep it out) and the parameters as resolved."""
+    options = plan.options
+    parameters: dict[str, object] = {
+        "duration_s": plan.duration_s,
+        "cfg_coef": options.cfg_coef,
+        "temperature": options.temperature,
+        "top_k": options.top_k,
+        "top_p": options.top_p,
+        "normalization": options.normalization,
+    }
+    if options.normalization == "loudness":
+        parameters["loudness_lufs"] = options.loudness_lufs
+    if prompt_span_s is not None:
+        parameters["prompt_start_s"], parameters["prompt_duration_s"] = (round(v, 6) for v in prompt_span_s)
+    if plan.melody_path:
+        parameters["melody"] = True
+    return Provenance(
+        model=generator.name,
+        licence=generator.licence,
+        seed=seed,
+        software=f"musicgen-bento {_VERSION}",
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        prompt=options.prompt[:_PROMPT_CHARACTERS] if settings.metadata_prompt else None,
+        parameters=parameters,
+    )
+
+
+def _tags(provenance: Provenance) -> FileTags:
+    """The file's own metadata: the prompt as its title (when kept), the model as its artist, the rest
+    as JSON in its comment."""
+    title = f"MusicGen: {provenance.prompt[:100]}" if provenance.prompt else "MusicGen"
+    comment = {"seed": provenance.seed, "model": provenance.model, "licence": provenance.licence}
+    if provenance.prompt is not None:
+        comment["prompt"] = provenance.prompt
+    comment.update(provenance.parameters)
+    return FileTags(
+        title=title,
+        artist=provenance.model,
+        comment=json.dumps(comment, ensure_ascii=False),
+        copyright=f"model weights: {provenance.licence}",
+        licence=provenance.licence,
+        software=provenance.software,
+        date=provenance.created_at,
     )
 
 

@@ -8,12 +8,14 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 OutputFormatField = Literal["wav", "flac", "ogg", "mp3"]
+NormalizationField = Literal["none", "clip", "peak", "rms", "loudness"]
 
 
 # The shortest length a duration may have: one codec frame (MusicGen's codec makes 50 a second).
 MIN_DURATION_S = 0.02
 # What an omitted duration_s or prompt_duration_s means, unless the server's limit is lower.
 DEFAULT_DURATION_S = 10.0
+MAX_TAKES = 4
 # A path on the server's disk: absolute, and never with a NUL, which no file path can hold.
 SERVER_PATH_PATTERN = r"^/[^\x00]*$"
 
@@ -55,6 +57,22 @@ class GenerationOptions(BaseModel):
     top_k: Integer = Field(250, ge=0, le=2048, description="Sample from the k most likely codes; 0 turns it off.")
     top_p: float = Field(0.0, ge=0, le=1, description="Nucleus sampling threshold; 0 turns it off.")
     output_format: OutputFormatField = Field("wav", description="Container of the output file.")
+    normalization: NormalizationField = Field(
+        "clip",
+        description="Level of the new music: clip (as generated, within full scale), peak (highest peak at -1 dBFS), "
+        "rms (-18 dBFS RMS), loudness (loudness_lufs integrated loudness, ITU-R BS.1770, peaks limited below "
+        "-1 dBFS) or none (as clip). The source part of include_source is never altered; silence is left as it is.",
+    )
+    loudness_lufs: float = Field(
+        -14.0, ge=-70, le=-5, description="With normalization 'loudness': the target integrated loudness in LUFS."
+    )
+    takes: Integer = Field(
+        1,
+        ge=1,
+        le=MAX_TAKES,
+        description="Variations to pick from, 1 to 4: decoded together, with consecutive seeds from the request's, "
+        "each in its own file.",
+    )
 
 
 class ContinueRequest(GenerationOptions):
@@ -71,7 +89,42 @@ class ContinueRequest(GenerationOptions):
         description="Seconds at the END of the source used as the audio prompt (at least 0.02, one codec frame); "
         "a shorter source is used whole. Omitted: 10, or the longest prompt the window allows where that is lower.",
     )
-    include_source: bool = Field(False, description="Output the source followed by the new music.")
+    prompt_start_s: Annotated[float, Field(ge=0)] | None = Field(
+        None,
+        description="Where the audio prompt starts in the source, in seconds from its beginning: the new music "
+        'continues from the prompt\'s end ("continue from the chorus"). Omitted: the prompt is the end of the source.',
+    )
+    include_source: bool = Field(
+        False, description="Output the source (up to the prompt's end) followed by the new music."
+    )
+
+
+class Provenance(BaseModel):
+    """Where a file came from; the same is written into the file's own metadata."""
+
+    model: str = Field(description="The model-store tag of the weights that made it.")
+    licence: str = Field(description="The licence of those weights.")
+    seed: int
+    software: str = Field(description="This service's name and version.")
+    created_at: str = Field(description="When it was made, ISO 8601 UTC.")
+    prompt: str | None = Field(
+        description="The text prompt (its first 200 characters); null when MUSICGEN_METADATA_PROMPT is off."
+    )
+    parameters: dict[str, Any] = Field(description="The generation parameters, as resolved by the server.")
+
+
+class Take(BaseModel):
+    """One of a request's takes."""
+
+    audio_path: str = Field(description="Absolute path of its file in the output directory.")
+    seed: int
+    duration_s: float
+
+
+class JobTake(Take):
+    """One of a job's takes."""
+
+    audio_url: str = Field(description="GET this for the take's audio, from any replica.")
 
 
 class ContinueResponse(BaseModel):
@@ -81,9 +134,12 @@ class ContinueResponse(BaseModel):
     duration_s: float = Field(description="Length of that file in seconds.")
     sample_rate: int
     channels: int
+    prompt_start_s: float = Field(description="Where the audio prompt started in the source, in seconds.")
     prompt_duration_s: float = Field(description="Seconds of the source actually used as the prompt.")
     seed: int = Field(description="Seed used; send it back to reproduce the result.")
     model: str
+    provenance: Provenance = Field(description="What the file's metadata says about where it came from.")
+    takes: list[Take] = Field(description="Every take, the first being the one the fields above describe.")
     elapsed_s: float = Field(description="Seconds the server spent on the request.")
 
 
@@ -141,6 +197,11 @@ class GenerateRequest(GenerationOptions):
         description="With continue_from: seconds at the end of that file used as the audio prompt (at least 0.02). "
         "Omitted: 10, or the longest prompt the window allows where that is lower.",
     )
+    prompt_start_s: Annotated[float, Field(ge=0)] | None = Field(
+        None,
+        description="Where the audio prompt starts in the continue_from file, in seconds from its beginning: the "
+        "new music continues from the prompt's end. Omitted: the prompt is the end of the file.",
+    )
     idempotency_key: str | None = Field(
         None,
         min_length=1,
@@ -169,6 +230,8 @@ class JobResult(BaseModel):
     seed: int
     model: str
     cached: bool = Field(description="True when an identical earlier request's result was returned.")
+    provenance: Provenance | None = Field(None, description="What the file's metadata says about where it came from.")
+    takes: list[JobTake] = Field(default_factory=list, description="Every take, the first being the one above.")
 
 
 class JobView(BaseModel):

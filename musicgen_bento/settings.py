@@ -96,6 +96,11 @@ class Settings(BaseSettings):
         "--allow-download",
         "Import a hub model missing from the store at start-up (needs the hub to be reachable).",
     )
+    metadata_prompt: bool = _setting(
+        True,
+        "--metadata-prompt",
+        "Write the text prompt into output files' metadata and provenance; off keeps prompts out of the files.",
+    )
     warmup_s: float = _setting(
         1.0,
         "--warmup-s",

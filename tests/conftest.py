@@ -29,13 +29,14 @@ BIN = Path(sys.executable).parent
 
 TINY_TEXT = "musicgen-tiny-random"
 TINY_MELODY = "musicgen-melody-tiny-random"
+TINY_STEREO = "musicgen-stereo-tiny-random"
 
 
 @pytest.fixture(scope="session")
 def tiny_models() -> dict[str, str]:
-    """Creates the tiny text and melody models in the session's store, through the CLI."""
+    """Creates the tiny text, melody and stereo models in the session's store, through the CLI."""
     subprocess.run([str(BIN / "musicgen-bento"), "models", "create-tiny"], check=True, capture_output=True)
-    return {"text": TINY_TEXT, "melody": TINY_MELODY}
+    return {"text": TINY_TEXT, "melody": TINY_MELODY, "stereo": TINY_STEREO}
 
 
 @pytest.fixture

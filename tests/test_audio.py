@@ -12,7 +12,7 @@ import soundfile as sf
 import torch
 
 from musicgen_bento.audio.clip import AudioClip, fit_length, smooth_join, to_model_format
-from musicgen_bento.audio.files import read_audio, write_audio
+from musicgen_bento.audio.files import FileTags, read_audio, write_audio
 from musicgen_bento.audio.paths import InputLimits, resolve_input_path
 from musicgen_bento.errors import (
     InputForbidden,
@@ -158,13 +158,13 @@ def test_write_audio_creates_a_new_complete_file(tmp_path: Path, output_format: 
 
 
 def test_failed_write_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    real_write = sf.write
+    real_write = sf.SoundFile.write
 
-    def write_then_fail(path: str, *args: object, **kwargs: object) -> None:
-        real_write(path, *args, **kwargs)  # the partial file exists on disk...
+    def write_then_fail(handle: sf.SoundFile, *args: object, **kwargs: object) -> None:
+        real_write(handle, *args, **kwargs)  # the partial file exists on disk...
         raise OSError(28, "No space left on device")  # ...when the disk fills up
 
-    monkeypatch.setattr("musicgen_bento.audio.files.sf.write", write_then_fail)
+    monkeypatch.setattr(sf.SoundFile, "write", write_then_fail)
     out = tmp_path / "out"
     with pytest.raises(OutputFull, match=f"the output directory {out} is full"):
         write_audio(torch.zeros(1, 3200), 32000, out, "wav")
@@ -179,10 +179,10 @@ def test_failed_write_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.
 def test_a_failed_write_says_what_the_directory_lacks(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int, error: type[Exception]
 ) -> None:
-    def fail(path: str, *args: object, **kwargs: object) -> None:
+    def fail(handle: sf.SoundFile, *args: object, **kwargs: object) -> None:
         raise OSError(code, os.strerror(code))
 
-    monkeypatch.setattr("musicgen_bento.audio.files.sf.write", fail)
+    monkeypatch.setattr(sf.SoundFile, "write", fail)
     with pytest.raises(error, match="MUSICGEN_OUTPUT_DIR"):
         write_audio(torch.zeros(1, 3200), 32000, tmp_path / "out", "wav")
 
@@ -193,3 +193,35 @@ def test_written_wav_round_trips(tmp_path: Path) -> None:
     clip = read_audio(path, LIMITS)
     assert clip.samples.shape == (1, 32000)
     assert torch.allclose(clip.samples, samples, atol=1e-4)
+
+
+TAGS = FileTags(
+    title="MusicGen: café jazz",
+    artist="facebook/musicgen-small",
+    comment='{"seed": 7}',
+    copyright="weights: CC-BY-NC 4.0",
+    licence="CC-BY-NC 4.0",
+    software="musicgen-bento 0.1.0",
+    date="2026-11-22T07:00:00+00:00",
+)
+
+
+@pytest.mark.parametrize(
+    ("output_format", "expected"),
+    [
+        ("wav", {"title", "artist", "comment", "copyright", "software", "date"}),
+        ("flac", {"title", "artist", "comment", "copyright", "license", "software", "date"}),
+        ("ogg", {"title", "artist", "comment", "copyright", "license", "software", "date"}),
+        ("mp3", {"title", "artist", "comment", "date"}),
+    ],
+)
+def test_tags_survive_in_each_format_as_documented(tmp_path: Path, output_format: str, expected: set[str]) -> None:
+    path = write_audio(torch.rand(1, 32000) * 0.2, 32000, tmp_path, output_format, TAGS)
+    with sf.SoundFile(str(path)) as written:
+        metadata = written.copy_metadata()
+    assert expected <= set(metadata)
+    assert metadata["artist"] == "facebook/musicgen-small"
+    assert metadata["comment"] == '{"seed": 7}'
+    assert metadata["title"] == ("MusicGen: cafe jazz" if output_format == "mp3" else "MusicGen: café jazz")
+    if output_format != "mp3":  # LAME names itself there, when it says anything
+        assert metadata["software"].startswith("musicgen-bento 0.1.0")

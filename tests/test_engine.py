@@ -418,18 +418,22 @@ def generators(tiny_models: dict[str, str]) -> Iterator[dict[tuple[str, str], Mu
     yield made
 
 
-def _tone(seconds: float, hz: float = 220.0) -> AudioClip:
+def _tone(seconds: float, channels: int = 1, hz: float = 220.0) -> AudioClip:
+    """A tone, a different pitch per channel."""
     t = torch.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
-    return AudioClip((0.3 * torch.sin(2 * torch.pi * hz * t)).unsqueeze(0), SAMPLE_RATE)
+    return AudioClip(
+        torch.stack([0.3 * torch.sin(2 * torch.pi * hz * (1 + c / 2) * t) for c in range(channels)]), SAMPLE_RATE
+    )
 
 
-@pytest.mark.parametrize("kind", ["text", "melody"])
+@pytest.mark.parametrize("kind", ["text", "melody", "stereo"])
 def test_both_engines_give_the_same_audio_across_windows(
     generators: dict[tuple[str, str], MusicGenGenerator], kind: str
 ) -> None:
     # A 2 s window with a 1 s stride: 2.5 s after a 1 s prompt takes three windows, the
     # later ones prompted (and, for melody models, conditioned) on generated audio.
-    prompt = _tone(1.0)
+    channels = 2 if kind == "stereo" else 1
+    prompt = _tone(1.0, channels)
     params = GenerationParams(prompt="organ", duration_s=2.5, seed=9)
     request = GenerationRequest(params, audio_prompt=prompt, melody=prompt if kind == "melody" else None)
     steps: dict[str, list[tuple[int, int]]] = {"static": [], "transformers": []}
@@ -437,7 +441,7 @@ def test_both_engines_give_the_same_audio_across_windows(
         engine: generators[kind, engine].generate(request, progress=lambda d, t, e=engine: steps[e].append((d, t)))
         for engine in ("static", "transformers")
     }
-    assert results["static"].audio.shape == (1, int(2.5 * SAMPLE_RATE))
+    assert results["static"].audio.shape == (channels, int(2.5 * SAMPLE_RATE))
     assert torch.equal(results["static"].audio, results["transformers"].audio)
     assert steps["static"] == steps["transformers"]
 

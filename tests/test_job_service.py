@@ -4,11 +4,13 @@ views and audio of a job. The same checks as /continue's, from the one render pi
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import soundfile as sf
 
 from musicgen_bento.errors import Conflict, InvalidInput, InvalidParameter, JobNotFound, MusicGenError
 from musicgen_bento.generation.host import ModelHost
@@ -165,3 +167,46 @@ def test_an_omitted_duration_means_the_job_limit_where_it_is_lower(queue: JobQue
         worker.stop(grace_s=5)
     result = jobs.view(accepted.job_id).result
     assert result is not None and result.duration_s == pytest.approx(1.5)
+
+
+def test_the_prompt_stays_out_of_files_when_the_settings_say_so(queue: JobQueue, tmp_path: Path) -> None:
+    settings = Settings(mock=True, output_dir=tmp_path / "private", metadata_prompt=False, warmup_s=0.0)
+    host = ModelHost(settings)
+    host.start()
+    jobs = JobService(queue, host, settings)
+    accepted = jobs.submit(GenerateRequest(prompt="my secret song title", duration_s=0.5, seed=2))
+    worker = JobWorker(queue, host, settings)
+    worker.start()
+    try:
+        assert wait_until_finished(jobs, accepted.job_id) == "succeeded"
+    finally:
+        worker.stop(grace_s=5)
+    result = jobs.view(accepted.job_id).result
+    assert result is not None and result.provenance is not None
+    assert (result.provenance.prompt, result.provenance.seed) == (None, 2)
+    with sf.SoundFile(result.audio_path) as written:
+        metadata = written.copy_metadata()
+    assert "secret" not in json.dumps(metadata)
+    assert metadata["title"] == "MusicGen"
+
+
+def test_takes_are_kept_and_served_one_by_one(jobs: JobService, run_jobs: Callable[[], None], tmp_path: Path) -> None:
+    source = write_tone(tmp_path / "source.wav", seconds=1.0)
+    accepted = jobs.submit(GenerateRequest(continue_from=str(source), duration_s=0.5, seed=40, takes=3))
+    run_jobs()
+    assert wait_until_finished(jobs, accepted.job_id) == "succeeded"
+    result = jobs.view(accepted.job_id).result
+    assert result is not None
+    assert [take.seed for take in result.takes] == [40, 41, 42]
+    assert [take.audio_url for take in result.takes] == [
+        f"/jobs/{accepted.job_id}/audio",
+        f"/jobs/{accepted.job_id}/audio?take=1",
+        f"/jobs/{accepted.job_id}/audio?take=2",
+    ]
+    assert result.takes[0].audio_path == result.audio_path
+    assert len({take.audio_path for take in result.takes}) == 3
+    for index, take in enumerate(result.takes):
+        assert jobs.audio(accepted.job_id, index)[0] == Path(take.audio_path).read_bytes()
+    with pytest.raises(JobNotFound) as missing:
+        jobs.audio(accepted.job_id, 3)
+    assert missing.value.field == "take"

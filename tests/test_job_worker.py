@@ -25,6 +25,7 @@ class GatedGenerator:
     """Generations wait until `gate` opens (or are canceled); it records how many ran at once."""
 
     name = "gated"
+    licence = "none"
     sample_rate = 32000
     channels = 1
     is_melody = False

@@ -103,7 +103,7 @@ def test_complete_stores_result_and_audio(queue: JobQueue, audio_file: Path) -> 
     assert claim is not None
     queue.report_progress(claim, 0.5)
     assert queue.get(job.job_id).progress == pytest.approx(0.5)  # type: ignore[union-attr]
-    assert queue.complete(claim, output(audio_file, seed=1), audio_file)
+    assert queue.complete(claim, output(audio_file, seed=1), [audio_file])
     done = queue.get(job.job_id)
     assert done is not None
     assert (done.status, done.progress, done.completions) == ("succeeded", 1.0, 1)
@@ -173,12 +173,34 @@ def test_finished_jobs_expire_after_the_retention_time(open_queue: OpenQueue, au
     job = submit(queue)
     claim = queue.claim("worker-a", wait_s=1)
     assert claim is not None
-    queue.complete(claim, output(audio_file, seed=1), audio_file)
+    queue.complete(claim, output(audio_file, seed=1), [audio_file])
     assert queue.get(job.job_id) is not None
     time.sleep(2.2)
     queue.sweep()
     assert queue.get(job.job_id) is None
     assert queue.audio(job.job_id) is None
+
+
+def test_every_take_is_kept_and_a_cache_hit_serves_them_all(queue: JobQueue, tmp_path: Path) -> None:
+    files = []
+    for take in range(3):
+        files.append(tmp_path / f"take-{take}.wav")
+        files[-1].write_bytes(f"take {take}".encode())
+    job = new_job()
+    job.cache_key = "cache-key-takes"
+    submit(queue, job)
+    claim = queue.claim("worker-a", wait_s=1)
+    assert claim is not None
+    takes = [{"audio_path": str(path), "seed": 5 + index, "duration_s": 1.0} for index, path in enumerate(files)]
+    assert queue.complete(claim, replace(output(files[0], seed=5), takes=takes), files)
+    assert [queue.audio(job.job_id, take) for take in range(3)] == [path.read_bytes() for path in files]
+    assert queue.audio(job.job_id, 3) is None
+    hit = queue.cached("cache-key-takes")
+    assert hit is not None and hit.result is not None
+    copy = new_job()
+    copy.status, copy.result, copy.finished_at = JobStatus.SUCCEEDED, replace(hit.result, cached=True), time.time()
+    queue.add_finished(copy, audio_from=hit.job_id)
+    assert [queue.audio(copy.job_id, take) for take in range(3)] == [path.read_bytes() for path in files]
 
 
 def test_a_remembered_result_is_found_by_its_cache_key(queue: JobQueue, audio_file: Path) -> None:
@@ -188,7 +210,7 @@ def test_a_remembered_result_is_found_by_its_cache_key(queue: JobQueue, audio_fi
     assert queue.cached("cache-key-1") is None
     claim = queue.claim("worker-a", wait_s=1)
     assert claim is not None
-    queue.complete(claim, output(audio_file, seed=1), audio_file)
+    queue.complete(claim, output(audio_file, seed=1), [audio_file])
     hit = queue.cached("cache-key-1")
     assert hit is not None and hit.job_id == job.job_id
     copy = new_job()
@@ -213,8 +235,8 @@ def test_a_stale_claim_cannot_complete_a_job_taken_over(open_queue: OpenQueue, a
     assert fresh is not None and fresh.job.job_id == job.job_id
     assert second_queue.get(job.job_id).attempts == 2  # type: ignore[union-attr]
     assert not first_queue.heartbeat(stale)
-    assert not first_queue.complete(stale, output(audio_file, seed=1), audio_file)
-    assert second_queue.complete(fresh, output(audio_file, seed=2), audio_file)
+    assert not first_queue.complete(stale, output(audio_file, seed=1), [audio_file])
+    assert second_queue.complete(fresh, output(audio_file, seed=2), [audio_file])
     done = second_queue.get(job.job_id)
     assert done is not None
     assert (done.status, done.completions, done.result) == ("succeeded", 1, output(audio_file, seed=2))
@@ -239,8 +261,8 @@ def test_a_released_job_is_first_in_line_again_for_any_worker(open_queue: OpenQu
     assert again is not None and again.job.job_id == job.job_id
     assert other.get(job.job_id).attempts == 2  # type: ignore[union-attr]
     assert not stopping.release(claim)  # the old claim is stale: it can neither release nor complete
-    assert not stopping.complete(claim, output(audio_file, seed=1), audio_file)
-    assert other.complete(again, output(audio_file, seed=1), audio_file)
+    assert not stopping.complete(claim, output(audio_file, seed=1), [audio_file])
+    assert other.complete(again, output(audio_file, seed=1), [audio_file])
     assert other.get(job.job_id).completions == 1  # type: ignore[union-attr]
 
 

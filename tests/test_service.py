@@ -3,6 +3,7 @@ and through `bentoml.SyncHTTPClient`, and every kind of bad input."""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,9 @@ import httpx
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
+
+from musicgen_bento.audio.loudness import integrated_loudness
 
 from .conftest import TINY_TEXT, Server, write_tone
 
@@ -187,6 +191,78 @@ def test_include_source_puts_the_source_before_the_new_music(server: Server, sou
     np.testing.assert_allclose(joined[3 * SAMPLE_RATE :], new, atol=1e-3)
 
 
+def test_prompt_start_continues_from_inside_the_source(server: Server, sources: dict[str, Path]) -> None:
+    # "Continue from the chorus": the prompt is 1 s starting at 1 s, so the new music follows the
+    # source's first 2 s; with include_source the output is those 2 s, then the new music.
+    body = {"audio_path": str(sources["short"]), "duration_s": 1.5, "seed": 4, "prompt_duration_s": 1.0}
+    response = continue_(server, **body, prompt_start_s=1.0, include_source=True)
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert (answer["prompt_start_s"], answer["prompt_duration_s"]) == (pytest.approx(1.0), pytest.approx(1.0))
+    joined, _ = read_output(response)
+    source, _ = sf.read(str(sources["short"]), dtype="float32", always_2d=True)
+    assert joined.shape == (2 * SAMPLE_RATE + int(1.5 * SAMPLE_RATE), 1)
+    np.testing.assert_allclose(joined[: 2 * SAMPLE_RATE], source[: 2 * SAMPLE_RATE], atol=1e-3)
+    from_the_end = continue_(server, **body).json()
+    assert from_the_end["prompt_start_s"] == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize("target", [-14.0, -20.0])
+def test_loudness_normalization_reaches_its_target_and_leaves_the_source_alone(
+    server: Server, sources: dict[str, Path], target: float
+) -> None:
+    body = {"audio_path": str(sources["short"]), "duration_s": 2.0, "seed": 5, "include_source": True}
+    response = continue_(server, **body, normalization="loudness", loudness_lufs=target)
+    assert response.status_code == 200, response.text
+    joined, _ = read_output(response)
+    source, _ = sf.read(str(sources["short"]), dtype="float32", always_2d=True)
+    np.testing.assert_allclose(joined[: 3 * SAMPLE_RATE], source, atol=1e-3)  # the source part is not altered
+    new = torch.from_numpy(joined[3 * SAMPLE_RATE :].T.copy())
+    assert integrated_loudness(new, SAMPLE_RATE) == pytest.approx(target, abs=0.5)
+    assert float(new.abs().max()) <= 1.0  # never above 0 dBFS
+
+
+@pytest.mark.parametrize("output_format", ["wav", "flac"])
+def test_the_file_says_where_it_came_from(server: Server, sources: dict[str, Path], output_format: str) -> None:
+    body = {"audio_path": str(sources["short"]), "duration_s": 1.0, "seed": 21, "prompt": "café strings"}
+    response = continue_(server, **body, output_format=output_format)
+    assert response.status_code == 200, response.text
+    provenance = response.json()["provenance"]
+    assert (provenance["seed"], provenance["prompt"], provenance["model"]) == (
+        21,
+        "café strings",
+        response.json()["model"],
+    )
+    assert provenance["licence"] and provenance["software"].startswith("musicgen-bento ")
+    assert provenance["parameters"]["duration_s"] == 1.0
+    with sf.SoundFile(response.json()["audio_path"]) as written:
+        metadata = written.copy_metadata()
+    assert metadata["artist"] == provenance["model"]
+    assert metadata["title"] == "MusicGen: café strings"
+    comment = json.loads(metadata["comment"])
+    assert (comment["seed"], comment["prompt"], comment["licence"]) == (21, "café strings", provenance["licence"])
+
+
+def test_takes_decode_together_and_each_is_what_its_seed_gives_alone(server: Server, sources: dict[str, Path]) -> None:
+    body = {"audio_path": str(sources["short"]), "duration_s": 1.0}
+    steps_before = _engine_steps(server)
+    response = continue_(server, **body, seed=30, takes=3)
+    assert response.status_code == 200, response.text
+    # One take alone takes 53 steps (50 frames and the delay pattern's 3). Three one after another
+    # would take 159; decoded together they share their steps (each joins the batch as soon as its
+    # text and prompt are encoded, so they need a few more than one take's).
+    assert _engine_steps(server) - steps_before < 2 * 53
+    answer = response.json()
+    takes = answer["takes"]
+    assert [take["seed"] for take in takes] == [30, 31, 32]
+    assert (answer["audio_path"], answer["seed"]) == (takes[0]["audio_path"], 30)
+    assert len({take["audio_path"] for take in takes}) == 3
+    for take in takes:
+        alone, _ = read_output(continue_(server, **body, seed=take["seed"]))
+        together, _ = sf.read(take["audio_path"], dtype="float32", always_2d=True)
+        np.testing.assert_array_equal(together, alone)
+
+
 def test_same_seed_gives_the_same_audio_and_another_seed_other_audio(server: Server, sources: dict[str, Path]) -> None:
     first, _ = read_output(continue_(server, audio_path=str(sources["wav"]), duration_s=1.0, seed=42))
     again, _ = read_output(continue_(server, audio_path=str(sources["wav"]), duration_s=1.0, seed=42))
@@ -261,6 +337,13 @@ BAD_INPUTS = [
     ({"include_source": 0}, 400, "include_source", "valid boolean"),
     ({"seed": 1.5}, 400, "seed", "valid integer"),
     ({"prompt": 7}, 400, "prompt", "valid string"),
+    ({"prompt_start_s": -1}, 400, "prompt_start_s", "greater than or equal to 0"),
+    ({"audio_path": "{short}", "prompt_start_s": 3.0}, 400, "prompt_start_s", "must start by 2.980 s"),
+    ({"prompt_start_s": "chorus"}, 400, "prompt_start_s", "valid number"),
+    ({"normalization": "louder"}, 400, "normalization", "'none', 'clip', 'peak', 'rms' or 'loudness'"),
+    ({"loudness_lufs": 0}, 400, "loudness_lufs", "less than or equal to -5"),
+    ({"takes": 5}, 400, "takes", "less than or equal to 4"),
+    ({"takes": 0}, 400, "takes", "greater than or equal to 1"),
 ]
 
 
@@ -305,6 +388,13 @@ BAD_INPUTS = [
         "include-source-number",
         "seed-fraction",
         "prompt-not-string",
+        "prompt-start-negative",
+        "prompt-start-past-the-source",
+        "prompt-start-not-number",
+        "unknown-normalization",
+        "loudness-too-loud",
+        "too-many-takes",
+        "no-takes",
     ],
 )
 def test_bad_input_gets_a_4xx_naming_the_field(
@@ -340,6 +430,12 @@ def test_server_keeps_serving_after_bad_input(server: Server, sources: dict[str,
     assert server.health()["status"] == "ready"  # type: ignore[index]
     assert continue_(server, audio_path=str(sources["wav"]), duration_s=0.5).status_code == 200
     assert not [p for p in _output_dir(server).iterdir() if p.name.startswith(".")]  # no partial files
+
+
+def _engine_steps(server: Server) -> int:
+    health = server.health()
+    assert health is not None
+    return int(health["engine"]["steps"])  # type: ignore[call-overload,index]
 
 
 def _output_dir(server: Server) -> Path:

@@ -83,10 +83,11 @@ class MusicGenClient:
                 raise TimeoutError(f"job {job_id} is still {view.status} after {timeout_s:g} s")
             time.sleep(poll_s)
 
-    def download(self, job_id: str, path: str | Path) -> Path:
-        """Saves a succeeded job's audio to `path` and returns it."""
+    def download(self, job_id: str, path: str | Path, take: int = 0) -> Path:
+        """Saves a succeeded job's audio (of take number `take`) to `path` and returns it."""
         target = Path(path)
-        target.write_bytes(self._call("GET", f"/jobs/{job_id}/audio").content)
+        suffix = f"?take={take}" if take else ""
+        target.write_bytes(self._call("GET", f"/jobs/{job_id}/audio{suffix}").content)
         return target
 
     def cancel(self, job_id: str) -> JobView:

@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from ..schemas import (
+    MAX_TAKES,
     ContinueRequest,
     ContinueResponse,
     GenerateRequest,
@@ -61,6 +62,15 @@ _JOB_ID = {
     "required": True,
     "description": "The id POST /generate answered.",
     "schema": {"type": "string"},
+}
+
+
+_TAKE = {
+    "name": "take",
+    "in": "query",
+    "required": False,
+    "description": "Which take's audio: 0 (the default) to takes - 1.",
+    "schema": {"type": "integer", "minimum": 0, "maximum": MAX_TAKES - 1, "default": 0},
 }
 
 
@@ -174,8 +184,8 @@ def openapi_document(bentoml_document: dict[str, Any], title: str, version: str,
         "/jobs/{job_id}/audio": {
             "get": {
                 "operationId": "get_job_audio",
-                "summary": "A succeeded job's audio, from any replica.",
-                "parameters": [_JOB_ID],
+                "summary": "A succeeded job's audio (of one of its takes), from any replica.",
+                "parameters": [_JOB_ID, _TAKE],
                 "responses": doc.answers(
                     {
                         200: {
@@ -186,7 +196,7 @@ def openapi_document(bentoml_document: dict[str, Any], title: str, version: str,
                             },
                         }
                     },
-                    [404, 409],
+                    [400, 404, 409],
                 ),
             }
         },

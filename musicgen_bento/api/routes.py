@@ -16,10 +16,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ..errors import NotReady
+from ..errors import InvalidParameter, NotReady
 from ..jobs.service import JobService
 from ..schemas import HealthResponse
-from .errors import answers_errors
+from .errors import answers_errors, error_response
 
 
 class RoutedService(Protocol):
@@ -73,8 +73,11 @@ class HttpRoutes:
         return await _answer(lambda: self._bound().jobs.view(request.path_params["job_id"]))
 
     async def get_job_audio(self, request: Request) -> Response:
-        """GET /jobs/{job_id}/audio: a succeeded job's audio, from any replica."""
-        return await _answer(lambda: self._bound().jobs.audio(request.path_params["job_id"]))
+        """GET /jobs/{job_id}/audio[?take=N]: a succeeded job's audio (of take N), from any replica."""
+        raw = request.query_params.get("take", "0")
+        if not raw.isdigit() or len(raw) > 2:
+            return error_response(InvalidParameter(f"must be a take's number, 0 to 3; got {raw[:20]!r}", field="take"))
+        return await _answer(lambda: self._bound().jobs.audio(request.path_params["job_id"], int(raw)))
 
     async def delete_job(self, request: Request) -> Response:
         """DELETE /jobs/{job_id}: cancels a queued job, or stops a running one at its next step."""

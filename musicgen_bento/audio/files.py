@@ -6,7 +6,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import unicodedata
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -57,12 +59,54 @@ def read_audio(path: Path, limits: InputLimits, field: str = "audio_path") -> Au
     return AudioClip(torch.from_numpy(np.ascontiguousarray(data.T)), int(sample_rate))
 
 
-def write_audio(samples: torch.Tensor, sample_rate: int, directory: Path, output_format: str) -> Path:
+@dataclass(frozen=True)
+class FileTags:
+    """What a file says about itself in its own metadata (WAV LIST/INFO, FLAC and Ogg Vorbis
+    comments, MP3 ID3). Which survive where: all of them in FLAC and Ogg; all but `licence` in
+    WAV (its INFO chunk has no licence field; `copyright` carries it); `title`, `artist`,
+    `comment` and `date` in MP3, in ASCII (the writer stores ID3 text as Latin-1), with no
+    `copyright`, `licence` or `software` (LAME may name itself there)."""
+
+    title: str = ""
+    artist: str = ""
+    comment: str = ""
+    copyright: str = ""
+    licence: str = ""
+    software: str = ""
+    date: str = ""
+
+    def for_format(self, output_format: str) -> dict[str, str]:
+        """The soundfile string fields to set for `output_format`, empty ones left out."""
+        fields = {
+            "title": self.title,
+            "artist": self.artist,
+            "comment": self.comment,
+            "copyright": self.copyright,
+            "license": self.licence,
+            "software": self.software,
+            "date": self.date,
+        }
+        if output_format == "mp3":
+            fields = {name: _ascii(value) for name, value in fields.items() if name in _MP3_FIELDS}
+        return {name: value for name, value in fields.items() if value}
+
+
+_MP3_FIELDS = {"title", "artist", "comment", "date"}
+
+
+def _ascii(text: str) -> str:
+    """`text` without what Latin-1 ID3 frames would garble: accents dropped, other characters as '?'."""
+    return unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
+
+
+def write_audio(
+    samples: torch.Tensor, sample_rate: int, directory: Path, output_format: str, tags: FileTags | None = None
+) -> Path:
     """Writes a new file in `directory` and returns its absolute path.
 
     The file is written under a hidden temporary name and hard-linked into place only when
     complete, so readers never see a partial file and nothing existing is ever overwritten.
-    A failed write leaves nothing behind.
+    A failed write leaves nothing behind. `tags` go into the file's own metadata.
     """
     if samples.shape[-1] == 0:
         raise ValueError("no samples to write")  # the request limits make this a bug, never a user's doing
@@ -73,7 +117,10 @@ def write_audio(samples: torch.Tensor, sample_rate: int, directory: Path, output
     data = samples.detach().to(torch.float32).clamp(-1.0, 1.0).T.contiguous().numpy()
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        sf.write(str(partial), data, sample_rate, format=container, subtype=subtype)
+        with sf.SoundFile(str(partial), "w", sample_rate, data.shape[1], format=container, subtype=subtype) as handle:
+            for name, value in (tags.for_format(output_format) if tags else {}).items():
+                setattr(handle, name, value)
+            handle.write(data)
         os.link(partial, final)
     except (OSError, sf.LibsndfileError, RuntimeError) as error:
         raise _output_error(directory, error) from None

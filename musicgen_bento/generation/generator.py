@@ -74,6 +74,11 @@ class MusicGenGenerator:
         return self.info.tag
 
     @property
+    def licence(self) -> str:
+        """The licence of the served weights, from the model store."""
+        return self.info.licence
+
+    @property
     def sample_rate(self) -> int:
         return self.info.sample_rate
 

@@ -57,7 +57,8 @@ class ModelHost:
     def start(self) -> None:
         """Gets the model ready on a background thread; returns at once."""
         if self.settings.mock:
-            self._set(status="ready", detail=None, generator=MockMusicGenGenerator(), licence="MIT (mock: no model)")
+            mock = MockMusicGenGenerator()
+            self._set(status="ready", detail=None, generator=mock, licence=mock.licence)
             return
         threading.Thread(target=self._prepare, name="musicgen-model-loader", daemon=True).start()
 

@@ -23,6 +23,7 @@ class MockMusicGenGenerator:
     """Same interface as `MusicGenGenerator`; generation is a copy of the prompt."""
 
     name = "mock"
+    licence = "MIT (mock: no model)"
     sample_rate = MOCK_SAMPLE_RATE
     channels = MOCK_CHANNELS
     is_melody = False

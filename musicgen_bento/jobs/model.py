@@ -4,7 +4,8 @@ both queue backends (embedded SQLite, shared Redis) implement."""
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import Any, Protocol
@@ -35,6 +36,13 @@ class JobOutput:
     seed: int
     model: str
     cached: bool = False
+    provenance: dict[str, Any] | None = None  # schemas.Provenance, as JSON
+    takes: list[dict[str, Any]] = field(default_factory=list)  # schemas.Take each, the first one above
+
+    @property
+    def audio_paths(self) -> list[str]:
+        """Every take's file, in order (one when the job had one take)."""
+        return [str(take["audio_path"]) for take in self.takes] or [self.audio_path]
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -103,8 +111,9 @@ class JobQueue(Protocol):
 
     def report_progress(self, claim: Claim, progress: float) -> None: ...
 
-    def complete(self, claim: Claim, output: JobOutput, audio_path: Path) -> bool:
-        """Records the output (and, where the backend keeps it, the audio); False if the claim was lost."""
+    def complete(self, claim: Claim, output: JobOutput, audio_paths: Sequence[Path]) -> bool:
+        """Records the output (and, where the backend keeps it, each take's audio, in order); False if
+        the claim was lost."""
 
     def fail(self, claim: Claim, error: str) -> None: ...
 
@@ -122,7 +131,8 @@ class JobQueue(Protocol):
     def queued_count(self) -> int:
         """Jobs waiting to be claimed."""
 
-    def audio(self, job_id: str) -> bytes | None: ...
+    def audio(self, job_id: str, take: int = 0) -> bytes | None:
+        """A succeeded job's audio (of its take number `take`), if it is still kept."""
 
     def sweep(self) -> None:
         """Deletes finished jobs (and their audio) older than the retention time."""

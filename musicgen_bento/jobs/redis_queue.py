@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,8 @@ from .model import Claim, Job, JobOutput, JobStatus
 _GROUP = "workers"
 
 # Finishes a job only if it is still running under the caller's attempt.
-# KEYS: job hash, audio key, stream; ARGV: attempt, status, result, error, finished_at, ttl, audio, entry id
+# KEYS: job hash, stream, then each take's audio key; ARGV: attempt, status, result, error,
+# finished_at, ttl, entry id, then each take's audio
 _FINISH = """
 if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
 if redis.call('HGET', KEYS[1], 'attempts') ~= ARGV[1] then return 0 end
@@ -35,11 +37,13 @@ if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[4]) end
 if ARGV[2] == 'succeeded' then
   redis.call('HSET', KEYS[1], 'progress', '1')
   redis.call('HINCRBY', KEYS[1], 'completions', 1)
-  redis.call('SET', KEYS[2], ARGV[7], 'EX', ARGV[6])
+  for take = 3, #KEYS do
+    redis.call('SET', KEYS[take], ARGV[take + 5], 'EX', ARGV[6])
+  end
 end
 redis.call('EXPIRE', KEYS[1], ARGV[6])
-redis.call('XACK', KEYS[3], 'workers', ARGV[8])
-redis.call('XDEL', KEYS[3], ARGV[8])
+redis.call('XACK', KEYS[2], 'workers', ARGV[7])
+redis.call('XDEL', KEYS[2], ARGV[7])
 return 1
 """
 
@@ -107,8 +111,9 @@ class RedisJobQueue:
     def _job_key(self, job_id: str) -> str:
         return f"{self.prefix}:job:{job_id}"
 
-    def _audio_key(self, job_id: str) -> str:
-        return f"{self.prefix}:audio:{job_id}"
+    def _audio_key(self, job_id: str, take: int = 0) -> str:
+        # Take 0 keeps the key a job's audio always had.
+        return f"{self.prefix}:audio:{job_id}" if take == 0 else f"{self.prefix}:audio:{job_id}:{take}"
 
     def submit(self, job: Job, idempotency_key: str | None, fingerprint: str, max_queued: int) -> tuple[Job, bool]:
         if idempotency_key is not None:
@@ -144,8 +149,9 @@ class RedisJobQueue:
         with self.redis.pipeline() as pipe:
             pipe.hset(job_key, mapping=_fields_of(job))
             pipe.expire(job_key, self.ttl_s)
-            pipe.copy(self._audio_key(audio_from), self._audio_key(job.job_id))
-            pipe.expire(self._audio_key(job.job_id), self.ttl_s)
+            for take in range(len(job.result.audio_paths) if job.result else 1):
+                pipe.copy(self._audio_key(audio_from, take), self._audio_key(job.job_id, take))
+                pipe.expire(self._audio_key(job.job_id, take), self.ttl_s)
             pipe.execute()
         stored = self.get(job.job_id)
         assert stored is not None
@@ -208,10 +214,13 @@ class RedisJobQueue:
     def report_progress(self, claim: Claim, progress: float) -> None:
         self.redis.hset(self._job_key(claim.job.job_id), "progress", f"{progress:.4f}")
 
-    def _end(self, claim: Claim, status: JobStatus, output: JobOutput | None, error: str, audio: bytes) -> bool:
+    def _end(
+        self, claim: Claim, status: JobStatus, output: JobOutput | None, error: str, audio: Sequence[bytes] = ()
+    ) -> bool:
         job_id = claim.job.job_id
+        audio_keys = [self._audio_key(job_id, take) for take in range(len(audio))]
         done = self._finish(
-            keys=[self._job_key(job_id), self._audio_key(job_id), self.stream],
+            keys=[self._job_key(job_id), self.stream, *audio_keys],
             args=[
                 claim.attempt,
                 status.value,
@@ -219,22 +228,22 @@ class RedisJobQueue:
                 error,
                 time.time(),
                 self.ttl_s,
-                audio,
                 claim.entry_id,
+                *audio,
             ],
         )
         if done and status is JobStatus.SUCCEEDED and claim.job.cache_key:
             self.redis.set(f"{self.prefix}:cache:{claim.job.cache_key}", job_id, ex=self.ttl_s)
         return bool(done)
 
-    def complete(self, claim: Claim, output: JobOutput, audio_path: Path) -> bool:
-        return self._end(claim, JobStatus.SUCCEEDED, output, "", audio_path.read_bytes())
+    def complete(self, claim: Claim, output: JobOutput, audio_paths: Sequence[Path]) -> bool:
+        return self._end(claim, JobStatus.SUCCEEDED, output, "", [path.read_bytes() for path in audio_paths])
 
     def fail(self, claim: Claim, error: str) -> None:
-        self._end(claim, JobStatus.FAILED, None, error, b"")
+        self._end(claim, JobStatus.FAILED, None, error)
 
     def mark_canceled(self, claim: Claim) -> None:
-        self._end(claim, JobStatus.CANCELED, None, "canceled while running", b"")
+        self._end(claim, JobStatus.CANCELED, None, "canceled while running")
 
     def release(self, claim: Claim) -> bool:
         released = self._release(
@@ -253,8 +262,8 @@ class RedisJobQueue:
     def cancel_requested(self, job_id: str) -> bool:
         return self.redis.hget(self._job_key(job_id), "cancel") == b"1"
 
-    def audio(self, job_id: str) -> bytes | None:
-        data = self.redis.get(self._audio_key(job_id))
+    def audio(self, job_id: str, take: int = 0) -> bytes | None:
+        data = self.redis.get(self._audio_key(job_id, take))
         return bytes(data) if data is not None else None
 
     def sweep(self) -> None:

@@ -17,12 +17,25 @@ from ..generation.host import Generator, ModelHost
 from ..render import RenderPlan, check_inputs, check_model, check_plan
 from ..schemas import GenerateRequest, JobAccepted, JobResult, JobView
 from ..settings import Settings
-from .model import JOB_ID, Job, JobQueue, JobStatus
+from .model import JOB_ID, Job, JobOutput, JobQueue, JobStatus
 
 
 def _unknown(job_id: str) -> JobNotFound:
     shown = repr(job_id) if len(job_id) <= 64 else repr(job_id[:64]) + f"… ({len(job_id)} characters)"
     return JobNotFound(f"no job {shown}; it never existed or its results expired", field="job_id")
+
+
+def _result_view(job_id: str, output: JobOutput) -> JobResult:
+    """A job's output as GET /jobs/{id} shows it, with the URL of each take's audio."""
+    takes = output.takes or [{"audio_path": output.audio_path, "seed": output.seed, "duration_s": output.duration_s}]
+    fields = {
+        **output.to_json(),
+        "takes": [
+            {**take, "audio_url": f"/jobs/{job_id}/audio" + (f"?take={index}" if index else "")}
+            for index, take in enumerate(takes)
+        ],
+    }
+    return JobResult(audio_url=f"/jobs/{job_id}/audio", **fields)
 
 
 def iso(timestamp: float | None) -> str | None:
@@ -99,7 +112,7 @@ class JobService:
             raise _unknown(job_id)
         result = None
         if job.result is not None:
-            result = JobResult(audio_url=f"/jobs/{job.job_id}/audio", **job.result.to_json())
+            result = _result_view(job.job_id, job.result)
         return JobView(
             job_id=job.job_id,
             status=job.status.value,
@@ -118,12 +131,15 @@ class JobService:
             raise _unknown(job_id)
         return self.view(job_id)
 
-    def audio(self, job_id: str) -> tuple[bytes, str]:
-        """The job's audio and its media type."""
+    def audio(self, job_id: str, take: int = 0) -> tuple[bytes, str]:
+        """The job's audio (of its take number `take`) and its media type."""
         view = self.view(job_id)
         if view.status != JobStatus.SUCCEEDED.value:
             raise Conflict(f"job {job_id} is {view.status}; audio exists only for succeeded jobs", field="job_id")
-        data = self.queue.audio(job_id)
+        takes = len(view.result.takes) if view.result is not None else 1
+        if not 0 <= take < takes:
+            raise JobNotFound(f"job {job_id} has takes 0 to {takes - 1}; got {take}", field="take")
+        data = self.queue.audio(job_id, take)
         if data is None:
             raise JobNotFound(f"the audio of job {job_id!r} is no longer kept", field="job_id")
         output_format = str(view.request.get("output_format", "wav"))

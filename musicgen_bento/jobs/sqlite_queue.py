@@ -12,6 +12,7 @@ import json
 import sqlite3
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import Conflict, QueueFull
@@ -195,7 +196,8 @@ class SqliteJobQueue:
                 )
         return bool(updated)
 
-    def complete(self, claim: Claim, output: JobOutput, audio_path: Path) -> bool:
+    def complete(self, claim: Claim, output: JobOutput, audio_paths: Sequence[Path]) -> bool:
+        # The files stay where the worker wrote them; the output names them.
         return self._finish(claim, JobStatus.SUCCEEDED, output, None)
 
     def fail(self, claim: Claim, error: str) -> None:
@@ -241,11 +243,11 @@ class SqliteJobQueue:
             row = self._db.execute("SELECT cancel_requested FROM jobs WHERE job_id=?", (job_id,)).fetchone()
         return bool(row is not None and row["cancel_requested"])
 
-    def audio(self, job_id: str) -> bytes | None:
+    def audio(self, job_id: str, take: int = 0) -> bytes | None:
         job = self.get(job_id)
-        if job is None or job.result is None:
+        if job is None or job.result is None or not 0 <= take < len(job.result.audio_paths):
             return None
-        path = Path(job.result.audio_path)
+        path = Path(job.result.audio_paths[take])
         return path.read_bytes() if path.is_file() else None
 
     def sweep(self) -> None:
@@ -261,14 +263,17 @@ class SqliteJobQueue:
             self._db.execute(f"DELETE FROM jobs WHERE job_id IN ({marks})", ids)
             self._db.execute(f"DELETE FROM cache WHERE job_id IN ({marks})", ids)
             for row in expired:
-                path = json.loads(row["result"]).get("audio_path") if row["result"] else None
-                if path is None:
-                    continue
-                still_used = self._db.execute(
-                    "SELECT 1 FROM jobs WHERE json_extract(result, '$.audio_path') = ? LIMIT 1", (path,)
-                ).fetchone()
-                if still_used is None:
-                    Path(path).unlink(missing_ok=True)
+                if row["result"]:
+                    self._delete_unused(JobOutput.from_json(json.loads(row["result"])).audio_paths)
+
+    def _delete_unused(self, paths: list[str]) -> None:
+        """Deletes the files no remaining job names (a cache hit names its original's files)."""
+        for path in paths:
+            still_used = self._db.execute(
+                "SELECT 1 FROM jobs WHERE instr(result, ?) > 0 LIMIT 1", (json.dumps(path),)
+            ).fetchone()
+            if still_used is None:
+                Path(path).unlink(missing_ok=True)
 
     def close(self) -> None:
         with self._lock:

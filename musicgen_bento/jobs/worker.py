@@ -173,15 +173,21 @@ class JobWorker:
         rendered = render(plan, generator, self.settings, watch.progress, watch.should_cancel, arrival)
         if self.metrics is not None:
             self.metrics.generation_finished("job", time.perf_counter() - started)
+        first = rendered.first
         output = JobOutput(
-            audio_path=str(rendered.path),
-            duration_s=rendered.duration_s,
+            audio_path=str(first.path),
+            duration_s=first.duration_s,
             sample_rate=rendered.sample_rate,
-            channels=rendered.channels,
-            seed=rendered.seed,
+            channels=first.channels,
+            seed=first.seed,
             model=rendered.model,
+            provenance=first.provenance.model_dump(mode="json"),
+            takes=[
+                {"audio_path": str(take.path), "seed": take.seed, "duration_s": take.duration_s}
+                for take in rendered.takes
+            ],
         )
-        if self.queue.complete(claim, output, rendered.path):
+        if self.queue.complete(claim, output, [take.path for take in rendered.takes]):
             logger.info("job %s succeeded (%s)", claim.job.job_id, output.audio_path)
         else:
             logger.warning("job %s was taken over by another worker; its result is discarded", claim.job.job_id)

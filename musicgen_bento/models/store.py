@@ -207,7 +207,7 @@ def create_tiny(kind: str) -> ModelInfo:
     from .tiny import TINY_NAMES, save_tiny_model
 
     if kind not in TINY_NAMES:
-        raise ModelStoreError(f"kind must be 'text' or 'melody'; got {kind!r}")
+        raise ModelStoreError(f"kind must be one of {', '.join(TINY_NAMES)}; got {kind!r}")
     with tempfile.TemporaryDirectory(prefix="musicgen-tiny-") as scratch:
         directory = save_tiny_model(kind, Path(scratch))  # type: ignore[arg-type]
         return import_directory(

@@ -12,9 +12,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-ModelKind = Literal["text", "melody"]
+ModelKind = Literal["text", "melody", "stereo"]
 
-TINY_NAMES: dict[str, str] = {"text": "musicgen-tiny-random", "melody": "musicgen-melody-tiny-random"}
+TINY_NAMES: dict[str, str] = {
+    "text": "musicgen-tiny-random",
+    "melody": "musicgen-melody-tiny-random",
+    "stereo": "musicgen-stereo-tiny-random",
+}
 
 _SAMPLE_RATE = 32000
 _CODEBOOKS = 4
@@ -62,7 +66,10 @@ def _text_encoder_config() -> Any:
 
 
 def build_tiny_model(kind: ModelKind, channels: int = 1, seed: int = 0) -> tuple[Any, Any]:
-    """Returns (model, processor) of a tiny random MusicGen (`text`) or MusicGen-Melody (`melody`)."""
+    """Returns (model, processor) of a tiny random MusicGen (`text`), MusicGen-Melody (`melody`) or
+    stereo MusicGen (`stereo`: the text model with two audio channels, as musicgen-stereo-* are)."""
+    if kind == "stereo":
+        kind, channels = "text", 2
     import torch
     from transformers import (
         EncodecFeatureExtractor,

@@ -176,7 +176,7 @@ def render(
     should_cancel: CancelFn | None = None,
     arrival: int | None = None,
 ) -> Rendered:
-    """Checks, reads the inputs, generates and writes the file.
+    """Checks, reads the inputs, generates and writes a file per take (all of them, or none).
 
     Args:
         progress: called after each decoding step with (steps done, total steps).
@@ -192,16 +192,14 @@ def render(
     ]
     results = _generate(generator, requests, progress, should_cancel, arrival)
     span = None if prompt is None or source is None else (source.duration_s - prompt.duration_s, prompt.duration_s)
-    takes = []
-    for result in results:
-        # The new music only: the source part of include_source keeps its own level.
-        audio = normalize(result.audio, result.sample_rate, plan.options.normalization, plan.options.loudness_lufs)
-        if plan.include_source and source is not None:
-            audio = torch.cat([source.samples, audio], dim=1)
-        provenance = _provenance(plan, generator, settings, result.seed, span)
-        path = write_audio(audio, result.sample_rate, settings.output_dir, plan.output_format, _tags(provenance))
-        duration_s = round(audio_file_duration_s(path), 6)
-        takes.append(RenderedTake(path, duration_s, int(audio.shape[0]), result.seed, provenance))
+    takes: list[RenderedTake] = []
+    try:
+        for result in results:
+            takes.append(_write_take(plan, generator, settings, result, source, span))
+    except BaseException:
+        for written in takes:  # a request answers with all its takes or writes nothing
+            written.path.unlink(missing_ok=True)
+        raise
     return Rendered(
         takes=takes,
         sample_rate=results[0].sample_rate,
@@ -209,6 +207,24 @@ def render(
         prompt_start_s=None if span is None else round(span[0], 6),
         prompt_duration_s=None if span is None else round(span[1], 6),
     )
+
+
+def _write_take(
+    plan: RenderPlan,
+    generator: Generator,
+    settings: Settings,
+    result: GenerationResult,
+    source: AudioClip | None,
+    span: tuple[float, float] | None,
+) -> RenderedTake:
+    """Levels, joins to the source when asked, and writes one take with its provenance."""
+    # The new music only: the source part of include_source keeps its own level.
+    audio = normalize(result.audio, result.sample_rate, plan.options.normalization, plan.options.loudness_lufs)
+    if plan.include_source and source is not None:
+        audio = torch.cat([source.samples, audio], dim=1)
+    provenance = _provenance(plan, generator, settings, result.seed, span)
+    path = write_audio(audio, result.sample_rate, settings.output_dir, plan.output_format, _tags(provenance))
+    return RenderedTake(path, round(audio_file_duration_s(path), 6), int(audio.shape[0]), result.seed, provenance)
 
 
 def _inputs(

@@ -17,7 +17,7 @@ from musicgen_bento.generation.host import ModelHost
 from musicgen_bento.jobs.model import JobQueue
 from musicgen_bento.jobs.service import JobService
 from musicgen_bento.jobs.worker import JobWorker
-from musicgen_bento.schemas import GenerateRequest
+from musicgen_bento.schemas import GenerateRequest, JobResult
 from musicgen_bento.settings import Settings
 
 from .conftest import write_tone
@@ -153,12 +153,12 @@ def test_canceling_a_queued_job_ends_it_at_once(jobs: JobService) -> None:
     assert jobs.queue.queued_count() == 0
 
 
-def test_an_omitted_duration_means_the_job_limit_where_it_is_lower(queue: JobQueue, tmp_path: Path) -> None:
-    settings = Settings(mock=True, output_dir=tmp_path / "low", max_job_duration_s=1.5, warmup_s=0.0)
+def run_one_job(queue: JobQueue, settings: Settings, request: GenerateRequest) -> JobResult:
+    """Submits `request` to a job service with `settings` (mock generator), runs it, returns its result."""
     host = ModelHost(settings)
     host.start()
     jobs = JobService(queue, host, settings)
-    accepted = jobs.submit(GenerateRequest(prompt="short"))
+    accepted = jobs.submit(request)
     worker = JobWorker(queue, host, settings)
     worker.start()
     try:
@@ -166,23 +166,20 @@ def test_an_omitted_duration_means_the_job_limit_where_it_is_lower(queue: JobQue
     finally:
         worker.stop(grace_s=5)
     result = jobs.view(accepted.job_id).result
-    assert result is not None and result.duration_s == pytest.approx(1.5)
+    assert result is not None
+    return result
+
+
+def test_an_omitted_duration_means_the_job_limit_where_it_is_lower(queue: JobQueue, tmp_path: Path) -> None:
+    settings = Settings(mock=True, output_dir=tmp_path / "low", max_job_duration_s=1.5, warmup_s=0.0)
+    result = run_one_job(queue, settings, GenerateRequest(prompt="short"))
+    assert result.duration_s == pytest.approx(1.5)
 
 
 def test_the_prompt_stays_out_of_files_when_the_settings_say_so(queue: JobQueue, tmp_path: Path) -> None:
     settings = Settings(mock=True, output_dir=tmp_path / "private", metadata_prompt=False, warmup_s=0.0)
-    host = ModelHost(settings)
-    host.start()
-    jobs = JobService(queue, host, settings)
-    accepted = jobs.submit(GenerateRequest(prompt="my secret song title", duration_s=0.5, seed=2))
-    worker = JobWorker(queue, host, settings)
-    worker.start()
-    try:
-        assert wait_until_finished(jobs, accepted.job_id) == "succeeded"
-    finally:
-        worker.stop(grace_s=5)
-    result = jobs.view(accepted.job_id).result
-    assert result is not None and result.provenance is not None
+    result = run_one_job(queue, settings, GenerateRequest(prompt="my secret song title", duration_s=0.5, seed=2))
+    assert result.provenance is not None
     assert (result.provenance.prompt, result.provenance.seed) == (None, 2)
     with sf.SoundFile(result.audio_path) as written:
         metadata = written.copy_metadata()

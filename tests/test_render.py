@@ -3,14 +3,20 @@ becomes as a plan (durations resolved against the server's limits)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+import soundfile as sf
 import torch
 
 from musicgen_bento.audio.clip import AudioClip
-from musicgen_bento.errors import InvalidInput, InvalidParameter
-from musicgen_bento.render import RenderPlan, prompt_span
+from musicgen_bento.errors import InvalidInput, InvalidParameter, OutputFull
+from musicgen_bento.generation.mock import MockMusicGenGenerator
+from musicgen_bento.render import RenderPlan, prompt_span, render
 from musicgen_bento.schemas import ContinueRequest, GenerateRequest
 from musicgen_bento.settings import Settings
+
+from .conftest import write_tone
 
 RATE = 32000
 FRAME = 640  # one codec frame at 32 kHz and 50 Hz
@@ -64,3 +70,28 @@ def test_omitted_durations_resolve_against_the_limits() -> None:
     assert (roomy.duration_s, roomy.prompt_duration_s) == (10.0, 10.0)
     given = RenderPlan.of_continue(ContinueRequest(audio_path="/a.wav", duration_s=2.5, prompt_duration_s=1.0), low)
     assert (given.duration_s, given.prompt_duration_s) == (2.5, 1.0)
+
+
+def test_a_request_answers_with_all_its_takes_or_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = Settings(mock=True, output_dir=tmp_path / "out", warmup_s=0.0)
+    generator = MockMusicGenGenerator()
+    source = write_tone(tmp_path / "source.wav", seconds=1.0)
+    plan = RenderPlan.of_continue(ContinueRequest(audio_path=str(source), duration_s=0.5, takes=3), settings)
+    real_write = sf.SoundFile.write
+    writes: list[int] = []
+
+    def third_write_fails(handle: sf.SoundFile, *args: object, **kwargs: object) -> None:
+        writes.append(1)
+        if len(writes) == 3:
+            raise OSError(28, "No space left on device")
+        real_write(handle, *args, **kwargs)
+
+    monkeypatch.setattr(sf.SoundFile, "write", third_write_fails)
+    with pytest.raises(OutputFull):
+        render(plan, generator, settings)
+    assert list(settings.output_dir.iterdir()) == []  # the two takes written before are gone too
+    monkeypatch.setattr(sf.SoundFile, "write", real_write)
+    rendered = render(plan, generator, settings)
+    assert sorted(settings.output_dir.iterdir()) == sorted(take.path for take in rendered.takes)

@@ -86,8 +86,8 @@ def test_stereo_music_past_the_window_is_generated_in_windows(server: Server, st
     assert (info.channels, info.frames) == (2, 6 * SAMPLE_RATE)
 
 
-def test_a_stereo_job_runs(server: Server, stereo_source: Path) -> None:
-    body = {"prompt": "strings", "continue_from": str(stereo_source), "duration_s": 1.0, "output_format": "flac"}
+def run_job(server: Server, body: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """Submits a job and waits for its end; its status URL and its final view."""
     accepted = httpx.post(f"{server.url}/generate", json=body, timeout=30)
     assert accepted.status_code == 202, accepted.text
     status_url = f"{server.url}{accepted.json()['status_url']}"
@@ -96,6 +96,12 @@ def test_a_stereo_job_runs(server: Server, stereo_source: Path) -> None:
         assert time.monotonic() < deadline
         time.sleep(0.2)
     assert view["status"] == "succeeded", view
+    return status_url, view
+
+
+def test_a_stereo_job_runs(server: Server, stereo_source: Path) -> None:
+    body = {"prompt": "strings", "continue_from": str(stereo_source), "duration_s": 1.0, "output_format": "flac"}
+    _, view = run_job(server, body)
     assert view["result"]["channels"] == 2
     audio = httpx.get(f"{server.url}{view['result']['audio_url']}", timeout=30)
     assert audio.status_code == 200 and audio.headers["content-type"] == "audio/flac"
@@ -103,13 +109,7 @@ def test_a_stereo_job_runs(server: Server, stereo_source: Path) -> None:
 
 def test_stereo_takes_are_each_a_stereo_file_served_by_number(server: Server, stereo_source: Path) -> None:
     body = {"continue_from": str(stereo_source), "duration_s": 1.0, "seed": 70, "takes": 2}
-    accepted = httpx.post(f"{server.url}/generate", json=body, timeout=30)
-    assert accepted.status_code == 202, accepted.text
-    status_url = f"{server.url}{accepted.json()['status_url']}"
-    deadline = time.monotonic() + 120
-    while (view := httpx.get(status_url, timeout=30).json())["status"] in ("queued", "running"):
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
+    status_url, view = run_job(server, body)
     takes = view["result"]["takes"]
     assert [take["seed"] for take in takes] == [70, 71]
     for take in takes:

@@ -122,6 +122,8 @@ def _declare_limits(schemas: dict[str, Any], settings: Settings) -> None:
             for branch in schema.get("anyOf", [schema]):
                 if branch.get("type") == "number":
                     branch["maximum"] = maximum
+    # Where a prompt starts means something only in a file to continue.
+    schemas["GenerateRequest"]["dependentRequired"] = {"prompt_start_s": ["continue_from"]}
     # A job needs something to start from: a prompt that is not blank, a melody or music to continue.
     schemas["GenerateRequest"]["anyOf"] = [
         {"required": ["prompt"], "properties": {"prompt": {"pattern": r"\S"}}},

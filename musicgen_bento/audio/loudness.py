@@ -31,8 +31,10 @@ def normalize(samples: torch.Tensor, sample_rate: int, strategy: Normalization, 
     -1 dBFS. Near-silent audio is returned unchanged by every strategy.
     """
     samples = samples.to(torch.float32)
+    if strategy in ("none", "clip"):
+        return samples.clamp(-1.0, 1.0)
     peak = float(samples.abs().max()) if samples.numel() else 0.0
-    if strategy in ("none", "clip") or peak < _SILENCE_PEAK:
+    if peak < _SILENCE_PEAK:
         return samples.clamp(-1.0, 1.0)
     if strategy == "peak":
         return samples * (_db_to_gain(-PEAK_HEADROOM_DB) / peak)

@@ -122,8 +122,14 @@ def _declare_limits(schemas: dict[str, Any], settings: Settings) -> None:
             for branch in schema.get("anyOf", [schema]):
                 if branch.get("type") == "number":
                     branch["maximum"] = maximum
-    # Where a prompt starts means something only in a file to continue.
-    schemas["GenerateRequest"]["dependentRequired"] = {"prompt_start_s": ["continue_from"]}
+    # Where a prompt starts means something only in a file to continue: a number there needs a
+    # continue_from path (a key present but null is not one).
+    schemas["GenerateRequest"]["allOf"] = [
+        {
+            "if": {"required": ["prompt_start_s"], "properties": {"prompt_start_s": {"type": "number"}}},
+            "then": {"required": ["continue_from"], "properties": {"continue_from": {"type": "string"}}},
+        }
+    ]
     # A job needs something to start from: a prompt that is not blank, a melody or music to continue.
     schemas["GenerateRequest"]["anyOf"] = [
         {"required": ["prompt"], "properties": {"prompt": {"pattern": r"\S"}}},

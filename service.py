@@ -164,6 +164,7 @@ class MusicGen:
             device=snapshot.device,
             detail=snapshot.detail,
             licence=snapshot.licence,
+            precision=snapshot.precision,
             engine=self.host.engine_health(),
         )
 

@@ -153,6 +153,13 @@ class EngineHealth(BaseModel):
     steps: int | None = Field(default=None, description="Static engine: batched decoding steps since start.")
 
 
+class PrecisionHealth(BaseModel):
+    """The weights' precision and why (MUSICGEN_DTYPE; `auto` measures on CPUs)."""
+
+    dtype: Literal["float32", "float16", "bfloat16"]
+    reason: str = Field(description="Why: the setting, or what `auto` found on this device.")
+
+
 class HealthResponse(BaseModel):
     """Body of GET /health."""
 
@@ -162,6 +169,7 @@ class HealthResponse(BaseModel):
     device: str
     detail: str | None = None
     licence: str | None = Field(None, description="Licence of the served weights, from the model store.")
+    precision: PrecisionHealth | None = Field(None, description="The weights' precision, once chosen.")
     engine: EngineHealth | None = Field(None, description="The decoding engine, once the model is ready.")
 
 

@@ -121,6 +121,10 @@ def test_health_describes_the_model_and_device(server: Server) -> None:
     assert body["gpu_id"] == 0
     assert body["device"] == "cpu"
     assert "random weights" in body["licence"]
+    # `auto` measures: at the tiny decoder's width bfloat16 only adds overhead, so it stays float32,
+    # and says why.
+    assert body["precision"]["dtype"] == "float32"
+    assert body["precision"]["reason"].startswith("auto: ")
 
 
 def test_sync_http_client_health_matches_get(server: Server) -> None:

@@ -52,7 +52,7 @@ from .batch_state import BatchState
 from .cuda_graphs import CudaGraphs, padded_rows
 from .decoder import Decoder
 from .delay_pattern import DelayPattern
-from .kv_cache import CROSS_BUCKET, KVCache, round_up, rows_of
+from .kv_cache import CROSS_BUCKET, KVCache, cache_dtype, round_up, rows_of
 from .requests import DecodeRequest, EngineStats, StepFn, StepReport
 from .sampler import Sampler
 from .scheduler import Scheduler
@@ -121,7 +121,7 @@ class DecodeEngine:
             2 * slots,
             self.decoder.heads,
             self.decoder.head_dim,
-            self.decoder.dtype,
+            cache_dtype(self.decoder.dtype, self.device),
             self.device,
             cross=not self.is_melody,
         )

@@ -103,7 +103,7 @@ class Decoder:
         mask = mask.clone()
         mask[1, :length] = True
         cache.cross_bias[rows] = float("-inf")
-        cache.cross_bias[rows, :length] = attention_bias(mask, self.dtype)
+        cache.cross_bias[rows, :length] = attention_bias(mask, cache.dtype)
         for index, layer in enumerate(self.stack.layers):
             attention = layer.encoder_attn
             cache.cross_keys[index, rows, :, :length] = self.split_heads(attention.k_proj(states))
@@ -135,19 +135,20 @@ class Decoder:
         index_of_row = state.row_index[:rows]
         key_value_of_row = (rows, 2, self.heads, self.head_dim)
         visible = torch.arange(length, device=tokens.device).view(1, 1, 1, length) <= positions.view(rows, 1, 1, 1)
-        bias = attention_bias(visible, self.dtype)
+        bias = attention_bias(visible, cache.dtype)
 
         def attend(index: int, projected: torch.Tensor, scale: float) -> torch.Tensor:
             query, key_value = projected.split([self.hidden, 2 * self.hidden], dim=-1)
             layer_cache = cache.self_kv[index]
-            layer_cache[index_of_row, :, :, positions] = key_value.view(key_value_of_row)
-            return F.scaled_dot_product_attention(
-                self.split_heads(query),
+            layer_cache[index_of_row, :, :, positions] = key_value.view(key_value_of_row).to(cache.dtype)
+            out = F.scaled_dot_product_attention(
+                self.split_heads(query).to(cache.dtype),
                 layer_cache[:rows, 0, :, :length],
                 layer_cache[:rows, 1, :, :length],
                 attn_mask=bias,
                 scale=scale,
             )
+            return out.to(self.dtype)
 
         cross_rows = (
             None if self.is_melody else CrossRows(slice(0, rows), cross, cache.cross_bias[:rows, None, None, :cross])
@@ -185,9 +186,9 @@ class Decoder:
         self, layer: Any, hidden: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bias: torch.Tensor
     ) -> torch.Tensor:
         attention = layer.encoder_attn
-        query = self.split_heads(attention.q_proj(layer.encoder_attn_layer_norm(hidden)))
+        query = self.split_heads(attention.q_proj(layer.encoder_attn_layer_norm(hidden))).to(keys.dtype)
         out = F.scaled_dot_product_attention(query, keys, values, attn_mask=bias, scale=attention.scaling)
-        return attention.out_proj(self.merge_heads(out))  # type: ignore[no-any-return]
+        return attention.out_proj(self.merge_heads(out.to(self.dtype)))  # type: ignore[no-any-return]
 
     def split_heads(self, x: torch.Tensor) -> torch.Tensor:
         return x.view(x.shape[0], x.shape[1], self.heads, self.head_dim).transpose(1, 2)

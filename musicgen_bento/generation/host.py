@@ -14,10 +14,10 @@ import torch
 from ..audio.clip import AudioClip
 from ..engine import StepReport
 from ..errors import MusicGenError, NotReady
-from ..models.store import resolve
-from ..schemas import EngineHealth
+from ..models.store import decoder_shape, resolve
+from ..schemas import EngineHealth, PrecisionHealth
 from ..settings import Settings
-from .device import pick_device, pick_dtype
+from .device import Precision, pick_device, pick_precision
 from .generator import MusicGenGenerator
 from .mock import MockMusicGenGenerator
 from .params import GenerationParams, GenerationRequest
@@ -37,6 +37,7 @@ class HealthSnapshot:
     device: str
     detail: str | None
     licence: str | None
+    precision: PrecisionHealth | None
 
 
 class ModelHost:
@@ -51,6 +52,7 @@ class ModelHost:
         self._generator: Generator | None = None
         self._device = "cpu"
         self._licence: str | None = None
+        self._precision: Precision | None = None
         self._model_name = "mock" if settings.mock else settings.model
         self._ready = threading.Event()
 
@@ -64,7 +66,9 @@ class ModelHost:
 
     def health(self) -> HealthSnapshot:
         with self._lock:
-            return HealthSnapshot(self._status, self._model_name, self._device, self._detail, self._licence)
+            chosen = self._precision
+            precision = None if chosen is None else PrecisionHealth(dtype=chosen.name, reason=chosen.reason)
+            return HealthSnapshot(self._status, self._model_name, self._device, self._detail, self._licence, precision)
 
     def generator(self) -> Generator:
         """The ready generator; raises `NotReady` (503) while loading or after a failed load."""
@@ -130,11 +134,14 @@ class ModelHost:
             self._device = pick_device(settings.gpu_id)
             self._set(detail=f"resolving {settings.model} in the model store")
             info = resolve(settings.model, settings.allow_download, progress=lambda line: self._set(detail=line))
-            self._set(licence=info.licence, detail=f"loading {info.tag} onto {self._device}")
+            self._set(detail=f"choosing the precision of {info.tag} on {self._device}")
+            precision = pick_precision(self._device, settings.dtype, decoder_shape(info))
+            logger.info("%s runs in %s (%s)", info.tag, precision.name, precision.reason)
+            self._set(licence=info.licence, precision=precision, detail=f"loading {info.tag} onto {self._device}")
             generator = MusicGenGenerator(
                 info,
                 self._device,
-                pick_dtype(self._device, settings.dtype),
+                precision.dtype,
                 settings.window_s,
                 settings.extend_stride_s,
                 engine=settings.engine,

@@ -8,6 +8,7 @@ tokenizer files) as one BentoML model. Hub ids map to store names by replacing '
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import shutil
@@ -239,6 +240,24 @@ def resolve(model_ref: str, allow_download: bool, progress: ProgressCallback | N
             f"import it first with `musicgen-bento models import {model_ref}`"
         )
     return import_model(model_ref, progress=progress)
+
+
+@dataclass(frozen=True)
+class DecoderShape:
+    """A stored checkpoint's decoder dimensions: width, feed-forward width and depth."""
+
+    hidden: int
+    ffn: int
+    layers: int
+
+
+def decoder_shape(info: ModelInfo) -> DecoderShape:
+    """The decoder's dimensions from the checkpoint's config.json, without loading its weights."""
+    try:
+        decoder = json.loads((info.path / "config.json").read_text())["decoder"]
+        return DecoderShape(int(decoder["hidden_size"]), int(decoder["ffn_dim"]), int(decoder["num_hidden_layers"]))
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ModelStoreError(f"{info.tag}: unreadable decoder config in {info.path}: {error}") from error
 
 
 def load(info: ModelInfo, device: str, dtype: Any) -> tuple[Any, Any]:

@@ -1,0 +1,53 @@
+"""The weights' precision: what `MUSICGEN_DTYPE` picks where, and the attention caches' precision."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from musicgen_bento.engine.kv_cache import cache_dtype
+from musicgen_bento.generation import device
+from musicgen_bento.generation.device import bfloat16_time_ratio, pick_precision
+from musicgen_bento.models.store import DecoderShape
+
+SMALL = DecoderShape(hidden=1024, ffn=4096, layers=24)
+
+
+@pytest.mark.parametrize("requested", ["float32", "float16", "bfloat16"])
+def test_an_explicit_dtype_is_taken_as_asked_everywhere(requested: str) -> None:
+    for where in ("cpu", "cuda:0"):
+        precision = pick_precision(where, requested, SMALL)
+        assert (precision.name, precision.reason) == (requested, f"MUSICGEN_DTYPE={requested}")
+
+
+def test_auto_is_float16_on_cuda() -> None:
+    assert pick_precision("cuda:0", "auto", SMALL).dtype == torch.float16
+
+
+def test_auto_stays_float32_on_a_cpu_without_bfloat16_arithmetic(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(device, "_cpu_bfloat16_features", lambda: {"AMX": False, "AVX-512 BF16": False})
+    precision = pick_precision("cpu", "auto", SMALL)
+    assert precision.dtype == torch.float32
+    assert "no native bfloat16" in precision.reason
+
+
+@pytest.mark.parametrize(("ratio", "expected"), [(0.3, torch.bfloat16), (0.95, torch.float32), (2.0, torch.float32)])
+def test_auto_follows_the_measurement_on_a_bfloat16_cpu(
+    monkeypatch: pytest.MonkeyPatch, ratio: float, expected: torch.dtype
+) -> None:
+    monkeypatch.setattr(device, "_cpu_bfloat16_features", lambda: {"AMX": True, "AVX-512 BF16": True})
+    monkeypatch.setattr(device, "bfloat16_time_ratio", lambda shape: ratio)
+    precision = pick_precision("cpu", "auto", SMALL)
+    assert precision.dtype == expected
+    assert f"{ratio:.2f}x" in precision.reason and "AMX and AVX-512 BF16" in precision.reason
+
+
+def test_the_measurement_gives_a_positive_ratio() -> None:
+    tiny = DecoderShape(hidden=32, ffn=64, layers=2)
+    assert bfloat16_time_ratio(tiny, rounds=2) > 0
+
+
+def test_cpus_attend_in_float32_and_gpus_in_the_weights_precision() -> None:
+    for weights in (torch.float32, torch.bfloat16, torch.float16):
+        assert cache_dtype(weights, torch.device("cpu")) == torch.float32
+        assert cache_dtype(weights, torch.device("cuda", 0)) == weights

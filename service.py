@@ -165,6 +165,7 @@ class MusicGen:
             detail=snapshot.detail,
             licence=snapshot.licence,
             precision=snapshot.precision,
+            memory=self.host.memory_health(),
             engine=self.host.engine_health(),
         )
 

@@ -1,15 +1,20 @@
 """Milliseconds per decoding step and real-time factor at batch 1, for the musicgen-small and
-musicgen-medium decoder shapes (random weights): transformers' `generate()` and the static engine,
-both through the service's generator, in the same run, with each one's peak memory.
+musicgen-medium decoder shapes (random weights): transformers' `generate()` in float32 (the
+baseline), the static engine in float32 and the static engine in the precision `MUSICGEN_DTYPE=auto`
+picks on this machine (bfloat16 on CPUs with native bfloat16 where it measures faster), all through
+the service's generator in the same run, with each one's peak memory and the memory-bandwidth floor.
 
 A step's cost is the difference between the wall times of a long and a short generation, divided
 by the difference in their steps, so what a request pays once (text encoder, prefill) cancels out;
-what remains includes the codec's decoding per frame, the same for both engines and a small part
-of a step. (The engine reports progress every 50 ms, not at every step, so steps are not stamped
-one by one.) A warm-up pays first-use costs (on CUDA, the graph captures for every length the long
-run reaches). The engines alternate for `--rounds` rounds; the median is robust to other work on the
-machine. Guidance is on (cfg 3) with top-k 250, the service's defaults. Real-time factor: seconds of
-audio per second of decoding (50 steps = 1 s).
+what remains includes the codec's decoding per frame, the same for every variant and a small part
+of a step. A warm-up pays first-use costs (on CUDA, the graph captures for every length the long
+run reaches). The variants alternate for `--rounds` rounds; the median is robust to other work on
+the machine. Guidance is on (cfg 3) with top-k 250, the service's defaults. Real-time factor:
+seconds of audio per second of decoding (50 steps = 1 s).
+
+The floor: a step at batch 1 reads every decoder weight once, so it cannot take less than the
+decoder's weight bytes over the machine's memory bandwidth (measured here as the best of a few
+large copies, counting the bytes read).
 
     .venv/bin/python bench/bench_engine_step.py [--shapes musicgen-small musicgen-medium] [--steps 100] [--rounds 3]
 """
@@ -18,48 +23,90 @@ from __future__ import annotations
 
 import argparse
 import statistics
+from typing import Any
 
-from _decoding import DELAY, PeakMemory, generation_wall_s, hardware, real_shape_generators
+from _decoding import DELAY, PeakMemory, generation_wall_s, hardware, in_memory_generators
 from _support import use_private_store
 
 SHORT = 8 + DELAY  # the short generation's steps
 
 
+def read_bandwidth_gb_s() -> float:
+    """Bytes read per second by the best of five copies of 512 MiB (a copy reads and writes; the
+    floor counts what a step reads)."""
+    import time
+
+    import torch
+
+    source = torch.ones(128 * 2**20)  # 512 MiB of float32
+    target = torch.empty_like(source)
+    best = float("inf")
+    for _ in range(6):
+        started = time.perf_counter()
+        target.copy_(source)
+        best = min(best, time.perf_counter() - started)
+    return source.numel() * 4 / best / 1e9
+
+
+def decoder_bytes(model: Any) -> int:
+    """The weights a step reads in full: every decoder layer's and the codebooks' heads (the
+    embeddings are looked up, four rows a step)."""
+    parts = [model.decoder.model.decoder.layers, model.decoder.lm_heads]
+    return sum(p.numel() * p.element_size() for part in parts for p in part.parameters())
+
+
 def measure(shape: str, steps: int, rounds: int) -> None:
-    generators, device, dtype = real_shape_generators(shape, slots=1)
-    print(f"{shape} on {hardware(device)}, {dtype}, guidance on, batch 1, {steps} steps x {rounds} rounds", flush=True)
+    import copy
 
-    def wall_s(engine: str, count: int) -> float:
-        return generation_wall_s(generators[engine], count, device)
+    import torch
 
-    engines = ("transformers", "static")
-    for engine in engines:
-        wall_s(engine, steps if device.startswith("cuda") else SHORT)  # warm-up
-    per_step: dict[str, list[float]] = {engine: [] for engine in engines}
-    peaks: dict[str, float] = dict.fromkeys(engines, 0.0)
-    for _ in range(rounds):
-        for engine in engines:
-            with PeakMemory(device) as memory:
-                long = wall_s(engine, steps)
-            per_step[engine].append((long - wall_s(engine, SHORT)) / (steps - SHORT))
-            peaks[engine] = max(peaks[engine], memory.peak_mib)
-    medians = {}
-    for engine in engines:
-        median = statistics.median(per_step[engine]) * 1000
-        medians[engine] = median
-        spread = ", ".join(f"{value * 1000:.2f}" for value in per_step[engine])
-        print(
-            f"  {engine:12}: median {median:8.2f} ms/step (rounds: {spread}), "
-            f"real-time factor {20 / median:6.3f}x, peak memory {peaks[engine]:8.0f} MiB",
-            flush=True,
-        )
-    ratio = medians["static"] / medians["transformers"]
+    from musicgen_bento.generation.device import pick_device, pick_precision
+    from musicgen_bento.models.store import DecoderShape
+    from musicgen_bento.models.tiny import REAL_DECODER_SHAPES, build_real_shape_model
+
+    device = pick_device(0)
+    model, processor = build_real_shape_model(shape)
+    dims = REAL_DECODER_SHAPES[shape]
+    decoder_shape = DecoderShape(dims["hidden_size"], dims["ffn_dim"], dims["num_hidden_layers"])
+    precision = pick_precision(device, "auto", decoder_shape)
+    # The reduced-precision copy is made before the float32 engines join their weights.
+    reduced = copy.deepcopy(model).to(device, precision.dtype) if precision.dtype != torch.float32 else None
+    model = model.to(device, torch.float32)
+    float32 = in_memory_generators(model, processor, f"{shape} shape, float32", 1)
+    variants: dict[str, Any] = {"transformers float32": float32["transformers"], "engine float32": float32["static"]}
+    weights = dict.fromkeys(variants, decoder_bytes(model))
+    if reduced is not None:
+        name = f"engine auto ({precision.name})"
+        variants[name] = in_memory_generators(reduced, processor, f"{shape} shape, {precision.name}", 1)["static"]
+        weights[name] = decoder_bytes(reduced)
+    bandwidth = read_bandwidth_gb_s() if not device.startswith("cuda") else float("nan")
     print(
-        f"  engine/transformers time per step = {ratio:.3f} (speed-up {1 / ratio:.2f}x); "
-        f"a 30 s clip (1503 steps) at these medians: {1503 * medians['static'] / 1000:.1f} s with the engine, "
-        f"{1503 * medians['transformers'] / 1000:.1f} s with transformers",
+        f"{shape} on {hardware(device)}, guidance on, batch 1, {steps} steps x {rounds} rounds; "
+        f"auto: {precision.name} ({precision.reason}); read bandwidth {bandwidth:.1f} GB/s",
         flush=True,
     )
+    for generator in variants.values():
+        generation_wall_s(generator, steps if device.startswith("cuda") else SHORT, device)  # warm-up
+    per_step: dict[str, list[float]] = {name: [] for name in variants}
+    peaks: dict[str, float] = dict.fromkeys(variants, 0.0)
+    for _ in range(rounds):
+        for name, generator in variants.items():
+            with PeakMemory(device) as memory:
+                long = generation_wall_s(generator, steps, device)
+            per_step[name].append((long - generation_wall_s(generator, SHORT, device)) / (steps - SHORT))
+            peaks[name] = max(peaks[name], memory.peak_mib)
+    baseline_name = next(iter(variants))
+    baseline = statistics.median(per_step[baseline_name]) * 1000
+    for name in variants:
+        median = statistics.median(per_step[name]) * 1000
+        spread = ", ".join(f"{value * 1000:.1f}" for value in per_step[name])
+        floor_ms = weights[name] / (bandwidth * 1e9) * 1000
+        print(
+            f"  {name:26}: median {median:7.1f} ms/step (rounds: {spread}), {median / baseline:5.2f}x "
+            f"{baseline_name}'s time, real-time factor {20 / median:6.3f}x, bandwidth floor {floor_ms:5.1f} ms "
+            f"({median / floor_ms:4.2f}x it), peak memory {peaks[name]:6.0f} MiB",
+            flush=True,
+        )
 
 
 def main() -> None:

@@ -126,3 +126,7 @@ class GenerationCanceled(MusicGenError):
 
 class ModelStoreError(MusicGenError):
     """A model could not be found, imported or loaded; raised at start-up and by the CLI."""
+
+
+class MemoryBudgetError(MusicGenError):
+    """The model cannot be served within the memory budget (MUSICGEN_MAX_MEMORY_MB); raised at start-up."""

@@ -151,6 +151,31 @@ class EngineHealth(BaseModel):
     decoding: int | None = Field(default=None, description="Static engine: requests holding a slot now.")
     waiting: int | None = Field(default=None, description="Static engine: requests queued for a slot now.")
     steps: int | None = Field(default=None, description="Static engine: batched decoding steps since start.")
+    graphs: Literal["on", "off"] | None = Field(
+        default=None, description="Static engine: whether decoding steps replay captured CUDA graphs."
+    )
+    graphs_reason: str | None = Field(
+        default=None,
+        description="Why graphs are on or off: not a CUDA device, checked against eager decoding at start-up, "
+        "or the capture failure or mismatch that turned them off.",
+    )
+
+
+class MemoryHealth(BaseModel):
+    """The memory plan (MUSICGEN_MAX_MEMORY_MB) and the measured peak, in MiB."""
+
+    budget_mb: int = Field(description="The budget: MUSICGEN_MAX_MEMORY_MB, or what the device had free.")
+    budget_source: str
+    weights_mb: int = Field(description="The weights in their precision, from the checkpoint.")
+    cache_mb_per_slot: float = Field(description="KV cache of one slot holding a full window.")
+    margin_mb: int = Field(description="Activations, sampling buffers, the codec and the runtime, planned.")
+    planned_mb: int = Field(description="weights + slots x cache + margin.")
+    slots: int = Field(description="Decoding slots the budget holds (at most MUSICGEN_BATCH_SLOTS).")
+    cache_positions: int = Field(description="Positions each slot's cache holds, allocated at start-up.")
+    peak_mb: int | None = Field(
+        default=None,
+        description="Measured after warm-up: peak CUDA allocations on a GPU, the process's peak resident set on a CPU.",
+    )
 
 
 class PrecisionHealth(BaseModel):
@@ -170,6 +195,9 @@ class HealthResponse(BaseModel):
     detail: str | None = None
     licence: str | None = Field(None, description="Licence of the served weights, from the model store.")
     precision: PrecisionHealth | None = Field(None, description="The weights' precision, once chosen.")
+    memory: MemoryHealth | None = Field(
+        None, description="The memory plan, once made; its measured peak after warm-up."
+    )
     engine: EngineHealth | None = Field(None, description="The decoding engine, once the model is ready.")
 
 

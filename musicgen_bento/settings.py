@@ -148,6 +148,14 @@ class Settings(BaseSettings):
         "Decoding loop: static (static KV cache, step-level batching of concurrent requests, CUDA graphs on GPUs) "
         "or transformers (its generate(), one request at a time).",
     )
+    max_memory_mb: int = _setting(
+        0,
+        "--max-memory-mb",
+        "Memory this service may use, in MiB: the GPU's on CUDA, host memory on CPUs. The static engine fits its "
+        "slots (at most MUSICGEN_BATCH_SLOTS) and their KV cache into it beside the weights and an activation margin, "
+        "and the service refuses to start when not even one slot fits. 0: what the device has free at start-up.",
+        ge=0,
+    )
     batch_slots: int = _setting(
         8,
         "--batch-slots",

@@ -53,7 +53,7 @@ from .cuda_graphs import CudaGraphs, padded_rows
 from .decoder import Decoder
 from .delay_pattern import DelayPattern
 from .kv_cache import CROSS_BUCKET, KVCache, cache_dtype, round_up, rows_of
-from .requests import DecodeRequest, EngineStats, StepFn, StepReport
+from .requests import DecodeRequest, EngineStats, GraphsStatus, StepFn, StepReport
 from .sampler import Sampler
 from .scheduler import Scheduler
 
@@ -68,6 +68,9 @@ _CUDA_LENGTH_BUCKET = 256
 # cancel). Waking every caller at every step would have each request's thread compete with the
 # engine's for the interpreter lock once per step, slowing every step of the batch.
 _REPORT_INTERVAL_S = 0.05
+
+# The graph check runs before any request: its place in the arrival order does not matter.
+_CHECK_ORDER = (-1,)
 
 _SHUTTING_DOWN = "the server is shutting down; retry on another replica or once it is back"
 
@@ -99,13 +102,22 @@ class DecodeEngine:
         device: where the model lives (`cpu` or `cuda:N`).
         slots: how many requests decode together at most.
         use_cuda_graphs: capture each decoding step as a CUDA graph (CUDA devices only).
+        cache_positions: (self-attention, cross-attention) positions to allocate the cache for
+            now, as a memory plan sized it; without, it grows as requests need.
         pad_rows: compute each step for a power-of-two number of rows, the extra ones free slots,
             as captured graphs do (default: when graphs are used). On a CPU this checks that free
             rows change no request's tokens.
     """
 
     def __init__(
-        self, model: Any, device: str, slots: int, use_cuda_graphs: bool = True, pad_rows: bool | None = None
+        self,
+        model: Any,
+        device: str,
+        slots: int,
+        use_cuda_graphs: bool = True,
+        pad_rows: bool | None = None,
+        graphs: Callable[[Callable[[int, int, int], torch.Tensor], torch.device, int], CudaGraphs] = CudaGraphs,
+        cache_positions: tuple[int, int] | None = None,
     ) -> None:
         self.model = model
         self.device = torch.device(device)
@@ -127,10 +139,11 @@ class DecodeEngine:
         )
         self.state = BatchState(slots, self.codebooks, self.vocab, self.pattern.start_token, self.device)
         self.sampler = Sampler(self.state)
-        self.graphs = CudaGraphs(self._forward, self.device, 2 * slots)
+        self.graphs = graphs(self._forward, self.device, 2 * slots)
         if not use_cuda_graphs:
-            self.graphs.enabled = False
-        self._pad_rows = self.graphs.enabled if pad_rows is None else pad_rows
+            self.graphs.turn_off("turned off (use_cuda_graphs=False)")
+        # None: pad while graphs are on (and during their check), as replayed steps are.
+        self._pad_rows = pad_rows
         self._length_bucket = _CUDA_LENGTH_BUCKET if self.device.type == "cuda" else _CPU_LENGTH_BUCKET
 
         self._lock = threading.Lock()
@@ -144,6 +157,9 @@ class DecodeEngine:
         # A daemon thread still inside a torch operation when the interpreter finalises takes the
         # process down with "terminate called without an active exception" (exit status 134).
         atexit.register(_close_if_alive, weakref.ref(self))
+        if cache_positions is not None:
+            # The memory plan's cache, allocated now: a node's memory does not grow with its load.
+            self._reserve(*cache_positions)
 
     # -- the public calls ------------------------------------------------------------------------
 
@@ -184,12 +200,43 @@ class DecodeEngine:
         assert job.codes is not None
         return job.codes
 
+    def check_graphs(self, request: DecodeRequest) -> GraphsStatus:
+        """The start-up check of CUDA graphs: decodes `request` (greedy) once eagerly and once
+        through captured graphs and compares the codes. A failed capture or any difference turns
+        graphs off for the life of the engine (logged, and in the returned status); the engine
+        then decodes eagerly. Run it while nothing else decodes, as the warm-up does. Without
+        graphs (CPUs, turned off) it decodes nothing."""
+        if not request.sampling.greedy:
+            raise ValueError("the graph check compares greedy decodes: give it temperature 0")
+        if not self.graphs.enabled:
+            return self.graphs.status()
+        self.graphs.paused = True
+        try:
+            eager = self.decode(request, _CHECK_ORDER)
+        finally:
+            self.graphs.paused = False
+        replayed = self.decode(request, _CHECK_ORDER)
+        if not self.graphs.enabled:  # the capture failed; the graphs said why
+            return self.graphs.status()
+        if not torch.equal(eager, replayed):
+            differs = (eager != replayed).any(dim=0).nonzero()
+            frame = int(differs[0]) if len(differs) else -1
+            self.graphs.turn_off(
+                f"replayed steps gave other codes than eager ones at start-up (first at frame {frame} "
+                f"of {eager.shape[1]})"
+            )
+        else:
+            self.graphs.reason = f"on: replayed steps gave the eager steps' codes at start-up ({eager.shape[1]} frames)"
+            logger.info("CUDA graphs checked: %s", self.graphs.reason)
+        return self.graphs.status()
+
     def stats(self) -> EngineStats:
         """A copy of the engine's counters."""
         with self._lock:
             stats = copy.copy(self._stats)
             stats.steps_by_batch = dict(stats.steps_by_batch)
             stats.decoding, stats.waiting = len(self.scheduler.running), self.scheduler.waiting
+            stats.graphs = self.graphs.status()
             return stats
 
     @property
@@ -350,10 +397,10 @@ class DecodeEngine:
         length = min(round_up(longest, self._length_bucket), self.cache.positions)
         cross = 0 if self.is_melody else round_up(max(job.cross_len for job in running), CROSS_BUCKET)
         cross = min(cross, self.cache.cross_positions)
-        if self.graphs.enabled:
+        if self.graphs.active:
             logits = self.graphs.run(rows, length, cross)
             self._stats.graph_steps += 1
-        elif self._pad_rows:
+        elif self.graphs.enabled if self._pad_rows is None else self._pad_rows:
             padded = padded_rows(rows, 2 * self.slots)
             self._stats.padded_rows += padded - rows
             logits = self._forward(padded, length, cross)

@@ -9,6 +9,8 @@ from typing import Any
 
 import torch
 
+from .requests import GraphsStatus
+
 logger = logging.getLogger("musicgen_bento")
 
 # The decoding step's forward: (rows, attention length, cross length) -> logits.
@@ -22,7 +24,11 @@ def padded_rows(rows: int, max_rows: int) -> int:
 
 
 class CudaGraphs:
-    """Captured steps by bucket. Falls back to the eager forward, for good, if a capture fails."""
+    """Captured steps by bucket. Turns itself off, for good, if a capture fails (or the engine's
+    start-up check finds replayed steps wrong): the engine then decodes eagerly.
+
+    `capture` is the seam where a test injects a failing or a wrong capture on a CPU.
+    """
 
     def __init__(self, forward: Forward, device: torch.device, max_rows: int) -> None:
         self._forward = forward
@@ -31,6 +37,26 @@ class CudaGraphs:
         self._graphs: dict[tuple[int, int, int], tuple[Any, torch.Tensor]] = {}
         self._pool: Any = None
         self.enabled = device.type == "cuda"
+        self.reason = "on: not checked yet" if self.enabled else "off: not a CUDA device"
+        # While paused (the start-up check's eager run), steps run eagerly but padded as replayed
+        # ones are, so that both compute the same rows.
+        self.paused = False
+
+    @property
+    def active(self) -> bool:
+        """Whether the next step replays a graph."""
+        return self.enabled and not self.paused
+
+    def status(self) -> GraphsStatus:
+        return GraphsStatus(self.enabled, self.reason)
+
+    def turn_off(self, reason: str) -> None:
+        """Decodes eagerly from now on, for the life of the process, and says why."""
+        if self.enabled:
+            logger.error("CUDA graphs turned off, decoding eagerly from now on: %s", reason)
+        self.enabled = False
+        self.reason = f"off: {reason}"
+        self._graphs.clear()
 
     def clear(self) -> None:
         """Drops every graph (the buffers they read were replaced)."""
@@ -43,10 +69,10 @@ class CudaGraphs:
         entry = self._graphs.get(key)
         if entry is None:
             try:
-                entry = self._capture(padded, length, cross)
-            except Exception:  # capture is an optimisation: decode eagerly rather than fail
-                logger.exception("CUDA graph capture failed; decoding eagerly from now on")
-                self.enabled = False
+                entry = self.capture(padded, length, cross)
+            except Exception as error:  # capture is an optimisation: decode eagerly rather than fail
+                logger.exception("CUDA graph capture failed")
+                self.turn_off(f"capture failed: {type(error).__name__}: {error}")
                 return self._forward(rows, length, cross)
             self._graphs[key] = entry
         # The warm-up and capture wrote the cache at the current positions with the same inputs,
@@ -54,7 +80,8 @@ class CudaGraphs:
         entry[0].replay()
         return entry[1]
 
-    def _capture(self, rows: int, length: int, cross: int) -> tuple[Any, torch.Tensor]:
+    def capture(self, rows: int, length: int, cross: int) -> tuple[Any, torch.Tensor]:
+        """Captures the step for (rows, length, cross); returns the graph and its output buffer."""
         stream = torch.cuda.Stream(self._device)
         stream.wait_stream(torch.cuda.current_stream(self._device))
         with torch.cuda.stream(stream):

@@ -75,6 +75,14 @@ class StepReport:
     admitted: tuple[tuple[int, ...], ...] = ()  # the orders of the requests admitted since the last report
 
 
+@dataclass(frozen=True)
+class GraphsStatus:
+    """Whether decoding steps replay captured CUDA graphs, and why (for health and the log)."""
+
+    on: bool
+    reason: str
+
+
 @dataclass
 class EngineStats:
     """Counters the engine keeps since it started (read them with `DecodeEngine.stats()`)."""
@@ -88,6 +96,7 @@ class EngineStats:
     waiting: int = 0  # requests queued for a slot now
     graph_steps: int = 0  # steps replayed from a captured CUDA graph
     padded_rows: int = 0  # rows computed for free slots alongside the running ones (padded steps)
+    graphs: GraphsStatus = field(default_factory=lambda: GraphsStatus(False, "off: not a CUDA device"))
 
     def count_step(self, batch: int) -> None:
         self.steps += 1

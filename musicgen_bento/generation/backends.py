@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 import torch
 
-from ..engine import DecodeEngine, DecodeRequest, EngineStats, StepReport
+from ..engine import DecodeEngine, DecodeRequest, EngineStats, GraphsStatus, StepReport
 from .params import GenerationParams, StepWatcher
 
 
@@ -46,6 +46,9 @@ class DecodeBackend(Protocol):
 
     def stats(self) -> EngineStats | None: ...
 
+    def check_graphs(self, window: WindowInputs) -> GraphsStatus:
+        """Checks replayed CUDA graphs against eager decoding on `window` (greedy) at start-up."""
+
     def observe(self, observer: Callable[[StepReport], None]) -> None: ...
 
     def close(self) -> None: ...
@@ -54,8 +57,8 @@ class DecodeBackend(Protocol):
 class EngineBackend:
     """The static-cache engine: up to `slots` generations decode together, admitted by arrival."""
 
-    def __init__(self, model: Any, device: str, slots: int) -> None:
-        self.engine = DecodeEngine(model, device, slots)
+    def __init__(self, model: Any, device: str, slots: int, cache_positions: tuple[int, int] | None = None) -> None:
+        self.engine = DecodeEngine(model, device, slots, cache_positions=cache_positions)
         self._device = device
 
     @property
@@ -73,17 +76,22 @@ class EngineBackend:
     def decode_window(
         self, window: WindowInputs, watcher: StepWatcher, rng: torch.Generator | None, order: tuple[int, ...]
     ) -> torch.Tensor:
+        return self.engine.decode(self._request(window, rng), order, on_step=watcher.step)
+
+    def _request(self, window: WindowInputs, rng: torch.Generator | None) -> DecodeRequest:
         engine = self.engine
         prompt_frames = 0 if window.prompt_codes is None else window.prompt_codes.shape[1]
         # The delay pattern needs at least codebooks-1 frames in all; shorter windows decode a
         # few extra frames, which the generator cuts off.
         frames = max(window.new_frames, engine.delay_steps - prompt_frames)
         states, mask = engine.encode_conditioning(window.inputs)
-        request = DecodeRequest(states, mask, window.prompt_codes, frames, window.params.sampling, rng)
-        return engine.decode(request, order, on_step=watcher.step)
+        return DecodeRequest(states, mask, window.prompt_codes, frames, window.params.sampling, rng)
 
     def stats(self) -> EngineStats | None:
         return self.engine.stats()
+
+    def check_graphs(self, window: WindowInputs) -> GraphsStatus:
+        return self.engine.check_graphs(self._request(window, None))
 
     def observe(self, observer: Callable[[StepReport], None]) -> None:
         self.engine.observer = observer
@@ -140,6 +148,9 @@ class TransformersBackend:
 
     def stats(self) -> EngineStats | None:
         return None
+
+    def check_graphs(self, window: WindowInputs) -> GraphsStatus:
+        return GraphsStatus(False, "off: transformers' generate() decodes eagerly")
 
     def observe(self, observer: Callable[[StepReport], None]) -> None:
         """No engine to observe: generate() runs its own loop."""

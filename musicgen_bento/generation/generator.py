@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from ..audio.clip import smooth_join
-from ..engine import DecodeEngine, EngineStats, StepReport
+from ..engine import DecodeEngine, EngineStats, GraphsStatus, StepReport
 from ..models.store import ModelInfo, load
 from .backends import DecodeBackend, EngineBackend, TransformersBackend, WindowInputs
 from .codec import Codec
@@ -50,6 +50,7 @@ class MusicGenGenerator:
         extend_stride_s: float,
         engine: str = "static",
         batch_slots: int = 8,
+        cache_positions: tuple[int, int] | None = None,
     ) -> None:
         if engine not in ENGINES:
             raise ValueError(f"engine must be one of {', '.join(ENGINES)}; got {engine!r}")
@@ -60,6 +61,9 @@ class MusicGenGenerator:
         self.extend_stride_s = extend_stride_s
         self.engine = engine
         self.batch_slots = batch_slots
+        # (self-attention, cross-attention) positions the engine's cache is allocated for at load
+        # (the memory plan); None: it grows as requests need.
+        self.cache_positions = cache_positions
         self._model: Any = None
         self._processor: Any = None
         self._codec: Codec | None = None
@@ -98,6 +102,15 @@ class MusicGenGenerator:
     def engine_stats(self) -> EngineStats | None:
         """The decoding engine's counters (None with transformers' `generate()` or before loading)."""
         return None if self._backend is None else self._backend.stats()
+
+    def check_graphs(self, duration_s: float) -> GraphsStatus:
+        """The start-up check of the engine's CUDA graphs (see `DecodeEngine.check_graphs`) on a
+        greedy text-only generation of `duration_s` seconds; decodes nothing where no graphs run."""
+        params = GenerationParams(prompt="warm-up", duration_s=duration_s, seed=0, temperature=0.0)
+        melody = torch.zeros(self.channels, self.sample_rate) if self.is_melody else None
+        frames = max(1, round(duration_s * self.sample_rate / self.frame_samples))
+        window = WindowInputs(params, self.conditioning_inputs(params, melody), None, frames)
+        return self._loaded_backend().check_graphs(window)
 
     def observe_steps(self, observer: Callable[[StepReport], None]) -> None:
         """Calls `observer` after every decoding step of the engine (once loaded); for metrics."""
@@ -142,7 +155,7 @@ class MusicGenGenerator:
         self._processor = processor
         self._codec = Codec(model, self.device, self.dtype)
         if self.engine == "static":
-            self._backend = EngineBackend(model, self.device, self.batch_slots)
+            self._backend = EngineBackend(model, self.device, self.batch_slots, self.cache_positions)
         else:
             self._backend = TransformersBackend(model, self.device)
         self._model = model

@@ -4,6 +4,7 @@ background while health reports `loading`, then `ready`, or `error` with the rea
 from __future__ import annotations
 
 import logging
+import resource
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,12 +14,14 @@ import torch
 
 from ..audio.clip import AudioClip
 from ..engine import StepReport
+from ..engine.memory_plan import MIB, MemoryPlan
 from ..errors import MusicGenError, NotReady
 from ..models.store import decoder_shape, resolve
-from ..schemas import EngineHealth, PrecisionHealth
+from ..schemas import EngineHealth, MemoryHealth, PrecisionHealth
 from ..settings import Settings
 from .device import Precision, pick_device, pick_precision
 from .generator import MusicGenGenerator
+from .memory import plan_for
 from .mock import MockMusicGenGenerator
 from .params import GenerationParams, GenerationRequest
 
@@ -53,6 +56,8 @@ class ModelHost:
         self._device = "cpu"
         self._licence: str | None = None
         self._precision: Precision | None = None
+        self._peak_memory_mb: float | None = None
+        self._plan: MemoryPlan | None = None
         self._model_name = "mock" if settings.mock else settings.model
         self._ready = threading.Event()
 
@@ -105,6 +110,26 @@ class ModelHost:
             decoding=stats.decoding,
             waiting=stats.waiting,
             steps=stats.steps,
+            graphs="on" if stats.graphs.on else "off",
+            graphs_reason=stats.graphs.reason,
+        )
+
+    def memory_health(self) -> MemoryHealth | None:
+        """The memory plan and, after warm-up, the measured peak; None until planned (or with the mock)."""
+        with self._lock:
+            plan, peak = self._plan, self._peak_memory_mb
+        if plan is None:
+            return None
+        return MemoryHealth(
+            budget_mb=round(plan.budget_mib),
+            budget_source=plan.budget_source,
+            weights_mb=round(plan.weights_mib),
+            cache_mb_per_slot=round(plan.cache_mib_per_slot, 1),
+            margin_mb=round(plan.margin_mib),
+            planned_mb=round(plan.total_mib),
+            slots=plan.slots,
+            cache_positions=plan.positions,
+            peak_mb=None if peak is None else round(peak),
         )
 
     def close(self) -> None:
@@ -135,9 +160,23 @@ class ModelHost:
             self._set(detail=f"resolving {settings.model} in the model store")
             info = resolve(settings.model, settings.allow_download, progress=lambda line: self._set(detail=line))
             self._set(detail=f"choosing the precision of {info.tag} on {self._device}")
-            precision = pick_precision(self._device, settings.dtype, decoder_shape(info))
+            shape = decoder_shape(info)
+            precision = pick_precision(self._device, settings.dtype, shape)
             logger.info("%s runs in %s (%s)", info.tag, precision.name, precision.reason)
-            self._set(licence=info.licence, precision=precision, detail=f"loading {info.tag} onto {self._device}")
+            plan = plan_for(
+                shape,
+                device=self._device,
+                dtype=precision.dtype,
+                max_memory_mb=settings.max_memory_mb,
+                requested_slots=settings.batch_slots if settings.engine == "static" else 1,
+                window_s=settings.window_s,
+                is_melody=info.kind == "melody",
+            )
+            logger.info("memory plan: %s", plan.describe())
+            self._set(
+                licence=info.licence, precision=precision, plan=plan, detail=f"loading {info.tag} onto {self._device}"
+            )
+            static = settings.engine == "static"
             generator = MusicGenGenerator(
                 info,
                 self._device,
@@ -145,7 +184,8 @@ class ModelHost:
                 settings.window_s,
                 settings.extend_stride_s,
                 engine=settings.engine,
-                batch_slots=settings.batch_slots,
+                batch_slots=plan.slots if static else settings.batch_slots,
+                cache_positions=(plan.positions, plan.cross_positions) if static else None,
             )
             generator.load()
             if self._on_step is not None:
@@ -153,6 +193,12 @@ class ModelHost:
             if settings.warmup_s > 0:
                 self._set(detail="warming up")
                 generator.generate(self._warmup_request(generator))
+                # On CUDA, replayed graphs must give the eager steps' codes before any request
+                # trusts them; a failure turns them off and the node serves eagerly.
+                self._set(detail="checking CUDA graphs against eager decoding")
+                graphs = generator.check_graphs(max(settings.warmup_s, 0.2))
+                logger.info("decoding steps: CUDA graphs %s", graphs.reason)
+            self._peak_memory_mb = _peak_memory_mb(self._device)
             self._set(status="ready", detail=None, generator=generator)
             logger.info("model %s ready on %s", info.tag, self._device)
         except MusicGenError as error:
@@ -161,3 +207,12 @@ class ModelHost:
         except Exception as error:  # a load can fail in many ways; health must say so, not hang in loading
             logger.exception("model %s failed to load", settings.model)
             self._set(status="error", detail=f"{type(error).__name__}: {error}")
+
+
+def _peak_memory_mb(device: str) -> float:
+    """Measured peak memory so far, in MiB: the device's allocations on CUDA, the process's resident
+    set on a CPU (where the weights and caches live in host memory)."""
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated(torch.device(device)) / MIB
+    # ru_maxrss is in KiB on Linux.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / MIB

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import shutil
 import tempfile
@@ -244,20 +245,48 @@ def resolve(model_ref: str, allow_download: bool, progress: ProgressCallback | N
 
 @dataclass(frozen=True)
 class DecoderShape:
-    """A stored checkpoint's decoder dimensions: width, feed-forward width and depth."""
+    """A stored checkpoint's decoder dimensions, and its parameters in all (text encoder, codec
+    and decoder), read without loading the weights."""
 
     hidden: int
     ffn: int
     layers: int
+    codebooks: int = 4
+    vocab: int = 2048
+    parameters: int = 0
+    sample_rate: int = 32000
+    frame_rate: float = 50.0
+    melody_prefix: int = 0  # melody models: chroma frames the decoder reads before the text's
 
 
 def decoder_shape(info: ModelInfo) -> DecoderShape:
-    """The decoder's dimensions from the checkpoint's config.json, without loading its weights."""
+    """The decoder's dimensions from the checkpoint's config.json and its parameter count from
+    its safetensors headers."""
     try:
-        decoder = json.loads((info.path / "config.json").read_text())["decoder"]
-        return DecoderShape(int(decoder["hidden_size"]), int(decoder["ffn_dim"]), int(decoder["num_hidden_layers"]))
+        config = json.loads((info.path / "config.json").read_text())
+        decoder, codec = config["decoder"], config["audio_encoder"]
+        sample_rate = int(codec["sampling_rate"])
+        return DecoderShape(
+            hidden=int(decoder["hidden_size"]),
+            ffn=int(decoder["ffn_dim"]),
+            layers=int(decoder["num_hidden_layers"]),
+            codebooks=int(decoder["num_codebooks"]),
+            vocab=int(decoder["vocab_size"]),
+            parameters=sum(_safetensors_parameters(path) for path in sorted(info.path.glob("*.safetensors"))),
+            sample_rate=sample_rate,
+            frame_rate=sample_rate / math.prod(codec["upsampling_ratios"]),
+            melody_prefix=int(config.get("chroma_length", 0)),
+        )
     except (OSError, ValueError, KeyError, TypeError) as error:
-        raise ModelStoreError(f"{info.tag}: unreadable decoder config in {info.path}: {error}") from error
+        raise ModelStoreError(f"{info.tag}: unreadable checkpoint config in {info.path}: {error}") from error
+
+
+def _safetensors_parameters(path: Path) -> int:
+    """Parameters in one safetensors file, from its header (an 8-byte length, then JSON)."""
+    with path.open("rb") as file:
+        length = int.from_bytes(file.read(8), "little")
+        header = json.loads(file.read(length))
+    return sum(math.prod(entry["shape"]) for name, entry in header.items() if name != "__metadata__")
 
 
 def load(info: ModelInfo, device: str, dtype: Any) -> tuple[Any, Any]:

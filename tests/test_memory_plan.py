@@ -1,0 +1,113 @@
+"""The memory budget (MUSICGEN_MAX_MEMORY_MB): the plan's arithmetic at the real models' shapes,
+and a budget too small for the model refused end to end."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+import torch
+
+from musicgen_bento.engine.memory_plan import MIB, DecoderDims, cache_bytes_per_slot, plan_memory
+from musicgen_bento.errors import MemoryBudgetError
+from musicgen_bento.generation.memory import plan_for
+from musicgen_bento.models.store import DecoderShape
+
+from .conftest import TINY_TEXT
+
+# The published checkpoints' shapes (their config.json) and parameters (decoder, t5-base's encoder
+# and the 32 kHz EnCodec), as the README's sizing table counts them.
+MELODY = DecoderShape(
+    hidden=1536, ffn=6144, layers=48, codebooks=4, vocab=2048, parameters=1_551_132_608, melody_prefix=235
+)
+SMALL = DecoderShape(hidden=1024, ffn=4096, layers=24, codebooks=4, vocab=2048, parameters=586_438_592)
+
+
+def _plan(shape: DecoderShape, budget_mb: int, slots: int = 8, device: str = "cuda:0", **kw: Any) -> Any:
+    dtype = torch.float16 if device.startswith("cuda") else torch.float32
+    options = {"device": device, "dtype": dtype, "requested_slots": slots, "window_s": 30.0, **kw}
+    return plan_for(shape, max_memory_mb=budget_mb, is_melody=shape.melody_prefix > 0, **options)
+
+
+def test_melody_in_the_orchestrators_8000_mb_gets_the_slots_that_fit() -> None:
+    plan = _plan(MELODY, 8000)
+    # A 30 s window is 1500 frames; the chroma prefix (235) and 256 planned text tokens precede
+    # it: 2007 positions, allocated in steps of 256 -> 2048.
+    assert plan.positions == 2048 and plan.cross_positions == 0
+    # 2 rows x 48 layers x (key, value) x 1536 x 2048 positions x 2 bytes = 1152 MiB a slot.
+    assert plan.cache_mib_per_slot == pytest.approx(1152)
+    assert plan.weights_mib == pytest.approx(1_551_132_608 * 2 / MIB)
+    # weights 2959 + margin 2082 leave 2959 MiB: two slots of 1152.
+    assert plan.slots == 2 and plan.requested_slots == 8
+    assert plan.total_mib <= 8000
+    assert "2 slots (of 8 asked)" in plan.describe() and "MUSICGEN_MAX_MEMORY_MB" in plan.describe()
+
+
+def test_a_large_budget_keeps_the_slots_asked_for() -> None:
+    plan = _plan(MELODY, 24000)
+    assert plan.slots == 8
+    assert plan.total_mib == pytest.approx(plan.weights_mib + 8 * plan.cache_mib_per_slot + plan.margin_mib)
+
+
+def test_small_text_model_plans_cross_attention_too() -> None:
+    plan = _plan(SMALL, 6000)
+    assert plan.positions == 1536 and plan.cross_positions == 256
+    dims = DecoderDims(24, 1024, 4096, 4, 2048)
+    assert plan.cache_mib_per_slot * MIB == cache_bytes_per_slot(dims, 1536, 256, 2)
+    assert plan.slots == 8
+
+
+def test_cpus_plan_a_float32_cache_in_host_memory() -> None:
+    cpu = _plan(SMALL, 64000, device="cpu")
+    gpu = _plan(SMALL, 64000)
+    assert cpu.cache_mib_per_slot == pytest.approx(2 * gpu.cache_mib_per_slot)  # float32 against float16
+
+
+def test_a_budget_below_the_weights_is_refused_naming_the_setting() -> None:
+    with pytest.raises(MemoryBudgetError) as refused:
+        _plan(MELODY, 4000)
+    message = refused.value.message
+    assert "MUSICGEN_MAX_MEMORY_MB (--max-memory-mb)" in message
+    assert "does not fit in 4000 MiB" in message and "its weights take 2959 MiB" in message
+
+
+def test_the_arithmetic_counts_every_slot_it_grants() -> None:
+    dims = DecoderDims(layers=2, hidden=64, ffn=128, codebooks=4, vocab=2048)
+    common = {
+        "budget_source": "test",
+        "weights_bytes": 100 * MIB,
+        "dims": dims,
+        "requested_slots": 8,
+        "positions": 1024,
+        "cross_positions": 0,
+        "cache_element_bytes": 4,
+        "activation_element_bytes": 4,
+        "window_samples": 0,
+        "device_type": "cpu",
+    }
+    generous = plan_memory(budget_mib=100_000, **common)
+    one_less = plan_memory(budget_mib=generous.total_mib - 1, **common)
+    assert (generous.slots, one_less.slots) == (8, 7)
+
+
+def test_a_budget_too_small_for_the_model_fails_start_up_with_the_reason(start_server: Any) -> None:
+    server = start_server(cli_args=["--model", TINY_TEXT, "--max-memory-mb", "1"])
+    body = server.wait_until("error", timeout=180)
+    assert "MUSICGEN_MAX_MEMORY_MB" in str(body["detail"]) and "does not fit in 1 MiB" in str(body["detail"])
+    response = httpx.post(f"{server.url}/continue", json={"audio_path": "/dev/null"})
+    assert response.status_code == 503
+    assert "MUSICGEN_MAX_MEMORY_MB" in response.json()["error"]
+
+
+def test_health_reports_the_plan_and_the_measured_peak(start_server: Any) -> None:
+    server = start_server(cli_args=["--model", TINY_TEXT, "--max-memory-mb", "6000", "--batch-slots", "3"])
+    body = server.wait_until("ready", timeout=180)
+    memory = body["memory"]
+    assert isinstance(memory, dict)
+    assert (memory["budget_mb"], memory["budget_source"], memory["slots"]) == (6000, "MUSICGEN_MAX_MEMORY_MB", 3)
+    assert memory["planned_mb"] <= 6000 and memory["cache_positions"] >= 1500
+    assert memory["peak_mb"] > memory["weights_mb"], "a measured peak: at least the process around the weights"
+    engine = body["engine"]
+    assert isinstance(engine, dict) and engine["slots"] == 3
+    assert (engine["graphs"], engine["graphs_reason"]) == ("off", "off: not a CUDA device")

@@ -51,3 +51,30 @@ def test_cpus_attend_in_float32_and_gpus_in_the_weights_precision() -> None:
     for weights in (torch.float32, torch.bfloat16, torch.float16):
         assert cache_dtype(weights, torch.device("cpu")) == torch.float32
         assert cache_dtype(weights, torch.device("cuda", 0)) == weights
+
+
+@pytest.mark.parametrize("kind", ["text", "melody", "stereo"])
+def test_a_bfloat16_generator_on_a_cpu_keeps_its_codec_in_float32(tiny_models: dict[str, str], kind: str) -> None:
+    from musicgen_bento.audio.clip import AudioClip
+    from musicgen_bento.generation.generator import MusicGenGenerator
+    from musicgen_bento.generation.params import GenerationParams, GenerationRequest
+    from musicgen_bento.models.store import find
+
+    info = find(tiny_models[kind])
+    assert info is not None
+    generator = MusicGenGenerator(info, "cpu", torch.bfloat16, 2.0, 1.0)
+    generator.load()
+    source = AudioClip(
+        0.3 * torch.sin(torch.arange(32000) / 32000 * 2 * torch.pi * 220).repeat(info.channels, 1), 32000
+    )
+    melody = source if kind == "melody" else None
+    request = GenerationRequest(
+        GenerationParams(prompt="x", duration_s=0.5, seed=3), audio_prompt=source, melody=melody
+    )
+    result = generator.generate(request)
+    assert result.audio.dtype == torch.float32 and result.audio.shape[0] == info.channels
+    assert result.audio.isfinite().all()
+    assert generator.decode_engine is not None and generator.decode_engine.decoder.dtype == torch.bfloat16
+    codec_weights = {p.dtype for p in generator.decode_engine.model.audio_encoder.parameters()}
+    assert codec_weights == {torch.float32}
+    generator.close()

@@ -23,6 +23,8 @@ def melody_server(start_server: Any, tiny_models: dict[str, str]) -> Server:
 
 def test_orchestrator_command_line_serves_health(melody_server: Server) -> None:
     body = httpx.get(f"{melody_server.url}/health").json()
+    memory = body.pop("memory")
+    precision = body.pop("precision")
     assert body == {
         "status": "ready",
         "model": TINY_MELODY,
@@ -30,8 +32,20 @@ def test_orchestrator_command_line_serves_health(melody_server: Server) -> None:
         "device": "cpu",
         "licence": "none: random weights generated locally, not a trained model",
         # The flags' defaults: the static engine with 8 slots; nothing decoded yet (no warm-up in tests).
-        "engine": {"kind": "static", "slots": 8, "decoding": 0, "waiting": 0, "steps": 0},
+        "engine": {
+            "kind": "static",
+            "slots": 8,
+            "decoding": 0,
+            "waiting": 0,
+            "steps": 0,
+            "graphs": "off",
+            "graphs_reason": "off: not a CUDA device",
+        },
     }
+    assert precision["dtype"] == "float32" and precision["reason"].startswith("auto: ")
+    # No budget given: the host's free memory, which holds all 8 slots of the tiny model.
+    assert memory["budget_source"] == "free on cpu at start-up" and memory["slots"] == 8
+    assert memory["planned_mb"] <= memory["budget_mb"] and memory["peak_mb"] > 0
 
 
 def test_melody_model_continues_a_source(melody_server: Server, tmp_path: Path) -> None:

@@ -95,3 +95,25 @@ def test_models_list_shows_the_tiny_models(tiny_models: dict[str, str]) -> None:
     done = subprocess.run([str(BIN / "musicgen-bento"), "models", "list"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0
     assert tiny_models["text"] in done.stdout and tiny_models["melody"] in done.stdout
+
+
+def test_the_decoder_shape_and_parameters_come_from_the_checkpoint_files(tiny_models: dict[str, str]) -> None:
+    import torch
+
+    from musicgen_bento.models.store import decoder_shape, find, load
+
+    melody = find(tiny_models["melody"])
+    text = find(tiny_models["text"])
+    assert melody is not None and text is not None
+    model, _processor = load(text, "cpu", torch.float32)
+    shape = decoder_shape(text)
+    # The files hold every saved tensor: at least the model's distinct parameters, at most its
+    # whole state (tied weights may be stored twice; some buffers are not stored), so the memory
+    # plan never counts fewer weights than the model's distinct parameters.
+    distinct = sum(p.numel() for p in model.parameters())
+    state = sum(t.numel() for t in model.state_dict().values())
+    assert distinct <= shape.parameters <= state
+    config = model.config.decoder
+    assert (shape.hidden, shape.ffn, shape.layers) == (config.hidden_size, config.ffn_dim, config.num_hidden_layers)
+    assert (shape.frame_rate, shape.melody_prefix) == (50.0, 0)
+    assert decoder_shape(melody).melody_prefix == 235

@@ -198,7 +198,17 @@ class ModelHost:
                 self._set(detail="checking CUDA graphs against eager decoding")
                 graphs = generator.check_graphs(max(settings.warmup_s, 0.2))
                 logger.info("decoding steps: CUDA graphs %s", graphs.reason)
-            self._peak_memory_mb = _peak_memory_mb(self._device)
+            self._peak_memory_mb = peak = _peak_memory_mb(self._device)
+            if peak > plan.budget_mib:
+                logger.warning(
+                    "measured peak memory %.0f MiB exceeds the budget of %.0f MiB (%s): the plan's margin is too "
+                    "small for this node; lower MUSICGEN_BATCH_SLOTS or raise MUSICGEN_MAX_MEMORY_MB",
+                    peak,
+                    plan.budget_mib,
+                    plan.budget_source,
+                )
+            else:
+                logger.info("measured peak memory after warm-up: %.0f of %.0f MiB planned", peak, plan.total_mib)
             self._set(status="ready", detail=None, generator=generator)
             logger.info("model %s ready on %s", info.tag, self._device)
         except MusicGenError as error:

@@ -272,13 +272,25 @@ def decoder_shape(info: ModelInfo) -> DecoderShape:
             layers=int(decoder["num_hidden_layers"]),
             codebooks=int(decoder["num_codebooks"]),
             vocab=int(decoder["vocab_size"]),
-            parameters=sum(_safetensors_parameters(path) for path in sorted(info.path.glob("*.safetensors"))),
+            parameters=_checkpoint_parameters(info.path),
             sample_rate=sample_rate,
             frame_rate=sample_rate / math.prod(codec["upsampling_ratios"]),
             melody_prefix=int(config.get("chroma_length", 0)),
         )
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise ModelStoreError(f"{info.tag}: unreadable checkpoint config in {info.path}: {error}") from error
+
+
+def _checkpoint_parameters(directory: Path) -> int:
+    """Parameters of a checkpoint: exact from safetensors headers; for a checkpoint saved in
+    PyTorch's own format, its files' size over 4 bytes (they store float32)."""
+    safetensors = sorted(directory.glob("*.safetensors"))
+    if safetensors:
+        return sum(_safetensors_parameters(path) for path in safetensors)
+    pickled = sorted(directory.glob("pytorch_model*.bin"))
+    if pickled:
+        return sum(path.stat().st_size for path in pickled) // 4
+    raise ValueError("no weights file (*.safetensors or pytorch_model*.bin)")
 
 
 def _safetensors_parameters(path: Path) -> int:

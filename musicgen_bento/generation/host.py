@@ -163,12 +163,13 @@ class ModelHost:
             shape = decoder_shape(info)
             precision = pick_precision(self._device, settings.dtype, shape)
             logger.info("%s runs in %s (%s)", info.tag, precision.name, precision.reason)
+            static = settings.engine == "static"
             plan = plan_for(
                 shape,
                 device=self._device,
                 dtype=precision.dtype,
                 max_memory_mb=settings.max_memory_mb,
-                requested_slots=settings.batch_slots if settings.engine == "static" else 1,
+                requested_slots=settings.batch_slots if static else 1,
                 window_s=settings.window_s,
                 is_melody=info.kind == "melody",
             )
@@ -176,7 +177,6 @@ class ModelHost:
             self._set(
                 licence=info.licence, precision=precision, plan=plan, detail=f"loading {info.tag} onto {self._device}"
             )
-            static = settings.engine == "static"
             generator = MusicGenGenerator(
                 info,
                 self._device,

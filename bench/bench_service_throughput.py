@@ -11,8 +11,14 @@ then together; "one after another" for N requests is the time of the first N of 
 the baseline and the measurement come from the same run on the same server. Throughput is
 seconds of audio per wall-clock second; the ratio is together / one after another.
 
+`--transformers-baseline N` adds the reference every speed-up is judged against: after the main
+server, a second one serving transformers' `generate()` in float32 (`MUSICGEN_ENGINE=transformers`,
+`MUSICGEN_DTYPE=float32`) answers N `/continue` calls one after another, and each `/continue`
+phase's throughput is printed as a multiple of that one.
+
     .venv/bin/python bench/bench_service_throughput.py [--shape musicgen-small] [--clip-s 5] \
-        [--continue-concurrency 1 4 8] [--job-concurrency 4 8] [--slots 8] [--dtype auto|float32|bfloat16]
+        [--continue-concurrency 1 4 8] [--job-concurrency 4 8] [--slots 8] [--dtype auto|float32|bfloat16] \
+        [--transformers-baseline 4]
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from _support import served, use_private_store, write_tone
 
@@ -71,6 +78,13 @@ def main() -> None:
     parser.add_argument(
         "--dtype", default="auto", choices=["auto", "float32", "bfloat16"], help="the server's MUSICGEN_DTYPE"
     )
+    parser.add_argument(
+        "--transformers-baseline",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also time N /continue calls one after another on transformers float32 (0: skip)",
+    )
     args = parser.parse_args()
     use_private_store()
 
@@ -95,15 +109,11 @@ def main() -> None:
         "source (a 10 s prompt), jobs generate from text",
         flush=True,
     )
+    continue_throughput: dict[int, float] = {}  # concurrent /continue calls -> seconds of audio per second
     with served(settings, timeout_s=900) as url, httpx.Client(timeout=3600) as http:
 
         def continue_call(index: int) -> Callable[[], None]:
-            body = {"audio_path": str(source), "prompt": f"bench {index}", "duration_s": args.clip_s, "seed": index}
-
-            def call() -> None:
-                http.post(f"{url}/continue", json=body).raise_for_status()
-
-            return call
+            return continuation(http, url, source, args.clip_s, index)
 
         def job_call(index: int) -> Callable[[], None]:
             def call() -> None:
@@ -134,12 +144,56 @@ def main() -> None:
                 sequential_s = sum(one_by_one[:count])
                 wall_s = together([make(index) for index in range(count)])
                 audio_s = count * args.clip_s
+                if name == "/continue":
+                    continue_throughput[count] = audio_s / wall_s
                 print(
                     f"  {name}: {count} requests: one after another {sequential_s:7.1f} s "
                     f"({audio_s / sequential_s:6.3f} s of audio/s), together {wall_s:7.1f} s "
                     f"({audio_s / wall_s:6.3f} s of audio/s) -> {sequential_s / wall_s:5.2f}x",
                     flush=True,
                 )
+
+    if args.transformers_baseline:
+        against_transformers(settings, source, args, continue_throughput)
+
+
+def against_transformers(
+    settings: dict[str, str], source: Path, args: argparse.Namespace, continue_throughput: dict[int, float]
+) -> None:
+    """Times `--transformers-baseline` /continue calls one after another on a transformers float32
+    server, and prints each concurrent /continue phase's throughput as a multiple of it."""
+    import httpx
+
+    baseline = {**settings, "MUSICGEN_ENGINE": "transformers", "MUSICGEN_DTYPE": "float32"}
+    with served(baseline, timeout_s=900) as url, httpx.Client(timeout=3600) as http:
+        continuation(http, url, source, args.clip_s, 10_000)()  # warm-up, untimed
+        seconds = []
+        for index in range(args.transformers_baseline):
+            started = time.perf_counter()
+            continuation(http, url, source, args.clip_s, index)()
+            seconds.append(time.perf_counter() - started)
+    reference = args.clip_s * len(seconds) / sum(seconds)
+    print(
+        f"  transformers float32, /continue one after another: {[round(s, 1) for s in seconds]} s "
+        f"({reference:.3f} s of audio/s)",
+        flush=True,
+    )
+    for count, throughput in continue_throughput.items():
+        print(
+            f"  /continue: {count} together with MUSICGEN_DTYPE={args.dtype}: {throughput:.3f} s of audio/s "
+            f"-> {throughput / reference:5.2f}x transformers float32 one after another",
+            flush=True,
+        )
+
+
+def continuation(http: Any, url: str, source: Path, clip_s: float, index: int) -> Callable[[], None]:
+    """One /continue call of the bench: its own prompt and seed, the same source."""
+    body = {"audio_path": str(source), "prompt": f"bench {index}", "duration_s": clip_s, "seed": index}
+
+    def call() -> None:
+        http.post(f"{url}/continue", json=body).raise_for_status()
+
+    return call
 
 
 if __name__ == "__main__":

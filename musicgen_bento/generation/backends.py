@@ -91,6 +91,8 @@ class EngineBackend:
         return self.engine.stats()
 
     def check_graphs(self, window: WindowInputs) -> GraphsStatus:
+        if not self.engine.graphs.enabled:  # nothing to check: skip encoding the text as well
+            return self.engine.graphs.status()
         return self.engine.check_graphs(self._request(window, None))
 
     def observe(self, observer: Callable[[StepReport], None]) -> None:

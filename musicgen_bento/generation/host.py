@@ -28,6 +28,9 @@ from .params import GenerationParams, GenerationRequest
 logger = logging.getLogger("musicgen_bento")
 
 Status = Literal["loading", "ready", "error"]
+
+# Seconds of music the start-up check of CUDA graphs decodes at least (twice: eager, replayed).
+_GRAPH_CHECK_S = 1.0
 Generator = MusicGenGenerator | MockMusicGenGenerator
 
 
@@ -193,11 +196,12 @@ class ModelHost:
             if settings.warmup_s > 0:
                 self._set(detail="warming up")
                 generator.generate(self._warmup_request(generator))
-                # On CUDA, replayed graphs must give the eager steps' codes before any request
-                # trusts them; a failure turns them off and the node serves eagerly.
-                self._set(detail="checking CUDA graphs against eager decoding")
-                graphs = generator.check_graphs(max(settings.warmup_s, 0.2))
-                logger.info("decoding steps: CUDA graphs %s", graphs.reason)
+            # On CUDA, replayed graphs must give the eager steps' codes before any request trusts
+            # them, even with the warm-up turned off; a failure turns them off and the node serves
+            # eagerly. Without graphs (CPUs) this decodes nothing.
+            self._set(detail="checking CUDA graphs against eager decoding")
+            graphs = generator.check_graphs(max(settings.warmup_s, _GRAPH_CHECK_S))
+            logger.info("decoding steps: CUDA graphs %s", graphs.reason)
             self._peak_memory_mb = peak = _peak_memory_mb(self._device)
             if peak > plan.budget_mib:
                 logger.warning(

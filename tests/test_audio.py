@@ -12,7 +12,7 @@ import soundfile as sf
 import torch
 
 from musicgen_bento.audio.clip import AudioClip, fit_length, smooth_join, to_model_format
-from musicgen_bento.audio.files import FileTags, read_audio, write_audio
+from musicgen_bento.audio.files import FileTags, StreamedWav, read_audio, write_audio
 from musicgen_bento.audio.paths import InputLimits, resolve_input_path
 from musicgen_bento.errors import (
     InputForbidden,
@@ -225,3 +225,32 @@ def test_tags_survive_in_each_format_as_documented(tmp_path: Path, output_format
     assert metadata["title"] == ("MusicGen: cafe jazz" if output_format == "mp3" else "MusicGen: café jazz")
     if output_format != "mp3":  # LAME names itself there, when it says anything
         assert metadata["software"].startswith("musicgen-bento 0.1.0")
+
+
+@pytest.mark.parametrize("channels", [1, 2])
+def test_a_streamed_wav_holds_what_write_audio_writes_bit_for_bit(tmp_path: Path, channels: int) -> None:
+    samples = torch.randn(channels, 20_000, generator=torch.Generator().manual_seed(channels)) * 0.6
+    samples[0, :6] = torch.tensor([1.0, -1.0, 1.7, -1.7, 1e-9, -0.99999])  # full scale, clipped, tiny
+    tags = FileTags(title="MusicGen: piano é", artist="model:tag", comment='{"seed": 1}', software="musicgen-bento")
+    stream = StreamedWav(tmp_path, 20_000, 32000, channels, tags)
+    sent = [stream.header] + [stream.write(samples[:, start : start + 3000]) for start in range(0, 20_000, 3000)]
+    path = stream.commit()
+    reference = write_audio(samples, 32000, tmp_path, "wav", tags)
+    assert path.read_bytes() == b"".join(sent)
+    streamed, _ = sf.read(path, dtype="int16")
+    written, _ = sf.read(reference, dtype="int16")
+    np.testing.assert_array_equal(streamed, written)
+    with sf.SoundFile(path) as handle:
+        assert (handle.title, handle.artist, handle.software) == ("MusicGen: piano é", "model:tag", "musicgen-bento")
+
+
+def test_a_streamed_wav_appears_only_when_complete(tmp_path: Path) -> None:
+    stream = StreamedWav(tmp_path, 1000, 32000, 1)
+    assert list(tmp_path.iterdir()) == []  # nothing on disk before the first samples
+    stream.write(torch.zeros(1, 600))
+    assert [p.name.startswith(".") for p in tmp_path.iterdir()] == [True]  # a hidden temporary name
+    with pytest.raises(ValueError, match="only 600"):
+        stream.commit()
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ValueError, match="holds 1000 frames"):
+        StreamedWav(tmp_path, 1000, 32000, 1).write(torch.zeros(1, 1001))

@@ -1,16 +1,21 @@
-"""A small typed HTTP client for the service: continue, submit jobs, follow them, download audio.
+"""A small typed HTTP client for the service: continue (whole or streamed), submit jobs, follow
+them, download audio.
 
-from musicgen_bento.client import MusicGenClient
+from musicgen_bento.api.client import MusicGenClient
 
 with MusicGenClient("http://localhost:3000") as client:
     job = client.submit(prompt="slow ambient pads", duration_s=45, seed=3)
     done = client.wait(job.job_id, timeout_s=900)
     client.download(job.job_id, "pads.wav")
+    with client.continue_stream("/srv/in/song.wav", duration_s=20) as stream:
+        for chunk in stream:  # the WAV file's bytes as the server makes them
+            player.feed(chunk)
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -31,6 +36,64 @@ class MusicGenClientError(Exception):
         self.field = field
 
 
+class StreamCutShort(MusicGenClientError):
+    """A stream ended before all the bytes its header announced: the server stopped or failed."""
+
+
+class AudioStream:
+    """An open `/continue/stream` answer: what its headers say at once, its bytes as they come.
+
+    Iterate it for the WAV file's bytes (the header first), or `save` it to a file. Close it (or
+    leave its `with` block) to hang up: the server then cancels the generation.
+    """
+
+    def __init__(self, response: httpx.Response) -> None:
+        self._response = response
+        headers = response.headers
+        self.audio_path = headers["x-audio-path"]  # where the server puts the file once it is complete
+        self.seed = int(headers["x-seed"])
+        self.sample_rate = int(headers["x-sample-rate"])
+        self.channels = int(headers["x-channels"])
+        self.duration_s = float(headers["x-duration-s"])
+        self.content_length = int(headers["content-length"])
+        self.received = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            for chunk in self._response.iter_bytes():
+                self.received += len(chunk)
+                yield chunk
+        except httpx.HTTPError as error:
+            raise self._cut_short(f" ({error})") from None
+        if self.received < self.content_length:
+            raise self._cut_short("")
+
+    def save(self, path: str | Path) -> Path:
+        """Writes the stream to `path` as it comes (so a player can follow the file); returns it."""
+        target = Path(path)
+        with target.open("wb") as handle:
+            for chunk in self:
+                handle.write(chunk)
+                handle.flush()
+        return target
+
+    def close(self) -> None:
+        self._response.close()
+
+    def __enter__(self) -> AudioStream:
+        return self
+
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        self.close()
+
+    def _cut_short(self, why: str) -> StreamCutShort:
+        return StreamCutShort(
+            502,
+            f"the stream ended after {self.received} of its {self.content_length} bytes{why}; the server stopped "
+            "or failed while generating, and wrote no file",
+        )
+
+
 class MusicGenClient:
     """Talks to one musicgen-bento server."""
 
@@ -49,13 +112,17 @@ class MusicGenClient:
     def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         response = self._http.request(method, path, **kwargs)
         if response.is_error:
-            try:
-                body = response.json()
-                message, field = str(body.get("error", response.text)), body.get("field")
-            except ValueError:
-                message, field = response.text, None
-            raise MusicGenClientError(response.status_code, message, field)
+            self._raise_for(response)
         return response
+
+    @staticmethod
+    def _raise_for(response: httpx.Response) -> None:
+        try:
+            body = response.json()
+            message, field = str(body.get("error", response.text)), body.get("field")
+        except ValueError:
+            message, field = response.text, None
+        raise MusicGenClientError(response.status_code, message, field)
 
     def health(self) -> HealthResponse:
         return HealthResponse.model_validate(self._call("GET", "/health").json())
@@ -64,6 +131,17 @@ class MusicGenClient:
         """POST /continue: blocks until the new file is written; see the README for the options."""
         body = {"audio_path": str(audio_path), **options}
         return ContinueResponse.model_validate(self._call("POST", "/continue", json=body).json())
+
+    def continue_stream(self, audio_path: str | Path, **options: Any) -> AudioStream:
+        """POST /continue/stream: returns as soon as the server starts answering; the audio follows
+        as the stream is read. Refusals raise `MusicGenClientError` here, before any audio."""
+        body = {"audio_path": str(audio_path), **options}
+        response = self._http.send(self._http.build_request("POST", "/continue/stream", json=body), stream=True)
+        if response.is_error:
+            response.read()
+            response.close()
+            self._raise_for(response)
+        return AudioStream(response)
 
     def submit(self, **options: Any) -> JobAccepted:
         """POST /generate: queues a job and returns at once."""

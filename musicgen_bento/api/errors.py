@@ -51,6 +51,11 @@ def answers_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def response_for(name: str, error: Exception) -> JSONResponse:
+    """The response for `error`, raised while handling route `name` outside BentoML's API methods."""
+    return _answer(name, error, None)
+
+
 def _answer(name: str, error: Exception, context: Any) -> JSONResponse:
     """The response for an error raised by API method `name`."""
     if isinstance(error, MusicGenError):

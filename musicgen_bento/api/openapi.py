@@ -74,6 +74,15 @@ _TAKE = {
 }
 
 
+_STREAM_HEADERS = {
+    "X-Audio-Path": "Where the complete file is put in the output directory once the stream ends.",
+    "X-Seed": "The seed used.",
+    "X-Sample-Rate": "Samples per second.",
+    "X-Channels": "Audio channels.",
+    "X-Duration-S": "Seconds of audio in the file (the source's first with include_source).",
+}
+
+
 class _Document:
     """Builds the paths and the component schemas they refer to."""
 
@@ -157,6 +166,30 @@ def openapi_document(bentoml_document: dict[str, Any], title: str, version: str,
                 "summary": "Continue the music in a file on the server's disk; answers with the new file's path.",
                 "requestBody": doc.json_body(doc.ref(ContinueRequest, "validation")),
                 "responses": doc.answers({200: doc.ok(ContinueResponse)}, [*source_errors, 507]),
+            }
+        },
+        "/continue/stream": {
+            "post": {
+                "operationId": "continue_stream",
+                "summary": "Continue the music in a file on the server's disk; answers with the new file, streamed.",
+                "description": "The same body and refusals as /continue (every refusal comes before the first byte, as "
+                "JSON). Streams a 16-bit PCM WAV file whose header already holds the final length, then its audio as "
+                "the codec decodes it; the complete stream equals the file named in X-Audio-Path. A stream carries "
+                "one take, in wav, leveled by 'clip' or 'none'. A client that disconnects cancels the generation.",
+                "requestBody": doc.json_body(doc.ref(ContinueRequest, "validation")),
+                "responses": doc.answers(
+                    {
+                        200: {
+                            "description": "The WAV file, streamed (Content-Length is its full size).",
+                            "content": {"audio/wav": {"schema": {"type": "string", "format": "binary"}}},
+                            "headers": {
+                                name: {"description": description, "schema": {"type": "string"}}
+                                for name, description in _STREAM_HEADERS.items()
+                            },
+                        }
+                    },
+                    [*source_errors, 507],
+                ),
             }
         },
         "/generate": {

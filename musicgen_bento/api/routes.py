@@ -1,5 +1,5 @@
 """The routes BentoML's API methods can't be: GET and DELETE (health, job status and audio,
-cancel) and the OpenAPI document, as a Starlette app mounted beside them.
+cancel), streamed responses and the OpenAPI document, as a Starlette app mounted beside them.
 
 BentoML mounts the app when the service class is defined, before any instance exists, so the
 routes reach the service through `bind`, which the service calls from its constructor.
@@ -20,9 +20,10 @@ from ..errors import InvalidParameter, NotReady
 from ..jobs.service import JobService
 from ..schemas import HealthResponse
 from .errors import answers_errors, error_response
+from .streams import StreamingService, continue_stream
 
 
-class RoutedService(Protocol):
+class RoutedService(StreamingService, Protocol):
     """What the routes need from the service."""
 
     jobs: JobService
@@ -40,6 +41,7 @@ class HttpRoutes:
         self.app = Starlette(
             routes=[
                 Route("/health", self.get_health, methods=["GET"]),
+                Route("/continue/stream", self.post_continue_stream, methods=["POST"]),
                 # Listed before BentoML's own /docs.json, which this one replaces.
                 Route("/docs.json", self.get_openapi, methods=["GET"]),
                 Route("/jobs/{job_id}", self.get_job, methods=["GET"]),
@@ -63,6 +65,14 @@ class HttpRoutes:
     async def get_health(self, request: Request) -> Response:
         """GET /health: what an orchestrator polls until the model is ready."""
         return await _answer(lambda: self._bound().health_report())
+
+    async def post_continue_stream(self, request: Request) -> Response:
+        """POST /continue/stream: `/continue`, answered with the WAV file as it is made."""
+        try:
+            service = self._bound()
+        except NotReady as error:
+            return error_response(error)
+        return await continue_stream(service, request)
 
     async def get_openapi(self, request: Request) -> Response:
         """GET /docs.json: the OpenAPI document of every route (BentoML's describes its API methods only)."""

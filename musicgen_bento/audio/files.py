@@ -6,10 +6,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import struct
 import unicodedata
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import soundfile as sf
@@ -128,6 +130,109 @@ def write_audio(
         with contextlib.suppress(OSError):
             partial.unlink(missing_ok=True)
     return final.resolve()
+
+
+class StreamedWav:
+    """A 16-bit PCM WAV file written while its audio is made, for a client and the disk at once.
+
+    The header comes first and already holds the final sizes (`frames` is known in advance), so
+    the bytes handed out chunk by chunk form a standard WAV file as they stand once all have
+    come. On disk the file grows under a hidden temporary name; `commit` links it into place
+    only when every frame is written, and `discard` removes it: no partial file is ever visible
+    under its final name. The samples are converted exactly as `write_audio` converts them (`pcm16`).
+    """
+
+    def __init__(
+        self, directory: Path, frames: int, sample_rate: int, channels: int, tags: FileTags | None = None
+    ) -> None:
+        name = f"musicgen-{uuid.uuid4().hex}.wav"
+        self.path = (directory / name).absolute()  # where `commit` puts it; nothing is there before
+        self.header = wav_header(frames, sample_rate, channels, tags)
+        self.frames = frames
+        self.written = 0
+        self._partial = directory / f".{name}.partial"
+        self._directory = directory
+        self._file: BinaryIO | None = None
+
+    def _opened(self) -> BinaryIO:
+        # Opened on the first write: a stream that never starts leaves nothing on disk.
+        if self._file is None:
+            try:
+                self._directory.mkdir(parents=True, exist_ok=True)
+                self._file = open(self._partial, "wb")  # noqa: SIM115 - open for the stream's life
+                self._file.write(self.header)
+            except OSError as error:
+                self.discard()
+                raise _output_error(self._directory, error) from None
+        return self._file
+
+    def write(self, samples: torch.Tensor) -> bytes:
+        """Appends samples (channels, n) and returns their bytes; refuses more than `frames` in all."""
+        if self.written + samples.shape[1] > self.frames:
+            raise ValueError(f"the stream holds {self.frames} frames; {self.written + samples.shape[1]} were written")
+        data = pcm16(samples)
+        handle = self._opened()
+        try:
+            handle.write(data)
+        except OSError as error:
+            raise _output_error(self._directory, error) from None
+        self.written += int(samples.shape[1])
+        return data
+
+    def commit(self) -> Path:
+        """Puts the complete file in place under `path`; an incomplete one is removed instead."""
+        try:
+            if self.written != self.frames:
+                raise ValueError(f"the stream holds {self.frames} frames; only {self.written} were written")
+            self._opened().close()
+            os.link(self._partial, self.path)
+        except OSError as error:
+            raise _output_error(self._directory, error) from None
+        finally:
+            self.discard()
+        return self.path
+
+    def discard(self) -> None:
+        """Removes the temporary file (after `commit`, only the name it was written under)."""
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()
+        with contextlib.suppress(OSError):
+            self._partial.unlink(missing_ok=True)
+
+
+def pcm16(samples: torch.Tensor) -> bytes:
+    """Samples (channels, n) as interleaved little-endian 16-bit PCM, converted as libsndfile converts
+    the float32 samples `write_audio` gives it (checked bit for bit in the tests): clipped to ±1,
+    scaled by 32768 and rounded down, full scale kept at 32767."""
+    scaled = torch.floor(samples.detach().to(torch.float32).clamp(-1.0, 1.0) * 32768.0).clamp(-32768, 32767)
+    return bytes(scaled.to(torch.int16).T.contiguous().numpy().astype("<i2").tobytes())
+
+
+# RIFF INFO chunk ids of the tags a WAV file can carry (it has no licence field; copyright says it).
+_INFO_IDS = {"title": b"INAM", "artist": b"IART", "comment": b"ICMT", "copyright": b"ICOP", "software": b"ISFT"}
+_INFO_IDS["date"] = b"ICRD"
+
+
+def wav_header(frames: int, sample_rate: int, channels: int, tags: FileTags | None = None) -> bytes:
+    """The header of a 16-bit PCM WAV file of `frames` frames: RIFF, fmt, the tags (LIST/INFO) and
+    the data chunk's header, sized for the whole file."""
+    block = 2 * channels
+    fmt = b"fmt " + struct.pack("<IHHIIHH", 16, 1, channels, sample_rate, sample_rate * block, block, 16)
+    info = _info_chunk(tags.for_format("wav") if tags else {})
+    data_bytes = frames * block
+    riff_size = 4 + len(fmt) + len(info) + 8 + data_bytes
+    return b"RIFF" + struct.pack("<I", riff_size) + b"WAVE" + fmt + info + b"data" + struct.pack("<I", data_bytes)
+
+
+def _info_chunk(fields: dict[str, str]) -> bytes:
+    body = b"INFO"
+    for name, value in fields.items():
+        if name not in _INFO_IDS:
+            continue
+        text = value.encode("utf-8") + b"\0"
+        body += _INFO_IDS[name] + struct.pack("<I", len(text)) + text + (b"\0" if len(text) % 2 else b"")
+    return b"" if body == b"INFO" else b"LIST" + struct.pack("<I", len(body)) + body
 
 
 # errno values that mean "no room": a full filesystem, a quota, a file size limit.

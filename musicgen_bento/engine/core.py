@@ -53,7 +53,7 @@ from .cuda_graphs import CudaGraphs, padded_rows
 from .decoder import Decoder
 from .delay_pattern import DelayPattern
 from .kv_cache import CROSS_BUCKET, KVCache, cache_dtype, round_up, rows_of
-from .requests import DecodeRequest, EngineStats, GraphsStatus, StepFn, StepReport
+from .requests import DecodeRequest, EngineStats, FramesFn, GraphsStatus, StepFn, StepReport
 from .sampler import Sampler
 from .scheduler import Scheduler
 
@@ -92,6 +92,10 @@ class _Job:
     prefix: int = 0  # melody models: the conditioning prefix's length in the cache
     cross_len: int = 0  # text models: conditioning length
     next_token: int = 0  # index of the token the next step produces
+    # Streaming (`DecodeRequest.stream_frames`): frames handed over so far (the prompt's count as
+    # handed), and the completed ones waiting for the caller's next report.
+    published: int = 0
+    ready_frames: list[torch.Tensor] = field(default_factory=list)
 
 
 class DecodeEngine:
@@ -168,7 +172,13 @@ class DecodeEngine:
         runs on the calling thread."""
         return self.decoder.encode_conditioning(inputs)
 
-    def decode(self, request: DecodeRequest, order: tuple[int, ...], on_step: StepFn | None = None) -> torch.Tensor:
+    def decode(
+        self,
+        request: DecodeRequest,
+        order: tuple[int, ...],
+        on_step: StepFn | None = None,
+        on_frames: FramesFn | None = None,
+    ) -> torch.Tensor:
         """Decodes one window; blocks until done and returns its codes, (codebooks, frames) on the CPU.
 
         The codes are the prompt's followed by the new ones, with the delay pattern undone.
@@ -176,6 +186,9 @@ class DecodeEngine:
         calling thread once per decoding step, in order, for the steps done since its last report
         (reports come every `_REPORT_INTERVAL_S` and at the end); an exception from it (such as
         `GenerationCanceled`) takes the request out of the batch at the next step and is raised.
+        With `request.stream_frames`, `on_frames` runs at those reports too, with the new frames
+        completed since the last (undelayed: a frame is complete once its last codebook is); the
+        frames it has not had by the end are in the returned codes only.
         """
         if request.new_frames < 1 or request.prompt_frames + request.new_frames < self.delay_steps:
             # transformers skips the delay pattern for such short sequences (and returns garbage).
@@ -191,7 +204,7 @@ class DecodeEngine:
             self._ensure_worker()
             self._wake.notify()
         try:
-            self._follow(job, on_step)
+            self._follow(job, on_step, on_frames)
         except BaseException:
             job.cancel = True
             raise
@@ -261,18 +274,22 @@ class DecodeEngine:
         if worker is not None and worker is not threading.current_thread():
             worker.join(timeout_s)
 
-    def _follow(self, job: _Job, on_step: StepFn | None) -> None:
-        """Waits for `job`, reporting its steps to `on_step` as they come."""
+    def _follow(self, job: _Job, on_step: StepFn | None, on_frames: FramesFn | None) -> None:
+        """Waits for `job`, reporting its steps to `on_step` and its frames to `on_frames` as they come."""
         reported = 0
         while True:
             with job.cv:
                 if not job.done:
                     job.cv.wait(_REPORT_INTERVAL_S)
                 produced, done = job.produced, job.done
+                ready, job.ready_frames = job.ready_frames, []
             for _ in range(reported, produced):
                 if on_step is not None:
                     on_step()
             reported = produced
+            if on_frames is not None:
+                for frames in ready:
+                    on_frames(frames)
             if done:
                 return
 
@@ -385,6 +402,7 @@ class DecodeEngine:
         self.state.next_token[index] = first
         self.state.row_positions[rows] = job.prefix + first - 1
         job.next_token = first
+        job.published = request.prompt_frames
         self._accept(tokens, [job], index)
 
     # -- one batched decoding step ----------------------------------------------------------------
@@ -442,13 +460,29 @@ class DecodeEngine:
         state.row_positions[rows] += 1
         state.next_token[span] += 1
         finished: list[_Job] = []
-        for job in jobs:
+        for offset, job in enumerate(jobs):
             job.next_token += 1
             job.produced += 1  # read by its caller at its next report, without waking it
+            if job.request.stream_frames:
+                self._publish(job, first + offset)
             if job.next_token == job.max_length or job.cancel:
                 finished.append(job)
         for job in finished:
             self._finish(job, None)
+
+    def _publish(self, job: _Job, index: int) -> None:
+        """Hands a streaming request the frames completed since the last hand-over, once there are
+        `stream_frames` of them (a copy to the host: not at every step)."""
+        complete = job.next_token - 1 - self.delay_steps  # frames whose last codebook is decoded
+        if complete - job.published < job.request.stream_frames:
+            return
+        length = complete - job.published + 1 + self.delay_steps
+        # Seen from position `published`, the slice is laid out as a window of its own.
+        delayed = self.state.codes[index, :, job.published : job.published + length].cpu()
+        frames = self.pattern.revert(delayed, length)
+        job.published = complete
+        with job.cv:
+            job.ready_frames.append(frames)
 
     def _finish(self, job: _Job, error: BaseException | None) -> None:
         """Takes a request out of the batch (the last slot moves into its place) and answers its caller."""

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 import torch
 
 StepFn = Callable[[], None]
+# Receives a request's newly completed frames, (codebooks, frames) on the CPU, in order.
+FramesFn = Callable[[torch.Tensor], None]
 
 
 @dataclass(frozen=True)
@@ -46,7 +48,8 @@ class DecodeRequest:
     `conditioning` holds two rows, conditional then unconditional: cross-attention states shaped
     (2, S, hidden) with `conditioning_mask` (2, S) for text models, or the decoder prefix shaped
     (2, P, hidden) for melody models (mask None). `prompt_codes` (codebooks, frames) are the audio
-    prompt's tokens; `new_frames` frames follow them.
+    prompt's tokens; `new_frames` frames follow them. `stream_frames` > 0 hands the caller its new
+    frames while it decodes, whenever that many more are complete (see `DecodeEngine.decode`).
     """
 
     conditioning: torch.Tensor
@@ -55,6 +58,7 @@ class DecodeRequest:
     new_frames: int
     sampling: Sampling
     generator: torch.Generator | None
+    stream_frames: int = 0
 
     @property
     def prompt_frames(self) -> int:

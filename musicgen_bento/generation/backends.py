@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 import torch
 
-from ..engine import DecodeEngine, DecodeRequest, EngineStats, GraphsStatus, StepReport
+from ..engine import DecodeEngine, DecodeRequest, EngineStats, FramesFn, GraphsStatus, StepReport
 from .params import GenerationParams, StepWatcher
 
 
@@ -40,9 +40,17 @@ class DecodeBackend(Protocol):
         the backend draws from torch's global one, seeded here), its turn on the device."""
 
     def decode_window(
-        self, window: WindowInputs, watcher: StepWatcher, rng: torch.Generator | None, order: tuple[int, ...]
+        self,
+        window: WindowInputs,
+        watcher: StepWatcher,
+        rng: torch.Generator | None,
+        order: tuple[int, ...],
+        on_frames: FramesFn | None = None,
     ) -> torch.Tensor:
-        """The window's codes, prompt included: (codebooks, prompt + new frames or more), on the CPU."""
+        """The window's codes, prompt included: (codebooks, prompt + new frames or more), on the CPU.
+
+        `on_frames`, where the backend can, receives the new frames as they are completed (the
+        returned codes hold them all in any case)."""
 
     def stats(self) -> EngineStats | None: ...
 
@@ -52,6 +60,12 @@ class DecodeBackend(Protocol):
     def observe(self, observer: Callable[[StepReport], None]) -> None: ...
 
     def close(self) -> None: ...
+
+
+# How many completed frames a streaming request collects before the engine copies them to the
+# host for its caller (0.1 s of music): often enough for the codec's chunks, rare enough that the
+# copies (a device synchronisation on CUDA) cost nothing measurable.
+_STREAM_FRAMES = 5
 
 
 class EngineBackend:
@@ -74,18 +88,24 @@ class EngineBackend:
         yield rng
 
     def decode_window(
-        self, window: WindowInputs, watcher: StepWatcher, rng: torch.Generator | None, order: tuple[int, ...]
+        self,
+        window: WindowInputs,
+        watcher: StepWatcher,
+        rng: torch.Generator | None,
+        order: tuple[int, ...],
+        on_frames: FramesFn | None = None,
     ) -> torch.Tensor:
-        return self.engine.decode(self._request(window, rng), order, on_step=watcher.step)
+        request = self._request(window, rng, _STREAM_FRAMES if on_frames is not None else 0)
+        return self.engine.decode(request, order, on_step=watcher.step, on_frames=on_frames)
 
-    def _request(self, window: WindowInputs, rng: torch.Generator | None) -> DecodeRequest:
+    def _request(self, window: WindowInputs, rng: torch.Generator | None, stream_frames: int = 0) -> DecodeRequest:
         engine = self.engine
         prompt_frames = 0 if window.prompt_codes is None else window.prompt_codes.shape[1]
         # The delay pattern needs at least codebooks-1 frames in all; shorter windows decode a
         # few extra frames, which the generator cuts off.
         frames = max(window.new_frames, engine.delay_steps - prompt_frames)
         states, mask = engine.encode_conditioning(window.inputs)
-        return DecodeRequest(states, mask, window.prompt_codes, frames, window.params.sampling, rng)
+        return DecodeRequest(states, mask, window.prompt_codes, frames, window.params.sampling, rng, stream_frames)
 
     def stats(self) -> EngineStats | None:
         return self.engine.stats()
@@ -125,8 +145,14 @@ class TransformersBackend:
             yield None
 
     def decode_window(
-        self, window: WindowInputs, watcher: StepWatcher, rng: torch.Generator | None, order: tuple[int, ...]
+        self,
+        window: WindowInputs,
+        watcher: StepWatcher,
+        rng: torch.Generator | None,
+        order: tuple[int, ...],
+        on_frames: FramesFn | None = None,
     ) -> torch.Tensor:
+        # generate() hands over its codes only at its end: a stream gets a window's frames at once.
         inputs = window.inputs
         if window.prompt_codes is not None:
             inputs = {**inputs, "decoder_input_ids": window.prompt_codes.to(self._device)}

@@ -20,11 +20,11 @@ from typing import Any
 import torch
 
 from ..audio.clip import smooth_join
-from ..engine import DecodeEngine, EngineStats, GraphsStatus, StepReport
+from ..engine import DecodeEngine, EngineStats, FramesFn, GraphsStatus, StepReport
 from ..models.store import ModelInfo, load
 from .backends import DecodeBackend, EngineBackend, TransformersBackend, WindowInputs
-from .codec import Codec
-from .params import CancelFn, GenerationParams, GenerationRequest, GenerationResult, ProgressFn, StepWatcher
+from .codec import Codec, StreamingDecoder
+from .params import AudioFn, CancelFn, GenerationParams, GenerationRequest, GenerationResult, ProgressFn, StepWatcher
 from .windows import Window, melody_of_window, plan_windows
 
 logger = logging.getLogger("musicgen_bento")
@@ -188,6 +188,7 @@ class MusicGenGenerator:
         progress: ProgressFn | None = None,
         should_cancel: CancelFn | None = None,
         arrival: int | None = None,
+        on_audio: AudioFn | None = None,
     ) -> GenerationResult:
         """Generates `request.params.duration_s` seconds of new music.
 
@@ -197,6 +198,9 @@ class MusicGenGenerator:
             should_cancel: polled after each step; returning True stops generation and raises
                 `GenerationCanceled`.
             arrival: the request's ticket from `next_arrival()`; taken now when not given.
+            on_audio: streams the new music: called with each chunk (channels, samples) as the
+                codec decodes it from the frames decoded so far (`codec.StreamingDecoder`); the
+                result's audio is the chunks joined.
         """
         arrival = self.next_arrival() if arrival is None else arrival
         backend, codec = self._loaded_backend(), self._loaded_codec()
@@ -216,14 +220,19 @@ class MusicGenGenerator:
         prompt_audio = None
         if prompt is not None and prompt_frames:
             prompt_audio = prompt[:, prompt.shape[1] - prompt_frames * hop :]
+        total_samples = round(params.duration_s * self.sample_rate)
         with torch.inference_mode():
             prompt_codes = None if prompt_audio is None else codec.encode(prompt_audio)
             with backend.seeded(seed) as rng:
+                if on_audio is not None:
+                    streamed = _Streamed(self, prompt_codes, prompt_audio, total_samples, on_audio)
+                    self._run_windows(params, prompt_codes, melody, windows, watcher, rng, arrival, streamed.push)
+                    return GenerationResult(streamed.finish(), self.sample_rate, seed)
                 codes = self._run_windows(params, prompt_codes, melody, windows, watcher, rng, arrival)
             # One pass of the codec over the prompt and every window: no seams between windows.
             decoded = codec.decode(codes)
         prompt_samples = prompt_frames * hop
-        new_audio = decoded[:, prompt_samples : prompt_samples + round(params.duration_s * self.sample_rate)]
+        new_audio = decoded[:, prompt_samples : prompt_samples + total_samples]
         if prompt_audio is not None:
             new_audio = smooth_join(prompt_audio, new_audio, decoded[:, prompt_samples - 1], self.sample_rate)
         return GenerationResult(new_audio, self.sample_rate, seed)
@@ -237,6 +246,7 @@ class MusicGenGenerator:
         watcher: StepWatcher,
         rng: torch.Generator | None,
         arrival: int,
+        on_new_frames: FramesFn | None = None,
     ) -> torch.Tensor:
         """Every window's tokens after the prompt's: (codebooks, prompt + new frames).
 
@@ -244,6 +254,7 @@ class MusicGenGenerator:
         the tail of the tokens that exist so far, never audio decoded and encoded again. Melody
         models condition a further window on the melody at the window's place in time, looped when
         it is shorter (audiocraft's rule); the first window takes the melody as it is.
+        `on_new_frames` receives every new frame once, in order, as soon as the backend has it.
         """
         backend = self._loaded_backend()
         codes = prompt_codes
@@ -259,11 +270,15 @@ class MusicGenGenerator:
             inputs = WindowInputs(
                 params, self.conditioning_inputs(params, window_melody), window_prompt, window.new_frames
             )
-            window_codes = backend.decode_window(inputs, watcher, rng, (arrival, index))
+            handed = _FramesHandedOn(window.new_frames, on_new_frames)
+            window_codes = backend.decode_window(
+                inputs, watcher, rng, (arrival, index), handed.take if on_new_frames is not None else None
+            )
             prompt_length = 0 if window_prompt is None else window_prompt.shape[1]
             new_codes = window_codes[:, prompt_length : prompt_length + window.new_frames]
             if new_codes.shape[1] < window.new_frames:
                 raise RuntimeError(f"the model returned {new_codes.shape[1]} frames; {window.new_frames} were expected")
+            handed.take(new_codes[:, handed.count :])  # what the backend did not hand on while decoding
             codes = new_codes if codes is None else torch.cat([codes, new_codes], dim=1)
         assert codes is not None  # there is always at least one window
         return codes
@@ -297,3 +312,58 @@ class MusicGenGenerator:
         if "input_features" in inputs:
             inputs["input_features"] = inputs["input_features"].to(self.dtype)
         return inputs
+
+
+class _FramesHandedOn:
+    """Passes a window's new frames on once each, in order, and none past the window's length
+    (short windows decode a few frames more, which the generator cuts off)."""
+
+    def __init__(self, frames: int, receiver: FramesFn | None) -> None:
+        self.count = 0
+        self._frames = frames
+        self._receiver = receiver
+
+    def take(self, frames: torch.Tensor) -> None:
+        if self._receiver is None:
+            return
+        wanted = frames[:, : self._frames - self.count]
+        if wanted.shape[1]:
+            self.count += int(wanted.shape[1])
+            self._receiver(wanted)
+
+
+class _Streamed:
+    """One streamed generation's audio: the codec decodes the frames as they come
+    (`codec.StreamingDecoder`), each chunk goes to the caller and is kept for the result."""
+
+    def __init__(
+        self,
+        generator: MusicGenGenerator,
+        prompt_codes: torch.Tensor | None,
+        prompt_audio: torch.Tensor | None,
+        total_samples: int,
+        on_audio: AudioFn,
+    ) -> None:
+        self._chunks: list[torch.Tensor] = []
+        self._on_audio = on_audio
+        self._prompt_audio = prompt_audio
+        self._sample_rate = generator.sample_rate
+        join = self._join if prompt_audio is not None else None
+        self._decoder = StreamingDecoder(generator.codec, prompt_codes, total_samples, self._emit, join)
+
+    def push(self, frames: torch.Tensor) -> None:
+        self._decoder.push(frames)
+
+    def finish(self) -> torch.Tensor:
+        """Emits the rest; the whole new audio, (channels, samples)."""
+        self._decoder.finish()
+        return torch.cat(self._chunks, dim=1)
+
+    def _emit(self, chunk: torch.Tensor) -> None:
+        self._chunks.append(chunk)
+        self._on_audio(chunk)
+
+    def _join(self, after: torch.Tensor, reference_end: torch.Tensor) -> torch.Tensor:
+        # As `generate` joins the new music to the prompt, on the first chunk.
+        assert self._prompt_audio is not None
+        return smooth_join(self._prompt_audio, after, reference_end, self._sample_rate)

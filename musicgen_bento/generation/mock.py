@@ -13,7 +13,7 @@ import secrets
 import torch
 
 from ..audio.clip import fit_length
-from .params import CancelFn, GenerationRequest, GenerationResult, ProgressFn
+from .params import AudioFn, CancelFn, GenerationRequest, GenerationResult, ProgressFn
 
 MOCK_SAMPLE_RATE = 32000
 MOCK_CHANNELS = 1
@@ -54,6 +54,7 @@ class MockMusicGenGenerator:
         progress: ProgressFn | None = None,
         should_cancel: CancelFn | None = None,
         arrival: int | None = None,
+        on_audio: AudioFn | None = None,
     ) -> GenerationResult:
         params = request.params
         frames = round(params.duration_s * self.sample_rate)
@@ -61,5 +62,8 @@ class MockMusicGenGenerator:
         audio = fit_length(source, frames)
         if progress is not None:
             progress(1, 1)
+        if on_audio is not None:
+            for start in range(0, frames, self.sample_rate):  # one-second chunks, as a stream would come
+                on_audio(audio[:, start : start + self.sample_rate])
         seed = params.seed if params.seed is not None else secrets.randbelow(2**31)
         return GenerationResult(audio, self.sample_rate, seed)

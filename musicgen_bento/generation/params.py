@@ -18,6 +18,8 @@ if TYPE_CHECKING:
 
 ProgressFn = Callable[[int, int], None]
 CancelFn = Callable[[], bool]
+# Receives a streamed generation's audio, chunk by chunk: (channels, samples) float32 on the CPU.
+AudioFn = Callable[[torch.Tensor], None]
 
 
 @dataclass(frozen=True)

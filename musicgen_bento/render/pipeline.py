@@ -19,14 +19,14 @@ from pathlib import Path
 
 import torch
 
-from .audio.clip import AudioClip, to_model_format
-from .audio.files import FileTags, audio_file_duration_s, read_audio, write_audio
-from .audio.loudness import normalize
-from .audio.paths import InputLimits, resolve_input_path
-from .errors import InvalidInput, InvalidParameter
-from .generation.host import Generator
-from .generation.params import CancelFn, GenerationParams, GenerationRequest, GenerationResult, ProgressFn
-from .schemas import (
+from ..audio.clip import AudioClip, to_model_format
+from ..audio.files import FileTags, audio_file_duration_s, read_audio, write_audio
+from ..audio.loudness import normalize
+from ..audio.paths import InputLimits, resolve_input_path
+from ..errors import InvalidInput, InvalidParameter
+from ..generation.host import Generator
+from ..generation.params import CancelFn, GenerationParams, GenerationRequest, GenerationResult, ProgressFn
+from ..schemas import (
     DEFAULT_DURATION_S,
     MIN_DURATION_S,
     ContinueRequest,
@@ -34,7 +34,7 @@ from .schemas import (
     GenerationOptions,
     Provenance,
 )
-from .settings import Settings
+from ..settings import Settings
 
 _VERSION = version("musicgen-bento")
 _SEEDS = 2**31  # seeds run from 0 to 2**31 - 1

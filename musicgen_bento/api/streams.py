@@ -1,0 +1,140 @@
+"""Responses that stream: `POST /continue/stream` (a WAV file as the codec decodes it).
+
+A stream is a Starlette route beside BentoML's API methods, which can't set a response's media
+type and headers before its body. Everything that can refuse a request (its JSON, the model's
+readiness, its files) runs before the response starts, so a refusal is a normal JSON 4xx; once
+the header is out, a failure can only cut the stream short, and the client sees fewer bytes than
+its Content-Length announced.
+
+The generation runs on a thread from the same gate as `/continue` (the same slots, in arrival
+order); its chunks cross to the event loop through a queue. A client that disconnects stops the
+generation at the engine's next step, and its file is never put in place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
+
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from ..errors import GenerationCanceled, InputTooLarge, MusicGenError
+from ..generation.host import Generator, ModelHost
+from ..generation.params import CancelFn
+from ..render import RenderedTake, RenderPlan, StreamedRender, prepare_stream
+from ..schemas import ContinueRequest
+from ..settings import Settings
+from .admission import GenerationGate
+from .errors import describe_validation_errors, error_response, response_for
+
+logger = logging.getLogger("musicgen_bento")
+
+# A request body is a small JSON object; anything larger is refused before it is all read.
+_MAX_BODY_BYTES = 1024 * 1024
+
+
+class StreamingService(Protocol):
+    """What the streaming routes need from the service."""
+
+    settings: Settings
+    host: ModelHost
+    gate: GenerationGate
+
+
+async def continue_stream(service: StreamingService, request: Request) -> Response:
+    """POST /continue/stream: `/continue`'s body, answered with the WAV file as it is made."""
+    try:
+        plan = RenderPlan.of_continue(await _continue_request(request), service.settings)
+        generator = service.host.generator()
+        stream: StreamedRender = await run_in_threadpool(prepare_stream, plan, generator, service.settings)
+    except _Refused as refused:
+        return refused.response
+    except Exception as error:  # MusicGenErrors become their 4xx/5xx; anything else a generic 500
+        return response_for("continue_stream", error)
+    headers = {
+        "Content-Length": str(stream.content_length),
+        "X-Audio-Path": str(stream.wav.path),
+        "X-Seed": str(stream.provenance.seed),
+        "X-Sample-Rate": str(stream.sample_rate),
+        "X-Channels": str(generator.channels),
+        "X-Duration-S": f"{stream.wav.frames / stream.sample_rate:g}",
+        "Cache-Control": "no-store",
+    }
+    return StreamingResponse(_audio(service.gate, stream), media_type="audio/wav", headers=headers)
+
+
+async def _audio(gate: GenerationGate, stream: StreamedRender) -> AsyncIterator[bytes]:
+    """The file's bytes: the header at once, then each chunk as the generation's thread hands it over."""
+    loop = asyncio.get_running_loop()
+    chunks: asyncio.Queue[bytes | None] = asyncio.Queue()
+    client_left = threading.Event()
+
+    def send(data: bytes) -> None:
+        loop.call_soon_threadsafe(chunks.put_nowait, data)
+
+    def run(generator: Generator, arrival: int, cancel: CancelFn) -> RenderedTake:
+        try:
+            return stream.run(send, cancel, arrival)
+        finally:
+            loop.call_soon_threadsafe(chunks.put_nowait, None)
+
+    async def gone() -> bool:
+        return client_left.is_set()
+
+    generation = asyncio.ensure_future(gate.run("continue_stream", run, gone))
+    generation.add_done_callback(_log_outcome)
+    try:
+        yield stream.wav.header
+        while (data := await chunks.get()) is not None:
+            yield data
+        await generation  # a failure ends the stream short of its announced length
+    finally:
+        # Reached when the client disconnects too (the response is canceled): the gate sees it at
+        # its next poll and the engine drops the request at its next step.
+        client_left.set()
+
+
+def _log_outcome(generation: asyncio.Future[RenderedTake]) -> None:
+    if generation.cancelled():
+        return
+    error = generation.exception()
+    if error is None:
+        logger.info("continue_stream: wrote %s", generation.result().path)
+    elif isinstance(error, GenerationCanceled):
+        logger.info("continue_stream: canceled; nothing was written")
+    elif isinstance(error, MusicGenError):
+        logger.warning("continue_stream: stopped after its header was sent: %s", error.message)
+    else:
+        logger.error("continue_stream: failed after its header was sent", exc_info=error)
+
+
+class _Refused(Exception):
+    def __init__(self, response: Response) -> None:
+        super().__init__("refused")
+        self.response = response
+
+
+async def _continue_request(request: Request) -> ContinueRequest:
+    """The validated body, or a 4xx in the shape BentoML's API methods answer (see `middleware`)."""
+    body = bytearray()
+    async for part in request.stream():
+        body += part
+        if len(body) > _MAX_BODY_BYTES:
+            too_large = InputTooLarge(f"the request body must be at most {_MAX_BODY_BYTES} bytes", field="body")
+            raise _Refused(error_response(too_large))
+    try:
+        return ContinueRequest.model_validate_json(bytes(body))
+    except ValidationError as invalid:
+        detail: list[dict[str, Any]] = json.loads(invalid.json(include_url=False))
+        content: dict[str, Any] = {"error": describe_validation_errors(detail), "detail": detail}
+        location = ".".join(str(part) for part in detail[0].get("loc", ())) if detail else ""
+        if location:
+            content["field"] = location
+        raise _Refused(JSONResponse(content, status_code=400)) from None

@@ -14,8 +14,10 @@ with MusicGenClient("http://localhost:3000") as client:
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -94,6 +96,29 @@ class AudioStream:
         )
 
 
+@dataclass(frozen=True)
+class JobEventMessage:
+    """One event of `GET /jobs/{job_id}/events`: its id, its name (status, progress, result) and data."""
+
+    id: str
+    event: str
+    data: dict[str, Any]
+
+
+def parse_server_sent_events(lines: Iterator[str]) -> Iterator[JobEventMessage]:
+    """Server-Sent Events from a stream's lines (comments and the retry field skipped)."""
+    fields: dict[str, str] = {}
+    for line in lines:
+        if not line:
+            if "data" in fields:
+                yield JobEventMessage(fields.get("id", ""), fields.get("event", "message"), json.loads(fields["data"]))
+            fields = {}
+        elif not line.startswith(":"):
+            name, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            fields[name] = fields[name] + "\n" + value if name == "data" and name in fields else value
+
+
 class MusicGenClient:
     """Talks to one musicgen-bento server."""
 
@@ -160,6 +185,20 @@ class MusicGenClient:
             if time.monotonic() >= deadline:
                 raise TimeoutError(f"job {job_id} is still {view.status} after {timeout_s:g} s")
             time.sleep(poll_s)
+
+    def events(self, job_id: str, last_event_id: str | None = None) -> Iterator[JobEventMessage]:
+        """GET /jobs/{job_id}/events: the job's events as they happen, ending with its `result`
+        event (whose data is the finished job's view). Give `last_event_id` to resume after it."""
+        headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
+        request = self._http.build_request("GET", f"/jobs/{job_id}/events", headers=headers)
+        response = self._http.send(request, stream=True)
+        try:
+            if response.is_error:
+                response.read()
+                self._raise_for(response)
+            yield from parse_server_sent_events(response.iter_lines())
+        finally:
+            response.close()
 
     def download(self, job_id: str, path: str | Path, take: int = 0) -> Path:
         """Saves a succeeded job's audio (of take number `take`) to `path` and returns it."""

@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from ..render.stream import STREAMABLE_NORMALIZATION
 from ..schemas import (
     MAX_TAKES,
     ContinueRequest,
@@ -131,6 +132,14 @@ def _declare_limits(schemas: dict[str, Any], settings: Settings) -> None:
             for branch in schema.get("anyOf", [schema]):
                 if branch.get("type") == "number":
                     branch["maximum"] = maximum
+    # A stream: /continue's body, with what a stream can carry (see render/stream.py).
+    stream = copy.deepcopy(schemas["ContinueRequest"])
+    stream["title"] = "ContinueStreamRequest"
+    stream["description"] = "Body of POST /continue/stream: /continue's, for one take in WAV, leveled as generated."
+    stream["properties"]["output_format"]["enum"] = ["wav"]
+    stream["properties"]["normalization"]["enum"] = list(STREAMABLE_NORMALIZATION)
+    stream["properties"]["takes"]["maximum"] = 1
+    schemas["ContinueStreamRequest"] = stream
     # Where a prompt starts means something only in a file to continue: a number there needs a
     # continue_from path (a key present but null is not one).
     schemas["GenerateRequest"]["allOf"] = [
@@ -176,7 +185,7 @@ def openapi_document(bentoml_document: dict[str, Any], title: str, version: str,
                 "JSON). Streams a 16-bit PCM WAV file whose header already holds the final length, then its audio as "
                 "the codec decodes it; the complete stream equals the file named in X-Audio-Path. A stream carries "
                 "one take, in wav, leveled by 'clip' or 'none'. A client that disconnects cancels the generation.",
-                "requestBody": doc.json_body(doc.ref(ContinueRequest, "validation")),
+                "requestBody": doc.json_body({"$ref": "#/components/schemas/ContinueStreamRequest"}),
                 "responses": doc.answers(
                     {
                         200: {
@@ -221,6 +230,35 @@ def openapi_document(bentoml_document: dict[str, Any], title: str, version: str,
                 "parameters": [_JOB_ID],
                 "responses": doc.answers({200: doc.ok(JobView)}, [404]),
             },
+        },
+        "/jobs/{job_id}/events": {
+            "get": {
+                "operationId": "get_job_events",
+                "summary": "A job's events as they happen (Server-Sent Events): status, progress, then its result.",
+                "description": "Events: `status` at each change of status (data: the job as GET /jobs/{job_id} shows "
+                "it), `progress` while it runs (data: job_id, progress; at most 4 a second), and a final `result` "
+                "(data: the job's view, with its result or error), after which the stream ends. Each event has an id; "
+                "a client that reconnects with Last-Event-ID (or ?last_event_id=) gets only later events.",
+                "parameters": [
+                    _JOB_ID,
+                    {
+                        "name": "Last-Event-ID",
+                        "in": "header",
+                        "required": False,
+                        "description": "The id of the last event received, to resume after it.",
+                        "schema": {"type": "string"},
+                    },
+                ],
+                "responses": doc.answers(
+                    {
+                        200: {
+                            "description": "The event stream.",
+                            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                        }
+                    },
+                    [404],
+                ),
+            }
         },
         "/jobs/{job_id}/audio": {
             "get": {

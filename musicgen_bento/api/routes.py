@@ -17,16 +17,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ..errors import InvalidParameter, NotReady
-from ..jobs.service import JobService
 from ..schemas import HealthResponse
 from .errors import answers_errors, error_response
-from .streams import StreamingService, continue_stream
+from .streams import StreamingService, continue_stream, job_events
 
 
 class RoutedService(StreamingService, Protocol):
     """What the routes need from the service."""
-
-    jobs: JobService
 
     def health_report(self) -> HealthResponse: ...
 
@@ -47,6 +44,7 @@ class HttpRoutes:
                 Route("/jobs/{job_id}", self.get_job, methods=["GET"]),
                 Route("/jobs/{job_id}", self.delete_job, methods=["DELETE"]),
                 Route("/jobs/{job_id}/audio", self.get_job_audio, methods=["GET"]),
+                Route("/jobs/{job_id}/events", self.get_job_events, methods=["GET"]),
             ]
         )
 
@@ -88,6 +86,14 @@ class HttpRoutes:
         if not raw.isdigit() or len(raw) > 2:
             return error_response(InvalidParameter(f"must be a take's number, 0 to 3; got {raw[:20]!r}", field="take"))
         return await _answer(lambda: self._bound().jobs.audio(request.path_params["job_id"], int(raw)))
+
+    async def get_job_events(self, request: Request) -> Response:
+        """GET /jobs/{job_id}/events: the job's status, progress and result as Server-Sent Events."""
+        try:
+            service = self._bound()
+        except NotReady as error:
+            return error_response(error)
+        return await job_events(service, request)
 
     async def delete_job(self, request: Request) -> Response:
         """DELETE /jobs/{job_id}: cancels a queued job, or stops a running one at its next step."""

@@ -1,4 +1,5 @@
-"""Responses that stream: `POST /continue/stream` (a WAV file as the codec decodes it).
+"""Responses that stream: `POST /continue/stream` (a WAV file as the codec decodes it) and
+`GET /jobs/{job_id}/events` (a job's events, as Server-Sent Events).
 
 A stream is a Starlette route beside BentoML's API methods, which can't set a response's media
 type and headers before its body. Everything that can refuse a request (its JSON, the model's
@@ -9,6 +10,9 @@ its Content-Length announced.
 The generation runs on a thread from the same gate as `/continue` (the same slots, in arrival
 order); its chunks cross to the event loop through a queue. A client that disconnects stops the
 generation at the engine's next step, and its file is never put in place.
+
+Job events come from `jobs.events`; an unknown job is a 404 before the stream starts. A quiet
+stream carries a comment every few seconds, so proxies and browsers keep it open.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from ..errors import GenerationCanceled, InputTooLarge, MusicGenError
 from ..generation.host import Generator, ModelHost
 from ..generation.params import CancelFn
+from ..jobs.events import JobEvent
+from ..jobs.service import JobService
 from ..render import RenderedTake, RenderPlan, StreamedRender, prepare_stream
 from ..schemas import ContinueRequest
 from ..settings import Settings
@@ -46,6 +52,33 @@ class StreamingService(Protocol):
     settings: Settings
     host: ModelHost
     gate: GenerationGate
+    jobs: JobService
+
+
+# How long a browser's EventSource waits before reconnecting after a dropped stream.
+_RECONNECT_MS = 2000
+
+
+async def job_events(service: StreamingService, request: Request) -> Response:
+    """GET /jobs/{job_id}/events: the job's events as Server-Sent Events, from `Last-Event-ID` on."""
+    job_id = request.path_params["job_id"]
+    try:
+        await run_in_threadpool(service.jobs.view, job_id)  # a 404 for an unknown job, before the stream
+    except Exception as error:
+        return response_for("job_events", error)
+    last_event_id = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
+    events = service.jobs.followers.follow(job_id, last_event_id)
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return StreamingResponse(_server_sent(events), media_type="text/event-stream", headers=headers)
+
+
+async def _server_sent(events: AsyncIterator[JobEvent | None]) -> AsyncIterator[str]:
+    yield f"retry: {_RECONNECT_MS}\n\n"
+    async for event in events:
+        if event is None:
+            yield ": keep-alive\n\n"
+        else:
+            yield f"id: {event.id}\nevent: {event.name}\ndata: {json.dumps(event.data)}\n\n"
 
 
 async def continue_stream(service: StreamingService, request: Request) -> Response:

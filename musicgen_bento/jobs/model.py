@@ -4,7 +4,7 @@ both queue backends (embedded SQLite, shared Redis) implement."""
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -136,5 +136,10 @@ class JobQueue(Protocol):
 
     def sweep(self) -> None:
         """Deletes finished jobs (and their audio) older than the retention time."""
+
+    def watch(self, changed: Callable[[str], None]) -> None:
+        """Calls `changed(job_id)`, on any thread, after each change to a job's status or progress:
+        changes made by any replica sharing the queue (Redis), or by this process (SQLite, whose
+        file one replica owns). It must be quick and must not raise."""
 
     def close(self) -> None: ...

@@ -13,8 +13,10 @@ Built on Redis's own reliable-queue primitives:
 from __future__ import annotations
 
 import json
+import logging
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,8 @@ import redis
 
 from ..errors import Conflict, QueueFull
 from .model import Claim, Job, JobOutput, JobStatus
+
+logger = logging.getLogger("musicgen_bento")
 
 _GROUP = "workers"
 
@@ -102,6 +106,11 @@ class RedisJobQueue:
         self._cancel = self.redis.register_script(_CANCEL)
         self._start = self.redis.register_script(_START)
         self._release = self.redis.register_script(_RELEASE)
+        # Every change to a job is published here (its id), for the replicas whose clients follow it.
+        self.changes = f"{prefix}:changes"
+        self._watchers: list[Callable[[str], None]] = []
+        self._listener: threading.Thread | None = None
+        self._closed = threading.Event()
         try:
             self.redis.xgroup_create(self.stream, _GROUP, id="0", mkstream=True)
         except redis.ResponseError as error:
@@ -199,6 +208,7 @@ class RedisJobQueue:
                 continue
             job = self.get(job_id)
             if job is not None:
+                self._announce(job_id)
                 return Claim(job, attempt=int(attempt), worker_id=worker_id, entry_id=entry_id.decode())
         return None
 
@@ -213,6 +223,7 @@ class RedisJobQueue:
 
     def report_progress(self, claim: Claim, progress: float) -> None:
         self.redis.hset(self._job_key(claim.job.job_id), "progress", f"{progress:.4f}")
+        self._announce(claim.job.job_id)
 
     def _end(
         self, claim: Claim, status: JobStatus, output: JobOutput | None, error: str, audio: Sequence[bytes] = ()
@@ -234,6 +245,8 @@ class RedisJobQueue:
         )
         if done and status is JobStatus.SUCCEEDED and claim.job.cache_key:
             self.redis.set(f"{self.prefix}:cache:{claim.job.cache_key}", job_id, ex=self.ttl_s)
+        if done:
+            self._announce(job_id)
         return bool(done)
 
     def complete(self, claim: Claim, output: JobOutput, audio_paths: Sequence[Path]) -> bool:
@@ -250,11 +263,16 @@ class RedisJobQueue:
             keys=[self._job_key(claim.job.job_id), self.queued, self.stream],
             args=[claim.attempt, claim.entry_id, claim.worker_id, self.visibility_ms],
         )
+        if released:
+            self._announce(claim.job.job_id)
         return bool(released)
 
     def cancel(self, job_id: str) -> Job | None:
         status = self._cancel(keys=[self._job_key(job_id), self.queued], args=[time.time(), self.ttl_s])
-        return None if status is None else self.get(job_id)
+        if status is None:
+            return None
+        self._announce(job_id)
+        return self.get(job_id)
 
     def queued_count(self) -> int:
         return int(self.redis.zcard(self.queued))
@@ -269,7 +287,37 @@ class RedisJobQueue:
     def sweep(self) -> None:
         """Nothing to do: Redis expires finished jobs, results and audio by itself."""
 
+    def watch(self, changed: Callable[[str], None]) -> None:
+        self._watchers.append(changed)
+        if self._listener is None:
+            self._listener = threading.Thread(target=self._listen, name="musicgen-job-changes", daemon=True)
+            self._listener.start()
+
+    def _announce(self, job_id: str) -> None:
+        try:
+            self.redis.publish(self.changes, job_id)
+        except redis.RedisError as error:  # followers re-read on their own every few seconds
+            logger.warning("could not publish a change of job %s: %s", job_id, error)
+
+    def _listen(self) -> None:
+        """Hands each published change to the watchers, reconnecting after a lost connection."""
+        while not self._closed.is_set():
+            try:
+                subscription = self.redis.pubsub(ignore_subscribe_messages=True)
+                subscription.subscribe(self.changes)
+                while not self._closed.is_set():
+                    message = subscription.get_message(timeout=1.0)
+                    if message is not None and message.get("type") == "message":
+                        job_id = message["data"].decode()
+                        for changed in list(self._watchers):
+                            changed(job_id)
+                subscription.close()
+            except (redis.RedisError, OSError) as error:
+                logger.warning("job change subscription lost (%s); reconnecting", error)
+                self._closed.wait(1.0)
+
     def close(self) -> None:
+        self._closed.set()
         self.redis.close()
 
 

@@ -17,6 +17,7 @@ from ..generation.host import Generator, ModelHost
 from ..render import RenderPlan, check_inputs, check_model, check_plan
 from ..schemas import GenerateRequest, JobAccepted, JobResult, JobView
 from ..settings import Settings
+from .events import JobFollowers
 from .model import JOB_ID, Job, JobOutput, JobQueue, JobStatus
 
 
@@ -73,6 +74,7 @@ class JobService:
         self.queue = queue
         self.host = host
         self.settings = settings
+        self.followers = JobFollowers(queue, self.view_of)
 
     def submit(self, request: GenerateRequest) -> JobAccepted:
         """Validates and queues a job (or answers from the cache or an earlier idempotent submission)."""
@@ -110,6 +112,10 @@ class JobService:
         job = self.queue.get(job_id) if JOB_ID.fullmatch(job_id) else None
         if job is None:
             raise _unknown(job_id)
+        return self.view_of(job)
+
+    def view_of(self, job: Job) -> JobView:
+        """A stored job as the API shows it."""
         result = None
         if job.result is not None:
             result = _result_view(job.job_id, job.result)

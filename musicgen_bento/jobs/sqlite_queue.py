@@ -12,7 +12,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ..errors import Conflict, QueueFull
@@ -51,6 +51,7 @@ class SqliteJobQueue:
         self.ttl_s = ttl_s
         self._lock = threading.RLock()
         self._submitted = threading.Condition(self._lock)
+        self._watchers: list[Callable[[str], None]] = []
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._db.row_factory = sqlite3.Row
         with self._lock:
@@ -147,6 +148,7 @@ class SqliteJobQueue:
                 ).fetchone()
                 if row is not None:
                     job = _job_of(row, None)
+                    self._announce(job.job_id)
                     return Claim(job, attempt=job.attempts, worker_id=worker_id)
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -170,6 +172,7 @@ class SqliteJobQueue:
                 "UPDATE jobs SET progress=? WHERE job_id=? AND status='running' AND attempts=?",
                 (progress, claim.job.job_id, claim.attempt),
             )
+        self._announce(claim.job.job_id)
 
     def _finish(self, claim: Claim, status: JobStatus, output: JobOutput | None, error: str | None) -> bool:
         with self._lock:
@@ -194,6 +197,8 @@ class SqliteJobQueue:
                     "INSERT OR REPLACE INTO cache (cache_key, job_id) VALUES (?, ?)",
                     (claim.job.cache_key, claim.job.job_id),
                 )
+        if updated:
+            self._announce(claim.job.job_id)
         return bool(updated)
 
     def complete(self, claim: Claim, output: JobOutput, audio_paths: Sequence[Path]) -> bool:
@@ -217,6 +222,8 @@ class SqliteJobQueue:
             ).rowcount
             if released:
                 self._submitted.notify_all()
+        if released:
+            self._announce(claim.job.job_id)
         return bool(released)
 
     def cancel(self, job_id: str) -> Job | None:
@@ -232,6 +239,7 @@ class SqliteJobQueue:
                 )
             elif job.status is JobStatus.RUNNING:
                 self._db.execute("UPDATE jobs SET cancel_requested=1 WHERE job_id=?", (job_id,))
+        self._announce(job_id)
         return self.get(job_id)
 
     def queued_count(self) -> int:
@@ -274,6 +282,14 @@ class SqliteJobQueue:
             ).fetchone()
             if still_used is None:
                 Path(path).unlink(missing_ok=True)
+
+    def watch(self, changed: Callable[[str], None]) -> None:
+        with self._lock:
+            self._watchers.append(changed)
+
+    def _announce(self, job_id: str) -> None:
+        for changed in list(self._watchers):
+            changed(job_id)
 
     def close(self) -> None:
         with self._lock:

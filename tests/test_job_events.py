@@ -1,0 +1,148 @@
+"""`GET /jobs/{job_id}/events` on the real service, with each queue backend: a job's status,
+progress and result as Server-Sent Events, in order; reconnects with Last-Event-ID; cancel; an
+unknown job is a 404 before any event; and, with Redis, events from a replica that does not run
+the job (they travel by pub/sub)."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from musicgen_bento.api.client import JobEventMessage, MusicGenClient, MusicGenClientError
+from musicgen_bento.jobs.events import PROGRESS_PER_S
+
+from .conftest import TINY_TEXT, Server
+
+LONG_S = 30.0  # long enough to cancel while it runs
+
+
+def settings(**extra: str) -> dict[str, str]:
+    # One slot: a second job queues behind a running one, so its whole life can be followed.
+    return {"MUSICGEN_MODEL": TINY_TEXT, "MUSICGEN_BATCH_SLOTS": "1", "MUSICGEN_MAX_JOB_DURATION_S": "40", **extra}
+
+
+@pytest.fixture(scope="module", params=["sqlite", "redis"])
+def server(request: pytest.FixtureRequest, start_server: Any, tiny_models: dict[str, str]) -> Server:
+    extra = {}
+    if request.param == "redis":
+        extra = {
+            "MUSICGEN_REDIS_URL": request.getfixturevalue("redis_url"),
+            "MUSICGEN_REDIS_PREFIX": f"musicgen-test-{uuid.uuid4().hex[:10]}",
+        }
+    started: Server = start_server(settings=settings(**extra))
+    started.wait_until("ready", timeout=180)
+    return started
+
+
+@pytest.fixture
+def client(server: Server) -> Iterator[MusicGenClient]:
+    with MusicGenClient(server.url, timeout_s=120) as typed:
+        yield typed
+
+
+def submit(client: MusicGenClient, duration_s: float, seed: int) -> str:
+    return client.submit(prompt="organ", duration_s=duration_s, seed=seed).job_id
+
+
+def follow(
+    client: MusicGenClient, job_id: str, last_event_id: str | None = None
+) -> list[tuple[float, JobEventMessage]]:
+    """Every event until the stream ends, with when it came."""
+    return [(time.monotonic(), event) for event in client.events(job_id, last_event_id)]
+
+
+def test_a_queued_job_is_followed_from_queued_to_its_result(client: MusicGenClient) -> None:
+    ahead = submit(client, 3.0, seed=1)  # holds the only slot
+    job_id = submit(client, 3.0, seed=2)
+    events = [event for _, event in follow(client, job_id)]
+    statuses = [event.data["status"] for event in events if event.event == "status"]
+    assert statuses == ["queued", "running", "succeeded"]
+    assert events[-1].event == "result"
+    assert events[-1].data["result"]["seed"] == 2
+    assert events[-1].data == client.status(job_id).model_dump(mode="json")
+    progress = [event.data["progress"] for event in events if event.event == "progress"]
+    assert progress and progress == sorted(progress)
+    assert events[-2].data["progress"] == 1.0  # the final status completes the bar
+    ids = [event.id for event in events]
+    assert len(set(ids)) == len(ids)
+    assert client.wait(ahead).status == "succeeded"
+
+
+def test_progress_events_come_at_most_a_few_a_second(client: MusicGenClient) -> None:
+    timed = follow(client, submit(client, 8.0, seed=3))
+    arrivals = [when for when, event in timed if event.event == "progress"]
+    assert len(arrivals) >= 2
+    span = arrivals[-1] - arrivals[0]
+    # The limit spaces them at least 1/PROGRESS_PER_S apart, at the server; allow for delivery jitter.
+    assert len(arrivals) - 1 <= span * PROGRESS_PER_S + 2
+
+
+def test_a_reconnect_with_last_event_id_gets_only_later_events(client: MusicGenClient) -> None:
+    job_id = submit(client, 1.0, seed=4)
+    events = [event for _, event in follow(client, job_id)]
+    running = next(event for event in events if event.event == "status" and event.data["status"] == "running")
+    resumed = [event for _, event in follow(client, job_id, last_event_id=running.id)]
+    assert [event.event for event in resumed] == ["status", "result"]  # the job is done: its last two
+    assert resumed[0].data["status"] == "succeeded"
+    assert [event for _, event in follow(client, job_id, last_event_id=events[-1].id)] == []
+    # A browser's EventSource sends the header; the query parameter serves clients that can't.
+    raw = httpx.get(f"{client._http.base_url}/jobs/{job_id}/events?last_event_id={events[-1].id}", timeout=30)
+    assert raw.status_code == 200
+    assert raw.headers["content-type"].startswith("text/event-stream")
+    assert "event:" not in raw.text
+
+
+def test_a_canceled_job_ends_its_events_with_canceled(client: MusicGenClient) -> None:
+    job_id = submit(client, LONG_S, seed=5)
+    received: list[JobEventMessage] = []
+
+    def listen() -> None:
+        for event in client.events(job_id):
+            received.append(event)
+
+    listener = threading.Thread(target=listen)
+    listener.start()
+    deadline = time.monotonic() + 60
+    while not any(event.event == "progress" for event in received):
+        assert time.monotonic() < deadline and listener.is_alive(), received
+        time.sleep(0.05)
+    client.cancel(job_id)
+    listener.join(60)
+    assert not listener.is_alive()
+    assert received[-2].event == "status" and received[-2].data["status"] == "canceled"
+    assert received[-1].event == "result" and received[-1].data["error"]
+
+
+@pytest.mark.parametrize("job_id", ["0123456789abcdef0123456789abcdef", "not-a-job"], ids=["unknown", "malformed"])
+def test_an_unknown_job_is_a_404_before_any_event(server: Server, client: MusicGenClient, job_id: str) -> None:
+    response = httpx.get(f"{server.url}/jobs/{job_id}/events", timeout=30)
+    assert response.status_code == 404
+    assert response.json()["field"] == "job_id"
+    with pytest.raises(MusicGenClientError) as refused:
+        list(client.events(job_id))
+    assert refused.value.status_code == 404
+
+
+def test_events_reach_a_replica_that_does_not_run_the_job(
+    start_server: Any, redis_url: str, tiny_models: dict[str, str]
+) -> None:
+    prefix = f"musicgen-test-{uuid.uuid4().hex[:10]}"
+    shared = {"MUSICGEN_REDIS_URL": redis_url, "MUSICGEN_REDIS_PREFIX": prefix}
+    runner: Server = start_server(settings=settings(**shared))
+    # The follower's model is not in its store, so its job worker never claims a job (it waits for
+    # a ready model): every event it sends came through Redis from the runner.
+    follower: Server = start_server(settings={**settings(**shared), "MUSICGEN_MODEL": "musicgen-not-in-this-store"})
+    runner.wait_until("ready", timeout=180)
+    follower.wait_until("error", timeout=180)
+    with MusicGenClient(runner.url) as on_runner, MusicGenClient(follower.url) as on_follower:
+        job_id = submit(on_runner, 4.0, seed=6)
+        events = [event for _, event in follow(on_follower, job_id)]
+    assert [event.data["status"] for event in events if event.event == "status"][-1] == "succeeded"
+    assert sum(event.event == "progress" for event in events) >= 2  # it ran while followed
+    assert events[-1].event == "result"

@@ -120,7 +120,7 @@ class ServiceMetrics:
         self._batch.observe(report.batch)
 
     def generation_finished(self, kind: str, seconds: float) -> None:
-        """A request of `kind` (`continue`, `job`) produced its file in `seconds`."""
+        """A request of `kind` (`continue`, `continue_stream`, `job`) produced its file in `seconds`."""
         self._generation.labels(kind=kind).observe(seconds)
 
     def jobs(self, queued: int | None = None, running: int | None = None) -> None:

@@ -305,19 +305,25 @@ class RedisJobQueue:
             try:
                 subscription = self.redis.pubsub(ignore_subscribe_messages=True)
                 subscription.subscribe(self.changes)
-                while not self._closed.is_set():
-                    message = subscription.get_message(timeout=1.0)
-                    if message is not None and message.get("type") == "message":
-                        job_id = message["data"].decode()
-                        for changed in list(self._watchers):
-                            changed(job_id)
-                subscription.close()
-            except (redis.RedisError, OSError) as error:
+                try:
+                    while not self._closed.is_set():
+                        message = subscription.get_message(timeout=1.0)
+                        if message is not None and message.get("type") == "message":
+                            job_id = message["data"].decode()
+                            for changed in list(self._watchers):
+                                changed(job_id)
+                finally:
+                    subscription.close()
+            except Exception as error:  # redis-py raises more than RedisError when its socket goes away
+                if self._closed.is_set():
+                    return  # closing the client ended the read: nothing is lost
                 logger.warning("job change subscription lost (%s); reconnecting", error)
                 self._closed.wait(1.0)
 
     def close(self) -> None:
         self._closed.set()
+        if self._listener is not None:
+            self._listener.join(timeout=2.0)  # it sees the flag within a second
         self.redis.close()
 
 

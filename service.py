@@ -30,13 +30,14 @@ from musicgen_bento.settings import Settings
 with bentoml.importing():
     from musicgen_bento.api.admission import GenerationGate
     from musicgen_bento.api.openapi import openapi_document
+    from musicgen_bento.audio.uploads import UploadStore
     from musicgen_bento.generation.host import ModelHost
     from musicgen_bento.jobs import open_queue
     from musicgen_bento.jobs.service import JobService
     from musicgen_bento.jobs.worker import JobWorker
     from musicgen_bento.metrics import ServiceMetrics, use_own_metrics_directory
     from musicgen_bento.parent_watch import exit_with_parent
-    from musicgen_bento.render import RenderPlan, render
+    from musicgen_bento.render import RenderPlan, input_limits, render
 
 logger = logging.getLogger("musicgen_bento")
 # BentoML's logging shows WARNING and above from other libraries; the service's own INFO lines (the
@@ -74,6 +75,8 @@ class MusicGen:
         self.jobs = JobService(queue, self.host, self.settings)
         self.worker = JobWorker(queue, self.host, self.settings, self.metrics)
         self.worker.start()
+        self.uploads = UploadStore(self.settings.upload_dir, input_limits(self.settings), self.settings.upload_ttl_s)
+        self.uploads.start_sweeping()
         self._openapi: dict[str, Any] | None = None
         http_routes.bind(self)
         self._grace_s = self.settings.shutdown_grace_s
@@ -94,6 +97,7 @@ class MusicGen:
         self.worker.stop(grace_s=self._grace_s)
         self.host.close()
         self.jobs.queue.close()
+        self.uploads.stop_sweeping()
 
     @bentoml.api(route="/continue", input_spec=ContinueRequest, output_spec=ContinueResponse)
     @answers_errors
@@ -167,6 +171,7 @@ class MusicGen:
             precision=snapshot.precision,
             memory=self.host.memory_health(),
             engine=self.host.engine_health(),
+            melody=None if (ready := self.host.ready_generator()) is None else ready.is_melody,
         )
 
     def openapi(self) -> dict[str, Any]:

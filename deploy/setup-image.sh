@@ -8,8 +8,8 @@ unset VIRTUAL_ENV PYTHONPATH
 
 # The volumes' mount points (see the README's "Deploying on a GPU node"). The service runs as BentoML's
 # user `bentoml`, which must be able to write the model store, the output and the job queue; sources are only read.
-mkdir -p /data/bentoml /data/output /data/jobs /data/input
-chown bentoml:bentoml /data/bentoml /data/output /data/jobs
+mkdir -p /data/bentoml /data/output /data/jobs /data/input /data/uploads
+chown bentoml:bentoml /data/bentoml /data/output /data/jobs /data/uploads
 
 # What only the build needed. BentoML installs compilers and git on every image and needs Ubuntu's pip to
 # install uv; the service runs uv's own Python in /app/python (UV_PYTHON_PREFERENCE=only-managed), so

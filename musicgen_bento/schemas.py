@@ -199,6 +199,19 @@ class HealthResponse(BaseModel):
         None, description="The memory plan, once made; its measured peak after warm-up."
     )
     engine: EngineHealth | None = Field(None, description="The decoding engine, once the model is ready.")
+    melody: bool | None = Field(
+        None, description="Whether the served model follows a melody (melody_path), once it is ready."
+    )
+
+
+class UploadResponse(BaseModel):
+    """Body of POST /uploads' 201 answer."""
+
+    audio_path: str = Field(description="The stored file: usable as audio_path, melody_path or continue_from.")
+    duration_s: float
+    sample_rate: int
+    channels: int
+    expires_at: str = Field(description="When the file will be deleted, ISO 8601 UTC (MUSICGEN_UPLOAD_TTL_S).")
 
 
 JobStatusField = Literal["queued", "running", "succeeded", "failed", "canceled"]

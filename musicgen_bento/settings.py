@@ -71,7 +71,15 @@ class Settings(BaseSettings):
         "--input-roots",
         f"'{os.pathsep}'-separated directories that source files must lie in (symlinks followed); empty allows any.",
     )
-    max_input_mb: float = _setting(200.0, "--max-input-mb", "Largest accepted source file, in MB.", gt=0)
+    upload_dir: Path = _setting(
+        Path("uploads"),
+        "--upload-dir",
+        "Directory POST /uploads keeps clients' audio files in (created if missing); always readable by requests.",
+    )
+    upload_ttl_s: float = _setting(
+        86400.0, "--upload-ttl-s", "Seconds an uploaded file is kept before it is deleted.", gt=0
+    )
+    max_input_mb: float = _setting(200.0, "--max-input-mb", "Largest accepted source file (and upload), in MB.", gt=0)
     max_input_s: float = _setting(1200.0, "--max-input-s", "Longest accepted source file, in seconds.", gt=0)
     max_duration_s: float = _setting(
         30.0, "--max-duration-s", "Most seconds of new music one request may ask for.", gt=0
@@ -171,7 +179,7 @@ class Settings(BaseSettings):
             return tuple(Path(part).expanduser().resolve() for part in value.split(os.pathsep) if part.strip())
         return value
 
-    @field_validator("output_dir", "data_dir")
+    @field_validator("output_dir", "data_dir", "upload_dir")
     @classmethod
     def _anchor(cls, value: Path) -> Path:
         # Relative directories are anchored where the process starts, once.
@@ -210,6 +218,11 @@ class Settings(BaseSettings):
                 "share, set it to the directories their files are in (README: Deploying, a hardened configuration)"
             )
         return risks
+
+    @property
+    def source_roots(self) -> tuple[Path, ...]:
+        """Where requests may read files from: the input roots and the upload directory (empty: anywhere)."""
+        return (*self.input_roots, self.upload_dir) if self.input_roots else ()
 
     @property
     def max_prompt_s(self) -> float:

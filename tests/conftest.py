@@ -164,3 +164,12 @@ def queue(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[JobQueue]:
         opened = RedisJobQueue(request.getfixturevalue("redis_url"), request.getfixturevalue("redis_prefix"), 3600, 60)
     yield opened
     opened.close()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Keeps each phase's report on the test item (`item.rep_call`), for fixtures that act on a
+    failure (the browser tests' screenshots)."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    setattr(item, f"rep_{report.when}", report)

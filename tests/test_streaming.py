@@ -100,6 +100,7 @@ def test_the_stream_holds_what_continue_writes_within_one_16_bit_step(server: Se
 
 def test_the_first_audio_arrives_while_the_request_is_still_generating(server: Server, source: Path) -> None:
     body = {"audio_path": str(source), "duration_s": 20.0, "seed": 4}
+    steps_before = httpx.get(f"{server.url}/health", timeout=10).json()["engine"]["steps"]
     with httpx.stream("POST", f"{server.url}/continue/stream", json=body, timeout=300) as response:
         assert response.status_code == 200
         final = Path(response.headers["x-audio-path"])
@@ -111,6 +112,9 @@ def test_the_first_audio_arrives_while_the_request_is_still_generating(server: S
         # Audio has come, yet the engine is still decoding this request and its file is not in place.
         assert engine["decoding"] == 1, engine
         assert not final.exists()
+        # The first chunk leaves after 30 frames of 1000 (25 for the chunk, 5 the codec looks ahead,
+        # plus the delay pattern's 3 steps); a few more steps run while the client reads it and asks.
+        assert engine["steps"] - steps_before < 100, engine
         received += b"".join(chunks)
     assert len(received) == int(response.headers["content-length"])
     assert final.read_bytes() == received

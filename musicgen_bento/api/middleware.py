@@ -51,14 +51,18 @@ class ReadableErrorsMiddleware:
         await self.app(scope, receive, capture)
 
 
+# POST routes whose bodies are not JSON; they check their own media type.
+_NOT_JSON_ROUTES = {"/uploads"}
+
+
 def _refuse_non_json_body(scope: dict[str, Any]) -> JSONResponse | None:
     """A 415 for a POST whose body is declared as anything but JSON, before BentoML parses it.
 
-    Every POST route takes a JSON body. BentoML would otherwise parse form and multipart bodies
+    Every POST route but /uploads takes a JSON body. BentoML would otherwise parse form and multipart bodies
     itself, and a malformed one (no boundary, a 5,000-digit number, thousands of fields) fails in
     its parser with a 500. A POST with no content type is taken as JSON, as BentoML does.
     """
-    if scope.get("method") != "POST":
+    if scope.get("method") != "POST" or scope.get("path") in _NOT_JSON_ROUTES:
         return None
     headers = dict(scope.get("headers", []))
     declared = headers.get(b"content-type", b"").decode("latin-1")

@@ -24,6 +24,7 @@ from ..schemas import (
     HealthResponse,
     JobAccepted,
     JobView,
+    UploadResponse,
 )
 from ..settings import Settings
 
@@ -199,6 +200,66 @@ def openapi_document(bentoml_document: dict[str, Any], title: str, version: str,
                     },
                     [*source_errors, 507],
                 ),
+            }
+        },
+        "/uploads": {
+            "post": {
+                "operationId": "upload",
+                "summary": "Store an audio file for later requests (for clients that share no disk with the server).",
+                "description": "Multipart form data with the file in the field `file` (wav, flac, ogg or mp3). It is "
+                "checked as a source file is and answered with a path that works as audio_path, melody_path and "
+                "continue_from until it expires (MUSICGEN_UPLOAD_TTL_S). Past MUSICGEN_MAX_INPUT_MB: 413.",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "multipart/form-data": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["file"],
+                                "properties": {"file": {"type": "string", "format": "binary"}},
+                            }
+                        }
+                    },
+                },
+                "responses": doc.answers(
+                    {201: {**doc.ok(UploadResponse, "Stored."), "description": "Stored."}}, [400, 413, 415, 422, 507]
+                ),
+            }
+        },
+        "/playground": {
+            "get": {
+                "operationId": "get_playground",
+                "summary": "A page to try the service in a browser: prompt, upload, continue (streamed), jobs.",
+                "responses": {
+                    "200": {"description": "The page.", "content": {"text/html": {"schema": {"type": "string"}}}}
+                },
+            }
+        },
+        "/playground/{asset}": {
+            "get": {
+                "operationId": "get_playground_asset",
+                "summary": "The playground's stylesheet and script.",
+                "parameters": [
+                    {
+                        "name": "asset",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "enum": ["playground.css", "playground.js"]},
+                    }
+                ],
+                "responses": {
+                    "200": {
+                        "description": "The file.",
+                        "content": {
+                            "text/css": {"schema": {"type": "string"}},
+                            "text/javascript": {"schema": {"type": "string"}},
+                        },
+                    },
+                    "404": {
+                        "description": "No such file.",
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+                    },
+                },
             }
         },
         "/generate": {

@@ -1,5 +1,6 @@
 """The routes BentoML's API methods can't be: GET and DELETE (health, job status and audio,
-cancel), streamed responses and the OpenAPI document, as a Starlette app mounted beside them.
+cancel), streamed responses, uploads, the playground page and the OpenAPI document, as a Starlette
+app mounted beside them.
 
 BentoML mounts the app when the service class is defined, before any instance exists, so the
 routes reach the service through `bind`, which the service calls from its constructor.
@@ -19,10 +20,12 @@ from starlette.routing import Route
 from ..errors import InvalidParameter, NotReady
 from ..schemas import HealthResponse
 from .errors import answers_errors, error_response
+from .playground_page import get_playground, get_playground_asset
 from .streams import StreamingService, continue_stream, job_events
+from .uploads import UploadingService, post_upload
 
 
-class RoutedService(StreamingService, Protocol):
+class RoutedService(StreamingService, UploadingService, Protocol):
     """What the routes need from the service."""
 
     def health_report(self) -> HealthResponse: ...
@@ -39,6 +42,9 @@ class HttpRoutes:
             routes=[
                 Route("/health", self.get_health, methods=["GET"]),
                 Route("/continue/stream", self.post_continue_stream, methods=["POST"]),
+                Route("/uploads", self.post_upload, methods=["POST"]),
+                Route("/playground", get_playground, methods=["GET"]),
+                Route("/playground/{asset}", get_playground_asset, methods=["GET"]),
                 # Listed before BentoML's own /docs.json, which this one replaces.
                 Route("/docs.json", self.get_openapi, methods=["GET"]),
                 Route("/jobs/{job_id}", self.get_job, methods=["GET"]),
@@ -71,6 +77,14 @@ class HttpRoutes:
         except NotReady as error:
             return error_response(error)
         return await continue_stream(service, request)
+
+    async def post_upload(self, request: Request) -> Response:
+        """POST /uploads: stores an audio file sent as multipart form data (field `file`)."""
+        try:
+            service = self._bound()
+        except NotReady as error:
+            return error_response(error)
+        return await post_upload(service, request)
 
     async def get_openapi(self, request: Request) -> Response:
         """GET /docs.json: the OpenAPI document of every route (BentoML's describes its API methods only)."""

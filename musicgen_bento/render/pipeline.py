@@ -321,7 +321,7 @@ def prompt_span(
 
 def input_limits(settings: Settings) -> InputLimits:
     return InputLimits(
-        roots=settings.input_roots,
+        roots=settings.source_roots,
         max_bytes=int(settings.max_input_mb * 1024 * 1024),
         max_duration_s=settings.max_input_s,
     )

@@ -6,8 +6,8 @@ and then to `/continue/stream`, one at a time, and measures:
 
 - `/continue`: the time to its answer (the file is written);
 - the stream: the time to its headers, to the first byte of audio after the WAV header (time to
-  first audio), and to its last byte; its total as a multiple of `/continue`'s (the cost of
-  streaming: target at most 1.15x).
+  first audio) and the engine's decoding steps by then, and to its last byte; its total as a
+  multiple of `/continue`'s (the cost of streaming: target at most 1.15x).
 
 Time to first audio is also given in seconds of music: at `/continue`'s pace (its time per
 second of audio, prefill included), how much music had been generated when the first chunk left.
@@ -57,13 +57,23 @@ def time_continue(url: str, body: dict[str, object]) -> float:
     return time.perf_counter() - started
 
 
-def time_stream(url: str, body: dict[str, object]) -> tuple[float, float, float]:
-    """Seconds to the headers, to the first audio byte and to the end of the stream."""
+def engine_steps(url: str) -> int:
     import httpx
 
+    return int(httpx.get(f"{url}/health", timeout=30).json()["engine"]["steps"])
+
+
+def time_stream(url: str, body: dict[str, object]) -> tuple[float, float, float, int]:
+    """Seconds to the headers, to the first audio byte and to the end of the stream, and the
+    engine's decoding steps by the time the first audio had come (read from /health then: an upper
+    bound, a step or two late)."""
+    import httpx
+
+    steps_before = engine_steps(url)
     started = time.perf_counter()
     received = b""
     first_audio = None
+    steps_at_first_audio = -1
     with httpx.stream("POST", f"{url}/continue/stream", json=body, timeout=3600) as response:
         response.raise_for_status()
         headers_at = time.perf_counter() - started
@@ -71,11 +81,12 @@ def time_stream(url: str, body: dict[str, object]) -> tuple[float, float, float]
             received += chunk
             if first_audio is None and b"data" in received and len(received) > header_length(received):
                 first_audio = time.perf_counter() - started
+                steps_at_first_audio = engine_steps(url) - steps_before
         ended = time.perf_counter() - started
     if len(received) != int(response.headers["content-length"]):
         raise RuntimeError("the stream ended short of its length")
     assert first_audio is not None
-    return headers_at, first_audio, ended
+    return headers_at, first_audio, ended, steps_at_first_audio
 
 
 def bench_shape(shape: str, duration_s: float, rounds: int, slots: int, dtype: str) -> None:
@@ -104,14 +115,16 @@ def bench_shape(shape: str, duration_s: float, rounds: int, slots: int, dtype: s
     headers_s = statistics.median(s[0] for s in streamed)
     first_s = statistics.median(s[1] for s in streamed)
     stream_s = statistics.median(s[2] for s in streamed)
+    steps = statistics.median(s[3] for s in streamed)
     pace = continue_s / duration_s  # wall seconds per second of music through /continue
     print(f"\n{shape}: {duration_s:g} s continuations of a 10 s prompt, {rounds} round(s), dtype {dtype}")
     print(f"  /continue                     {continue_s:8.2f} s   ({pace:.2f} s per second of music)")
     print(f"  /continue/stream headers      {headers_s:8.3f} s")
     print(f"  /continue/stream first audio  {first_s:8.3f} s   (= {first_s / pace:.2f} s of music at that pace)")
+    print(f"    decoding steps by then      {steps:8.0f}     (of {duration_s * 50 + 3:.0f}; 50 steps = 1 s of music)")
     ratio = stream_s / continue_s
     print(f"  /continue/stream end          {stream_s:8.2f} s   ({ratio:.3f}x /continue; target <= 1.15x)")
-    for index, ((headers, first, end), whole) in enumerate(zip(streamed, continued, strict=True)):
+    for index, ((headers, first, end, _), whole) in enumerate(zip(streamed, continued, strict=True)):
         print(
             f"  round {index}: /continue {whole:.2f} s; stream headers {headers:.3f}, first {first:.3f}, end {end:.2f}"
         )

@@ -253,6 +253,7 @@ def test_containerize_copies_no_models_into_the_image(docker_build: DockerBuild)
 def test_bento_source_holds_only_what_runs(bento: BuiltBento) -> None:
     expected = {Path("service.py"), Path("requirements.txt"), Path("README.md"), Path("bentofile.yaml")}
     expected |= {path.relative_to(ROOT) for path in (ROOT / "musicgen_bento").rglob("*.py")}
+    expected |= {path.relative_to(ROOT) for path in (ROOT / "musicgen_bento" / "api" / "playground").iterdir()}
     source = {path.relative_to("src") for path in bento_files(bento) if path.parts[0] == "src"}
     assert source == expected
 

@@ -41,6 +41,7 @@ def test_orchestrator_command_line_serves_health(melody_server: Server) -> None:
             "graphs": "off",
             "graphs_reason": "off: not a CUDA device",
         },
+        "melody": True,
     }
     assert precision["dtype"] == "float32" and precision["reason"].startswith("auto: ")
     # No budget given: the host's free memory, which holds all 8 slots of the tiny model.

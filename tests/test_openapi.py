@@ -12,6 +12,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from openapi_spec_validator import validate
+from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from .conftest import TINY_TEXT, Server, write_tone
 
@@ -80,11 +81,17 @@ def test_answers_match_the_document(server: Server) -> None:
     assert len(operations) >= 10
 
     for operation in operations:
+        # No schema can say that a binary part holds audio: schema-valid bytes that are not audio are
+        # rightly refused (422), so /uploads is checked for everything but accepting them.
+        excluded = [positive_data_acceptance] if operation.path == "/uploads" else []
+
+        def checked(case: Any, excluded: list[Any] = excluded) -> None:
+            case.call_and_validate(timeout=60, excluded_checks=excluded)
 
         @given(case=operation.as_strategy())
         @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None)
         def answers(case: Any) -> None:
-            case.call_and_validate(timeout=60)
+            checked(case)
 
         try:
             answers()

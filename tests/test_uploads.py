@@ -189,3 +189,21 @@ def test_a_sweep_deletes_expired_uploads_and_nothing_else(tmp_path: Path, song: 
     assert store.sweep() == 1
     assert not old.exists()
     assert fresh.exists() and unrelated.exists()
+
+
+def test_an_upload_works_as_melody_path(
+    start_server: Any, tiny_models: dict[str, str], song: Path, tmp_path: Path
+) -> None:
+    melody: Server = start_server(
+        settings={"MUSICGEN_MODEL": tiny_models["melody"], "MUSICGEN_UPLOAD_DIR": str(tmp_path)}
+    )
+    melody.wait_until("ready", timeout=180)
+    assert melody.health()["melody"] is True  # type: ignore[index]
+    path = upload(melody, song.read_bytes()).json()["audio_path"]
+    body = {"prompt": "a march", "melody_path": path, "duration_s": 0.5, "seed": 1}
+    job = httpx.post(f"{melody.url}/generate", json=body, timeout=60)
+    assert job.status_code == 202, job.text
+    deadline = time.monotonic() + 120
+    while (view := httpx.get(f"{melody.url}/jobs/{job.json()['job_id']}", timeout=30).json())["status"] != "succeeded":
+        assert view["status"] in {"queued", "running"} and time.monotonic() < deadline, view
+        time.sleep(0.2)

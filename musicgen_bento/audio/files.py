@@ -125,7 +125,7 @@ def write_audio(
             handle.write(data)
         os.link(partial, final)
     except (OSError, sf.LibsndfileError, RuntimeError) as error:
-        raise _output_error(directory, error) from None
+        raise storage_error(directory, error) from None
     finally:
         with contextlib.suppress(OSError):
             partial.unlink(missing_ok=True)
@@ -163,7 +163,7 @@ class StreamedWav:
                 self._file.write(self.header)
             except OSError as error:
                 self.discard()
-                raise _output_error(self._directory, error) from None
+                raise storage_error(self._directory, error) from None
         return self._file
 
     def write(self, samples: torch.Tensor) -> bytes:
@@ -175,7 +175,7 @@ class StreamedWav:
         try:
             handle.write(data)
         except OSError as error:
-            raise _output_error(self._directory, error) from None
+            raise storage_error(self._directory, error) from None
         self.written += int(samples.shape[1])
         return data
 
@@ -187,7 +187,7 @@ class StreamedWav:
             self._opened().close()
             os.link(self._partial, self.path)
         except OSError as error:
-            raise _output_error(self._directory, error) from None
+            raise storage_error(self._directory, error) from None
         finally:
             self.discard()
         return self.path
@@ -240,8 +240,10 @@ _NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 _NO_WRITE = {errno.EACCES, errno.EPERM, errno.EROFS}
 
 
-def _output_error(directory: Path, error: Exception) -> Exception:
-    """The client-facing error for a failed write into the output directory.
+def storage_error(
+    directory: Path, error: Exception, what: str = "output directory", setting: str = "MUSICGEN_OUTPUT_DIR"
+) -> Exception:
+    """The client-facing error for a failed write into `directory` (the service's `what`, set by `setting`).
 
     libsndfile reports a failed write as a message, not an errno, so when the error carries none
     the directory's free space and permissions tell which it was.
@@ -251,13 +253,13 @@ def _output_error(directory: Path, error: Exception) -> Exception:
         code = _probe_directory(directory)
     if code in _NO_SPACE:
         return OutputFull(
-            f"the output directory {directory} is full ({os.strerror(code)}); nothing was written. Free space "
-            "there or point MUSICGEN_OUTPUT_DIR at a larger volume; requests succeed again as soon as there is room",
+            f"the {what} {directory} is full ({os.strerror(code)}); nothing was written. Free space "
+            f"there or point {setting} at a larger volume; requests succeed again as soon as there is room",
         )
     if code in _NO_WRITE:
         return OutputUnwritable(
-            f"the server cannot write to its output directory {directory} ({os.strerror(code)}); nothing was "
-            "written. Check the volume's permissions and mount (MUSICGEN_OUTPUT_DIR)",
+            f"the server cannot write to its {what} {directory} ({os.strerror(code)}); nothing was "
+            f"written. Check the volume's permissions and mount ({setting})",
         )
     return error
 

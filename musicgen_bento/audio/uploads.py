@@ -22,7 +22,7 @@ from typing import BinaryIO
 import soundfile as sf
 
 from ..errors import InputTooLarge, InvalidInput, MusicGenError
-from .files import read_audio
+from .files import read_audio, storage_error
 from .paths import InputLimits
 
 logger = logging.getLogger("musicgen_bento")
@@ -80,10 +80,10 @@ class UploadStore:
         truncated or over-long file; nothing is left behind then.
         """
         shown = repr(Path(filename).name[:200]) if filename else "the uploaded file"
-        self.directory.mkdir(parents=True, exist_ok=True)
         name = f"{_PREFIX}{uuid.uuid4().hex}"
         partial = self.directory / f".{name}.partial"
         try:
+            self.directory.mkdir(parents=True, exist_ok=True)
             size = self._copy(source, partial, shown)
             if size == 0:
                 raise InvalidInput(f"{shown} is empty", field="file")
@@ -99,8 +99,11 @@ class UploadStore:
                 raise InvalidInput(f"{shown} is {container} audio; wav, flac, ogg and mp3 are accepted", field="file")
             final = self.directory / f"{name}.{extension}"
             os.link(partial, final)
+        except OSError as error:
+            raise storage_error(self.directory, error, "upload directory", "MUSICGEN_UPLOAD_DIR") from None
         finally:
-            partial.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                partial.unlink(missing_ok=True)
         return StoredUpload(final.resolve(), clip.duration_s, clip.sample_rate, clip.channels, time.time() + self.ttl_s)
 
     def _copy(self, source: BinaryIO, target: Path, shown: str) -> int:

@@ -8,7 +8,7 @@ routes reach the service through `bind`, which the service calls from its constr
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from starlette.applications import Starlette
@@ -66,25 +66,27 @@ class HttpRoutes:
             raise NotReady("the service is starting; retry shortly")
         return self._service
 
+    async def _with_service(
+        self, handler: Callable[[RoutedService, Request], Awaitable[Response]], request: Request
+    ) -> Response:
+        """Runs an async route's `handler` with the service (a 503 before the service exists)."""
+        try:
+            service = self._bound()
+        except NotReady as error:
+            return error_response(error)
+        return await handler(service, request)
+
     async def get_health(self, request: Request) -> Response:
         """GET /health: what an orchestrator polls until the model is ready."""
         return await _answer(lambda: self._bound().health_report())
 
     async def post_continue_stream(self, request: Request) -> Response:
         """POST /continue/stream: `/continue`, answered with the WAV file as it is made."""
-        try:
-            service = self._bound()
-        except NotReady as error:
-            return error_response(error)
-        return await continue_stream(service, request)
+        return await self._with_service(continue_stream, request)
 
     async def post_upload(self, request: Request) -> Response:
         """POST /uploads: stores an audio file sent as multipart form data (field `file`)."""
-        try:
-            service = self._bound()
-        except NotReady as error:
-            return error_response(error)
-        return await post_upload(service, request)
+        return await self._with_service(post_upload, request)
 
     async def get_openapi(self, request: Request) -> Response:
         """GET /docs.json: the OpenAPI document of every route (BentoML's describes its API methods only)."""
@@ -103,11 +105,7 @@ class HttpRoutes:
 
     async def get_job_events(self, request: Request) -> Response:
         """GET /jobs/{job_id}/events: the job's status, progress and result as Server-Sent Events."""
-        try:
-            service = self._bound()
-        except NotReady as error:
-            return error_response(error)
-        return await job_events(service, request)
+        return await self._with_service(job_events, request)
 
     async def delete_job(self, request: Request) -> Response:
         """DELETE /jobs/{job_id}: cancels a queued job, or stops a running one at its next step."""

@@ -56,7 +56,15 @@ class Server(ServerProcess):
 
 def server_env(output_dir: Path, **settings: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MUSICGEN_", "CF_MUSICGEN_"))}
-    env.update({"BENTOML_HOME": str(BENTOML_HOME), "MUSICGEN_OUTPUT_DIR": str(output_dir), "MUSICGEN_WARMUP_S": "0"})
+    env.update(
+        {
+            "BENTOML_HOME": str(BENTOML_HOME),
+            "MUSICGEN_OUTPUT_DIR": str(output_dir),
+            # Beside the outputs, so that a test's uploads never land in the checkout.
+            "MUSICGEN_UPLOAD_DIR": str(output_dir.parent / "uploads"),
+            "MUSICGEN_WARMUP_S": "0",
+        }
+    )
     env.update(settings)
     return env
 

@@ -125,19 +125,9 @@ async def _audio(gate: GenerationGate, stream: StreamedRender) -> AsyncIterator[
     generation.add_done_callback(_log_outcome)
     try:
         yield stream.wav.header
-        sent = len(stream.wav.header)
-        # The chunk that completes the file waits until the file is in place: a client holding
-        # every byte finds it at X-Audio-Path. Every other chunk goes out as it comes.
-        last = b""
         while (data := await chunks.get()) is not None:
-            if sent + len(data) < stream.content_length:
-                yield data
-            else:
-                last += data
-            sent += len(data)
+            yield data
         await generation  # a failure ends the stream short of its announced length
-        if last:
-            yield last
     finally:
         # Reached when the client disconnects too (the response is canceled): the gate sees it at
         # its next poll and the engine drops the request at its next step.

@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
+
 from ..audio.clip import AudioClip
 from ..audio.files import StreamedWav
 from ..errors import InvalidParameter
@@ -69,20 +71,29 @@ class StreamedRender:
 
     def run(self, send: Callable[[bytes], None], should_cancel: CancelFn | None, arrival: int | None) -> RenderedTake:
         """Generates, handing `send` each chunk of the file after the header (on this thread) and
-        writing it; the complete file is put in place at the end, or nothing on any failure."""
+        writing it; the complete file is put in place at the end, or nothing on any failure.
+
+        The chunk that completes the file is handed over only once the file is in place, so a
+        client holding every byte finds it at its announced name."""
+        completing: list[bytes] = []
+
+        def write(samples: torch.Tensor) -> None:
+            data = self.wav.write(samples)
+            if self.wav.written < self.wav.frames:
+                send(data)
+            else:
+                completing.append(data)
+
         try:
             if self.source is not None:
-                send(self.wav.write(self.source.samples))
-            self.generator.generate(
-                self.request,
-                should_cancel=should_cancel,
-                arrival=arrival,
-                on_audio=lambda chunk: send(self.wav.write(chunk)),
-            )
+                write(self.source.samples)
+            self.generator.generate(self.request, should_cancel=should_cancel, arrival=arrival, on_audio=write)
             path = self.wav.commit()
         except BaseException:
             self.wav.discard()
             raise
+        for data in completing:
+            send(data)
         duration_s = round(self.wav.frames / self.sample_rate, 6)
         return RenderedTake(path, duration_s, self.generator.channels, self.provenance.seed, self.provenance)
 

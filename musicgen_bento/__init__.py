@@ -11,3 +11,11 @@ __version__ = "0.1.0"
 # arithmetic of a request the same alone or batched. Set before MKL first runs; an operator's own
 # value wins.
 os.environ.setdefault("MKL_DYNAMIC", "FALSE")
+
+# MKL's fastest kernels may round differently by the data's alignment in memory and the problem's
+# size; its strict reproducible mode ("conditional numerical reproducibility") makes the result of
+# one row independent of those. Without it, torch's CPU attention over a lone request's two rows
+# rounds otherwise than over a batch, and now and then a token changes. The engine checks what
+# remains at start-up (`engine/invariance.py`). Set before MKL first computes; an operator's own
+# value wins.
+os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")

@@ -159,6 +159,15 @@ class EngineHealth(BaseModel):
         description="Why graphs are on or off: not a CUDA device, checked against eager decoding at start-up, "
         "or the capture failure or mismatch that turned them off.",
     )
+    batch_invariant: bool | None = Field(
+        default=None,
+        description="Static engine: whether a request's tokens are the same batched as alone on this machine's "
+        "kernels (checked at start-up).",
+    )
+    batch_invariance_reason: str | None = Field(
+        default=None,
+        description="What the start-up check found, and the rows each step computes for it.",
+    )
 
 
 class MemoryHealth(BaseModel):

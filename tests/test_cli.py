@@ -25,6 +25,7 @@ def test_orchestrator_command_line_serves_health(melody_server: Server) -> None:
     body = httpx.get(f"{melody_server.url}/health").json()
     memory = body.pop("memory")
     precision = body.pop("precision")
+    invariance = body["engine"].pop("batch_invariance_reason")
     assert body == {
         "status": "ready",
         "model": TINY_MELODY,
@@ -40,10 +41,12 @@ def test_orchestrator_command_line_serves_health(melody_server: Server) -> None:
             "steps": 0,
             "graphs": "off",
             "graphs_reason": "off: not a CUDA device",
+            "batch_invariant": True,
         },
         "melody": True,
     }
     assert precision["dtype"] == "float32" and precision["reason"].startswith("auto: ")
+    assert invariance.startswith("checked at start-up: a request's rows get the same values alone as in a batch")
     # No budget given: the host's free memory, which holds all 8 slots of the tiny model.
     assert memory["budget_source"] == "free on cpu at start-up" and memory["slots"] == 8
     assert memory["planned_mb"] <= memory["budget_mb"] and memory["peak_mb"] > 0

@@ -52,6 +52,7 @@ from .batch_state import BatchState
 from .cuda_graphs import CudaGraphs, padded_rows
 from .decoder import Decoder
 from .delay_pattern import DelayPattern
+from .invariance import find_min_rows
 from .kv_cache import CROSS_BUCKET, KVCache, cache_dtype, round_up, rows_of
 from .requests import DecodeRequest, EngineStats, FramesFn, GraphsStatus, StepFn, StepReport
 from .sampler import Sampler
@@ -144,6 +145,9 @@ class DecodeEngine:
         self.state = BatchState(slots, self.codebooks, self.vocab, self.pattern.start_token, self.device)
         self.sampler = Sampler(self.state)
         self.graphs = graphs(self._forward, self.device, 2 * slots)
+        # Batching must not change a request's tokens; on some machines that needs each step to
+        # compute a few rows more than a lone request has (see `invariance`).
+        self.invariance = find_min_rows(self.decoder.row_probes(self.cache.dtype), 2 * slots)
         if not use_cuda_graphs:
             self.graphs.turn_off("turned off (use_cuda_graphs=False)")
         # None: pad while graphs are on (and during their check), as replayed steps are.
@@ -250,6 +254,7 @@ class DecodeEngine:
             stats.steps_by_batch = dict(stats.steps_by_batch)
             stats.decoding, stats.waiting = len(self.scheduler.running), self.scheduler.waiting
             stats.graphs = self.graphs.status()
+            stats.invariance = self.invariance
             return stats
 
     @property
@@ -415,15 +420,15 @@ class DecodeEngine:
         length = min(round_up(longest, self._length_bucket), self.cache.positions)
         cross = 0 if self.is_melody else round_up(max(job.cross_len for job in running), CROSS_BUCKET)
         cross = min(cross, self.cache.cross_positions)
+        computed = max(rows, self.invariance.min_rows)
         if self.graphs.active:
-            logits = self.graphs.run(rows, length, cross)
+            logits = self.graphs.run(computed, length, cross)
             self._stats.graph_steps += 1
-        elif self.graphs.enabled if self._pad_rows is None else self._pad_rows:
-            padded = padded_rows(rows, 2 * self.slots)
-            self._stats.padded_rows += padded - rows
-            logits = self._forward(padded, length, cross)
         else:
-            logits = self._forward(rows, length, cross)
+            if self.graphs.enabled if self._pad_rows is None else self._pad_rows:
+                computed = padded_rows(computed, 2 * self.slots)
+            self._stats.padded_rows += computed - rows
+            logits = self._forward(computed, length, cross)
         tokens = self._choose(logits[:rows].view(count, 2, self.codebooks, self.vocab), running, 0)
         self._accept(tokens, list(running), 0)
         self._count_step(count)

@@ -172,6 +172,57 @@ class Decoder:
             hidden = hidden + layer.fc2(layer.activation_fn(layer.fc1(layer.final_layer_norm(hidden))))
         return hidden
 
+    def row_probes(self, cache_dtype: torch.dtype) -> list[tuple[str, Callable[[int], torch.Tensor]]]:
+        """Each kind of product a decoding step computes, as a function of the rows it computes for
+        (every pair of rows holding the same request's input): the step's distinct matrix products
+        on the first layer's weights and the heads', and attention over a cached length. For the
+        start-up check of batch invariance (`invariance.find_min_rows`)."""
+        noise = torch.Generator(device=self.embedding.device).manual_seed(0)
+        device = self.embedding.device
+
+        def pair(*shape: int, dtype: torch.dtype) -> torch.Tensor:
+            return torch.randn(2, *shape, generator=noise, device=device).to(dtype)
+
+        def product(weight: torch.Tensor) -> Callable[[int], torch.Tensor]:
+            inputs = pair(weight.shape[1], dtype=weight.dtype)
+            return lambda rows: F.linear(inputs.repeat(rows // 2, 1), weight)
+
+        def attention(length: int) -> Callable[[int], torch.Tensor]:
+            query = pair(self.heads, 1, self.head_dim, dtype=cache_dtype)
+            keys = pair(self.heads, length, self.head_dim, dtype=cache_dtype)
+            values = pair(self.heads, length, self.head_dim, dtype=cache_dtype)
+            visible = torch.arange(length, device=device) < length * 3 // 4  # the rest masked, as unused positions are
+            bias = attention_bias(visible.expand(2, 1, 1, length), cache_dtype)
+
+            def run(rows: int) -> torch.Tensor:
+                times = rows // 2
+                return F.scaled_dot_product_attention(
+                    query.repeat(times, 1, 1, 1),
+                    keys.repeat(times, 1, 1, 1),
+                    values.repeat(times, 1, 1, 1),
+                    attn_mask=bias.repeat(times, 1, 1, 1),
+                )
+
+            return run
+
+        layer = self.stack.layers[0]
+        weights = {
+            "self-attention projections": self.qkv[0],
+            "self-attention output": layer.self_attn.out_proj.weight,
+            "feed-forward in": layer.fc1.weight,
+            "feed-forward out": layer.fc2.weight,
+            "codebook heads": self.head_weight,
+        }
+        if not self.is_melody:
+            weights["cross-attention query"] = layer.encoder_attn.q_proj.weight
+            weights["cross-attention output"] = layer.encoder_attn.out_proj.weight
+        probes = [(f"the {name} product", product(weight.detach())) for name, weight in weights.items()]
+        return [
+            *probes,
+            ("attention over 64 positions", attention(64)),
+            ("attention over 320 positions", attention(320)),
+        ]
+
     # -- the pieces -------------------------------------------------------------------------------
 
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:

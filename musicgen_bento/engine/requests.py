@@ -87,6 +87,15 @@ class GraphsStatus:
     reason: str
 
 
+@dataclass(frozen=True)
+class BatchInvariance:
+    """The rows a step computes at least, and whether that makes every row independent of the batch."""
+
+    min_rows: int
+    holds: bool
+    reason: str
+
+
 @dataclass
 class EngineStats:
     """Counters the engine keeps since it started (read them with `DecodeEngine.stats()`)."""
@@ -101,6 +110,7 @@ class EngineStats:
     graph_steps: int = 0  # steps replayed from a captured CUDA graph
     padded_rows: int = 0  # rows computed for free slots alongside the running ones (padded steps)
     graphs: GraphsStatus = field(default_factory=lambda: GraphsStatus(False, "off: not a CUDA device"))
+    invariance: BatchInvariance = field(default_factory=lambda: BatchInvariance(2, False, "not checked"))
 
     def count_step(self, batch: int) -> None:
         self.steps += 1

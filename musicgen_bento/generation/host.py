@@ -115,6 +115,8 @@ class ModelHost:
             steps=stats.steps,
             graphs="on" if stats.graphs.on else "off",
             graphs_reason=stats.graphs.reason,
+            batch_invariant=stats.invariance.holds,
+            batch_invariance_reason=stats.invariance.reason,
         )
 
     def memory_health(self) -> MemoryHealth | None:

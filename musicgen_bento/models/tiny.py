@@ -169,11 +169,12 @@ REAL_DECODER_SHAPES: dict[str, dict[str, Any]] = {
 }
 
 
-def build_real_shape_model(shape: str, seed: int = 0) -> tuple[Any, Any]:
+def build_real_shape_model(shape: str, seed: int = 0, layers: int | None = None) -> tuple[Any, Any]:
     """A random-weight model whose decoder has a published checkpoint's shape (for benchmarks).
 
     The text encoder is T5-base-sized and the audio codec keeps its real frame rate; only the
-    decoder's shape matters for per-step decoding cost, and it is exact.
+    decoder's shape matters for per-step decoding cost, and it is exact. `layers` keeps only that
+    many decoder layers (the real widths, so the real kernels, at a fraction of the cost: tests).
     """
     import torch
     from transformers import (
@@ -191,7 +192,7 @@ def build_real_shape_model(shape: str, seed: int = 0) -> tuple[Any, Any]:
         max_position_embeddings=2048,
         pad_token_id=_CODEBOOK_SIZE,
         bos_token_id=_CODEBOOK_SIZE,
-        **REAL_DECODER_SHAPES[shape],
+        **{**REAL_DECODER_SHAPES[shape], **({} if layers is None else {"num_hidden_layers": layers})},
     )
     text = T5Config(vocab_size=3 + len(_PIECES), d_model=768, d_kv=64, d_ff=3072, num_layers=12, num_heads=12)
     config = MusicgenConfig(

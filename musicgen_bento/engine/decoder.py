@@ -177,8 +177,8 @@ class Decoder:
         (every pair of rows holding the same request's input): the step's distinct matrix products
         on the first layer's weights and the heads', and attention over a cached length. For the
         start-up check of batch invariance (`invariance.find_min_rows`)."""
-        noise = torch.Generator(device=self.embedding.device).manual_seed(0)
         device = self.embedding.device
+        noise = torch.Generator(device=device).manual_seed(0)
 
         def pair(*shape: int, dtype: torch.dtype) -> torch.Tensor:
             return torch.randn(2, *shape, generator=noise, device=device).to(dtype)

@@ -35,10 +35,13 @@ def find_min_rows(probes: Sequence[tuple[str, Probe]], max_rows: int) -> BatchIn
     probe gives each pair of rows what it gives the first pair at that count, for every even row
     count up to `max_rows`. When none does, the step is not padded (padding would only cost) and
     the result says which product varies."""
+    # Every probe runs once per row count; each candidate count is then judged on those outputs.
+    with torch.inference_mode():
+        outputs = [(name, {rows: probe(rows) for rows in range(2, max_rows + 1, 2)}) for name, probe in probes]
     candidates = sorted({*(1 << power for power in range(1, max_rows.bit_length())), max_rows})
     varying = ""
     for floor in candidates:
-        varying = _first_varying(probes, floor, max_rows)
+        varying = _first_varying(outputs, floor)
         if not varying:
             how = "" if floor == 2 else f" once each step computes at least {floor} rows (free slots alongside)"
             reason = (
@@ -52,13 +55,12 @@ def find_min_rows(probes: Sequence[tuple[str, Probe]], max_rows: int) -> BatchIn
     return BatchInvariance(2, False, reason)
 
 
-def _first_varying(probes: Sequence[tuple[str, Probe]], floor: int, max_rows: int) -> str:
-    """The first probe whose pairs differ from its reference from `floor` rows on, described; "" if none."""
-    with torch.inference_mode():
-        for name, probe in probes:
-            reference = probe(floor)[:2]
-            for rows in range(floor, max_rows + 1, 2):
-                pairs = probe(rows).reshape(rows // 2, 2, *reference.shape[1:])
-                if not bool((pairs == reference).all()):
-                    return f"{name} differs at {rows} rows from {floor}"
+def _first_varying(outputs: list[tuple[str, dict[int, torch.Tensor]]], floor: int) -> str:
+    """The first probe whose pairs differ, from `floor` rows on, from its first pair at `floor`
+    rows, described; "" if none."""
+    for name, by_rows in outputs:
+        reference = by_rows[floor][:2]
+        for rows, output in by_rows.items():
+            if rows >= floor and not bool((output.reshape(rows // 2, 2, *reference.shape[1:]) == reference).all()):
+                return f"{name} differs at {rows} rows from {floor}"
     return ""

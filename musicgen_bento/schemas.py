@@ -168,6 +168,12 @@ class EngineHealth(BaseModel):
         default=None,
         description="What the start-up check found, and the rows each step computes for it.",
     )
+    weights: Literal["packed", "dense"] | None = Field(
+        default=None,
+        description="Static engine: whether the decoder's weights are packed once for oneDNN's products "
+        "(CPUs in bfloat16) or multiplied as they are.",
+    )
+    weights_reason: str | None = Field(default=None, description="Why, and the start-up check of packed products.")
 
 
 class MemoryHealth(BaseModel):

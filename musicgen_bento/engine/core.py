@@ -112,6 +112,8 @@ class DecodeEngine:
         pad_rows: compute each step for a power-of-two number of rows, the extra ones free slots,
             as captured graphs do (default: when graphs are used). On a CPU this checks that free
             rows change no request's tokens.
+        pack_weights: let the decoder pack its weights for oneDNN where that is checked to give the
+            same values (CPUs in bfloat16; see `weights`); False keeps them dense (comparisons).
     """
 
     def __init__(
@@ -123,12 +125,14 @@ class DecodeEngine:
         pad_rows: bool | None = None,
         graphs: Callable[[Callable[[int, int, int], torch.Tensor], torch.device, int], CudaGraphs] = CudaGraphs,
         cache_positions: tuple[int, int] | None = None,
+        pack_weights: bool = True,
     ) -> None:
         self.model = model
         self.device = torch.device(device)
         self.scheduler: Scheduler[_Job] = Scheduler(slots)
         self.slots = slots
-        self.decoder = Decoder(model)
+        self.decoder = Decoder(model, pack_weights)
+        logger.info("decoding engine: weights %s", self.decoder.layout.reason)
         self.is_melody = self.decoder.is_melody
         self.pattern = DelayPattern(model, int(model.generation_config.decoder_start_token_id))
         self.codebooks, self.vocab = self.decoder.codebooks, self.decoder.vocab
@@ -255,6 +259,7 @@ class DecodeEngine:
             stats.decoding, stats.waiting = len(self.scheduler.running), self.scheduler.waiting
             stats.graphs = self.graphs.status()
             stats.invariance = self.invariance
+            stats.weights = self.decoder.layout
             return stats
 
     @property

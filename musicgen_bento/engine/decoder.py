@@ -5,7 +5,6 @@ only in how self-attention reads and writes the cache; every other part of a lay
 from __future__ import annotations
 
 import copy
-import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +14,7 @@ import torch.nn.functional as F
 
 from .batch_state import BatchState
 from .kv_cache import KVCache, attention_bias
+from .weights import PackedLinear, WeightLayout, choose_layout, join, joint_weight, pack
 
 # Self-attention of one layer: (layer index, projected q|k|v, scale) -> attention output.
 SelfAttention = Callable[[int, torch.Tensor, float], torch.Tensor]
@@ -33,11 +33,11 @@ class Decoder:
     """Runs the decoder of a loaded model over the engine's cache with joint weights.
 
     The joint weights (q|k|v per layer, the codebooks' heads, their embeddings) cut the operations
-    per step; the model's own modules become views of them, so the model keeps one copy and works
-    as before.
+    per step; on CPUs in bfloat16 the linear ones are packed for oneDNN (`weights`). The model's
+    own modules become views or parts of them, so the model keeps one copy and works as before.
     """
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, pack_weights: bool = True) -> None:
         causal_lm = model.decoder
         self.model = model
         self.stack = causal_lm.model.decoder
@@ -51,14 +51,34 @@ class Decoder:
         self.layers = len(self.stack.layers)
         self.dtype = next(causal_lm.parameters()).dtype
         device = next(causal_lm.parameters()).device
+        layers = self.stack.layers
+        if isinstance(layers[0].fc1, PackedLinear):
+            self.layout = WeightLayout(True, "packed for oneDNN by an earlier engine on this model")
+        elif not pack_weights:
+            self.layout = WeightLayout(False, "dense: packing turned off (pack_weights=False)")
+        else:
+            self.layout = choose_layout(device, self.dtype, layers[0].fc1.weight)
+        packed = self.layout.packed
         self.qkv = [
-            joint_weight([layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj])
-            for layer in self.stack.layers
+            join([(layer.self_attn, "q_proj"), (layer.self_attn, "k_proj"), (layer.self_attn, "v_proj")], packed)
+            for layer in layers
         ]
-        self.head_weight = joint_weight(list(causal_lm.lm_heads))
+        self.codebook_heads = join([(causal_lm.lm_heads, str(index)) for index in range(len(causal_lm.lm_heads))], packed)
+        if packed:
+            for layer in layers:
+                for parent, names in self._linear_slots(layer):
+                    for name in names:
+                        pack((parent, name))
         self.embedding = joint_weight(list(self.stack.embed_tokens))
         table_rows = self.stack.embed_tokens[0].weight.shape[0]
         self.embedding_offsets = torch.arange(self.codebooks, device=device) * table_rows
+
+    def _linear_slots(self, layer: Any) -> list[tuple[Any, tuple[str, ...]]]:
+        """A layer's linear modules other than q|k|v of self-attention (joined), by parent."""
+        slots: list[tuple[Any, tuple[str, ...]]] = [(layer.self_attn, ("out_proj",)), (layer, ("fc1", "fc2"))]
+        if not self.is_melody:
+            slots.append((layer.encoder_attn, ("q_proj", "k_proj", "v_proj", "out_proj")))
+        return slots
 
     def ensure_positions(self, positions: int) -> None:
         """Makes the sinusoidal position table cover `positions`."""
@@ -163,7 +183,7 @@ class Decoder:
         """Every decoder layer: self-attention (as `attend` does it), cross-attention, feed-forward."""
         for index, layer in enumerate(self.stack.layers):
             attention = layer.self_attn
-            projected = F.linear(layer.self_attn_layer_norm(hidden), self.qkv[index])
+            projected = self.qkv[index](layer.self_attn_layer_norm(hidden))
             hidden = hidden + attention.out_proj(self.merge_heads(attend(index, projected, attention.scaling)))
             if cross is not None:
                 keys = cache.cross_keys[index, cross.rows, :, : cross.length]
@@ -183,9 +203,9 @@ class Decoder:
         def pair(*shape: int, dtype: torch.dtype) -> torch.Tensor:
             return torch.randn(2, *shape, generator=noise, device=device).to(dtype)
 
-        def product(weight: torch.Tensor) -> Callable[[int], torch.Tensor]:
-            inputs = pair(weight.shape[1], dtype=weight.dtype)
-            return lambda rows: F.linear(inputs.repeat(rows // 2, 1), weight)
+        def product(linear: Any) -> Callable[[int], torch.Tensor]:
+            inputs = pair(linear.in_features, dtype=self.dtype)
+            return lambda rows: linear(inputs.repeat(rows // 2, 1))
 
         def attention(length: int) -> Callable[[int], torch.Tensor]:
             query = pair(self.heads, 1, self.head_dim, dtype=cache_dtype)
@@ -206,17 +226,17 @@ class Decoder:
             return run
 
         layer = self.stack.layers[0]
-        weights = {
+        products = {
             "self-attention projections": self.qkv[0],
-            "self-attention output": layer.self_attn.out_proj.weight,
-            "feed-forward in": layer.fc1.weight,
-            "feed-forward out": layer.fc2.weight,
-            "codebook heads": self.head_weight,
+            "self-attention output": layer.self_attn.out_proj,
+            "feed-forward in": layer.fc1,
+            "feed-forward out": layer.fc2,
+            "codebook heads": self.codebook_heads,
         }
         if not self.is_melody:
-            weights["cross-attention query"] = layer.encoder_attn.q_proj.weight
-            weights["cross-attention output"] = layer.encoder_attn.out_proj.weight
-        probes = [(f"the {name} product", product(weight.detach())) for name, weight in weights.items()]
+            products["cross-attention query"] = layer.encoder_attn.q_proj
+            products["cross-attention output"] = layer.encoder_attn.out_proj
+        probes = [(f"the {name} product", product(linear)) for name, linear in products.items()]
         return [
             *probes,
             ("attention over 64 positions", attention(64)),
@@ -231,7 +251,7 @@ class Decoder:
 
     def head_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Every codebook's logits: hidden (N, hidden) → (N, codebooks, vocab)."""
-        return F.linear(hidden, self.head_weight).view(hidden.shape[0], self.codebooks, self.vocab)
+        return self.codebook_heads(hidden).view(hidden.shape[0], self.codebooks, self.vocab)
 
     def _cross_attention(
         self, layer: Any, hidden: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bias: torch.Tensor
@@ -247,26 +267,3 @@ class Decoder:
     def merge_heads(self, x: torch.Tensor) -> torch.Tensor:
         return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], self.hidden)
 
-
-def joint_weight(modules: list[Any]) -> torch.Tensor:
-    """One weight for several linear or embedding `modules`, their weights stacked along the first
-    dimension; each module's weight becomes a view of it, so the model keeps a single copy and
-    works as before. Modules already sharing one such weight (another engine on the same model)
-    are left as they are."""
-    weights = [module.weight for module in modules]
-    first, width = weights[0], weights[0].shape[1:]
-    rows = sum(weight.shape[0] for weight in weights)
-    offsets = itertools.accumulate((weight.shape[0] * weight[0].numel() for weight in weights), initial=0)
-    if all(
-        weight.untyped_storage().data_ptr() == first.untyped_storage().data_ptr()
-        and weight.storage_offset() == first.storage_offset() + offset
-        and weight.is_contiguous()
-        for weight, offset in zip(weights, offsets, strict=False)  # offsets has one more
-    ):
-        return first.detach().new_empty(0).set_(first.untyped_storage(), first.storage_offset(), (rows, *width))
-    joint = torch.cat([weight.detach() for weight in weights])
-    start = 0
-    for module, weight in zip(modules, weights, strict=True):
-        module.weight = torch.nn.Parameter(joint[start : start + weight.shape[0]], requires_grad=False)
-        start += weight.shape[0]
-    return joint

@@ -96,6 +96,14 @@ class BatchInvariance:
     reason: str
 
 
+@dataclass(frozen=True)
+class WeightLayout:
+    """Whether the decoder's weights are packed for oneDNN's products, and why (`weights`)."""
+
+    packed: bool
+    reason: str
+
+
 @dataclass
 class EngineStats:
     """Counters the engine keeps since it started (read them with `DecodeEngine.stats()`)."""
@@ -111,6 +119,7 @@ class EngineStats:
     padded_rows: int = 0  # rows computed for free slots alongside the running ones (padded steps)
     graphs: GraphsStatus = field(default_factory=lambda: GraphsStatus(False, "off: not a CUDA device"))
     invariance: BatchInvariance = field(default_factory=lambda: BatchInvariance(2, False, "not checked"))
+    weights: WeightLayout = field(default_factory=lambda: WeightLayout(False, "dense"))
 
     def count_step(self, batch: int) -> None:
         self.steps += 1

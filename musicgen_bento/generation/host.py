@@ -117,6 +117,8 @@ class ModelHost:
             graphs_reason=stats.graphs.reason,
             batch_invariant=stats.invariance.holds,
             batch_invariance_reason=stats.invariance.reason,
+            weights="packed" if stats.weights.packed else "dense",
+            weights_reason=stats.weights.reason,
         )
 
     def memory_health(self) -> MemoryHealth | None:

@@ -1,0 +1,181 @@
+"""How the decoder's weights are held for its matrix products: joined where one product replaces
+several (q|k|v of a layer, the codebooks' heads) and, on CPUs in bfloat16, packed once at start-up
+into oneDNN's blocked layout.
+
+`F.linear` in bfloat16 on a CPU goes through oneDNN, which reorders the weight into its blocked
+layout on every call; a decoding step reads every weight once, so the reorder is a large part of
+it. Packing once (what inductor's CPU freezing does: `mkldnn._reorder_linear_weight` and
+`mkldnn._linear_pointwise`) measured 1.2-2x faster on the step's products, 2 to 32 rows, on an
+AVX-512 BF16 CPU, with `F.linear`'s values bit for bit. Those ops are private to torch, so the
+choice checks itself where it runs: packed products must equal `F.linear`'s at several row counts,
+or the weights stay dense and `WeightLayout.reason` says why.
+
+Packing replaces the model's own linear modules in the decoder (one copy of each weight in memory,
+as before); the modules keep computing what they did, so `generate()` and a second engine on the
+same model still work. Float32 stays dense: there MKL does the products, and oneDNN's packed
+float32 measured slower at 16 rows and changed results with the row count.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .requests import WeightLayout
+
+# A product of the decoder: (..., in_features) -> (..., out_features).
+Linear = Callable[[torch.Tensor], torch.Tensor]
+
+# oneDNN chooses the packed layout for this many rows; steps compute 2 to 2 x slots rows, and the
+# choice changed the products' time by under 10 % from 1 to 64 rows.
+_PACKED_FOR_ROWS = 16
+
+# Row counts the packed products are checked at against F.linear: a lone request, a few and a full
+# batch of the default slots, and a prefill's many rows.
+_CHECK_ROWS = (2, 4, 6, 16, 130)
+
+
+class DenseLinear:
+    """A product with a weight held as it is (a joint weight the model's modules are views of)."""
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        self.weight = weight
+        self.in_features = int(weight.shape[1])
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight)
+
+
+class PackedLinear(torch.nn.Module):
+    """A linear layer whose weight is packed in oneDNN's layout: `F.linear`'s values without the
+    reorder each call. Replaces an `nn.Linear` in the model, whose dense weight is then freed."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.in_features = int(weight.shape[1])
+        self.out_features = int(weight.shape[0])
+        # A plain attribute, not a parameter or buffer: an opaque oneDNN tensor cannot be moved,
+        # saved or iterated as parameters are, and the engine that packed it keeps it on the CPU.
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), _PACKED_FOR_ROWS)
+        self.bias = None if bias is None else torch.nn.Parameter(bias.detach(), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")  # type: ignore[no-any-return]
+
+
+class JointPart(torch.nn.Module):
+    """One of the modules joined into a packed product (q, k or v; one codebook's head): its columns
+    of the joint product, which are what its own product gave (checked at start-up). Stands in the
+    model for compatibility (`generate()`); the engine itself computes the joint product once."""
+
+    def __init__(self, joint: PackedLinear, start: int, stop: int) -> None:
+        super().__init__()
+        # Not a submodule: several parts share it, and the model should not list it once per part.
+        self.__dict__["joint"] = joint
+        self.start, self.stop = start, stop
+        self.in_features, self.out_features = joint.in_features, stop - start
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.joint(x)[..., self.start : self.stop]  # type: ignore[no-any-return]
+
+
+def choose_layout(device: torch.device, dtype: torch.dtype, sample: torch.Tensor) -> WeightLayout:
+    """Whether to pack the decoder's weights, checked on `sample` (one of its weights)."""
+    if device.type != "cpu":
+        return WeightLayout(False, f"dense: {device.type} multiplies the weights as they are")
+    if dtype != torch.bfloat16:
+        return WeightLayout(
+            False, "dense: packing is for bfloat16 (float32 products go through MKL, and packed ones were slower)"
+        )
+    if not torch.backends.mkldnn.is_available() or not hasattr(torch.ops.mkldnn, "_linear_pointwise"):
+        return WeightLayout(False, "dense: this torch build has no oneDNN linear products")
+    mismatch = packed_products_differ(sample)
+    if mismatch:
+        return WeightLayout(False, f"dense: packed products differ from F.linear ({mismatch})")
+    rows = ", ".join(map(str, _CHECK_ROWS))
+    return WeightLayout(True, f"packed for oneDNN at start-up; the same values as F.linear at {rows} rows (checked)")
+
+
+def packed_products_differ(weight: torch.Tensor) -> str:
+    """'' when the packed product of `weight`, and its parts' columns, equal `F.linear`'s at every
+    checked row count; otherwise what differs. Any error from the private ops counts as a difference."""
+    noise = torch.Generator().manual_seed(0)
+    try:
+        packed = PackedLinear(weight)
+        half = weight.shape[0] // 2
+        with torch.inference_mode():
+            for rows in _CHECK_ROWS:
+                x = torch.randn(rows, weight.shape[1], generator=noise).to(weight.dtype)
+                joint = packed(x)
+                if not torch.equal(joint, F.linear(x, weight)):
+                    return f"at {rows} rows"
+                if not torch.equal(joint[:, half:], F.linear(x, weight[half:])):
+                    return f"a part's columns at {rows} rows"
+    except (RuntimeError, NotImplementedError) as error:
+        return f"{type(error).__name__}: {error}"
+    return ""
+
+
+# A module's place in the model: its parent and its attribute name ("0" in a ModuleList).
+Slot = tuple[torch.nn.Module, str]
+
+
+def join(slots: list[Slot], pack: bool) -> DenseLinear | PackedLinear:
+    """One product for the linear modules in `slots`, their outputs side by side.
+
+    Dense: the joint weight, the modules made views of it (`joint_weight`). Packed: one packed
+    joint product, each module replaced in its parent by its `JointPart`. Modules already joined
+    by another engine on the same model are reused as they are.
+    """
+    modules = [getattr(parent, name) for parent, name in slots]
+    if not pack:
+        return DenseLinear(joint_weight(modules))
+    if isinstance(modules[0], JointPart):
+        return modules[0].joint  # type: ignore[no-any-return]
+    biases = [module.bias for module in modules]
+    bias = None
+    if any(part is not None for part in biases):
+        bias = torch.cat(
+            [part if part is not None else module.weight.new_zeros(module.weight.shape[0]) for part, module in zip(biases, modules, strict=True)]
+        )
+    joint = PackedLinear(torch.cat([module.weight.detach() for module in modules]), bias)
+    bounds = itertools.accumulate((module.weight.shape[0] for module in modules), initial=0)
+    for (parent, name), (start, stop) in zip(slots, itertools.pairwise(bounds), strict=True):
+        setattr(parent, name, JointPart(joint, start, stop))
+    return joint
+
+
+def pack(slot: Slot) -> None:
+    """Replaces the linear module in `slot` by its packed form (once: a packed one stays)."""
+    parent, name = slot
+    module = getattr(parent, name)
+    if not isinstance(module, PackedLinear | JointPart):
+        setattr(parent, name, PackedLinear(module.weight, module.bias))
+
+
+def joint_weight(modules: list[Any]) -> torch.Tensor:
+    """One weight for several linear or embedding `modules`, their weights stacked along the first
+    dimension; each module's weight becomes a view of it, so the model keeps a single copy and
+    works as before. Modules already sharing one such weight (another engine on the same model)
+    are left as they are."""
+    weights = [module.weight for module in modules]
+    first, width = weights[0], weights[0].shape[1:]
+    rows = sum(weight.shape[0] for weight in weights)
+    offsets = itertools.accumulate((weight.shape[0] * weight[0].numel() for weight in weights), initial=0)
+    if all(
+        weight.untyped_storage().data_ptr() == first.untyped_storage().data_ptr()
+        and weight.storage_offset() == first.storage_offset() + offset
+        and weight.is_contiguous()
+        for weight, offset in zip(weights, offsets, strict=False)  # offsets has one more
+    ):
+        return first.detach().new_empty(0).set_(first.untyped_storage(), first.storage_offset(), (rows, *width))
+    joint = torch.cat([weight.detach() for weight in weights])
+    start = 0
+    for module, weight in zip(modules, weights, strict=True):
+        module.weight = torch.nn.Parameter(joint[start : start + weight.shape[0]], requires_grad=False)
+        start += weight.shape[0]
+    return joint

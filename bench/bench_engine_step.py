@@ -71,13 +71,15 @@ def measure(shape: str, steps: int, rounds: int) -> None:
     # The reduced-precision copy is made before the float32 engines join their weights.
     reduced = copy.deepcopy(model).to(device, precision.dtype) if precision.dtype != torch.float32 else None
     model = model.to(device, torch.float32)
+    # Weighed before the engines are built: a packing engine replaces the modules' parameters.
+    float32_bytes = decoder_bytes(model)
     float32 = in_memory_generators(model, processor, f"{shape} shape, float32", 1)
     variants: dict[str, Any] = {"transformers float32": float32["transformers"], "engine float32": float32["static"]}
-    weights = dict.fromkeys(variants, decoder_bytes(model))
+    weights = dict.fromkeys(variants, float32_bytes)
     if reduced is not None:
         name = f"engine auto ({precision.name})"
-        variants[name] = in_memory_generators(reduced, processor, f"{shape} shape, {precision.name}", 1)["static"]
         weights[name] = decoder_bytes(reduced)
+        variants[name] = in_memory_generators(reduced, processor, f"{shape} shape, {precision.name}", 1)["static"]
     bandwidth = read_bandwidth_gb_s() if not device.startswith("cuda") else float("nan")
     print(
         f"{shape} on {hardware(device)}, guidance on, batch 1, {steps} steps x {rounds} rounds; "

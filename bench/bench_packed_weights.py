@@ -28,8 +28,7 @@ LONG, SHORT = 120, 20  # new frames of the long and the short generation
 def _requests(engine: Any, processor: Any, batch: int, frames: int) -> list[Any]:
     import torch
 
-    from musicgen_bento.engine.requests import DecodeRequest
-    from musicgen_bento.engine.requests import Sampling
+    from musicgen_bento.engine.requests import DecodeRequest, Sampling
 
     requests = []
     for index in range(batch):

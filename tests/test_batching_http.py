@@ -108,6 +108,26 @@ def test_concurrent_continue_calls_decode_in_the_same_steps(server: Server, sour
         assert np.array_equal(samples(batched["audio_path"]), samples(single["audio_path"]))
 
 
+def test_bfloat16_calls_with_packed_weights_decode_together_as_alone(
+    start_server: Any, source: Path, tiny_models: dict[str, str]
+) -> None:
+    # CPUs in bfloat16 multiply by weights packed for oneDNN (the `auto` choice on CPUs with native
+    # bfloat16); batching must reach those calls, and change none of them, as it does in float32.
+    packed: Server = start_server(settings=settings(MUSICGEN_DTYPE="bfloat16"))
+    packed.wait_until("ready", timeout=180)
+    engine = httpx.get(f"{packed.url}/health", timeout=10).json()["engine"]
+    assert engine["weights"] == "packed", engine["weights_reason"]
+    alone = [continue_call(packed, source, seed, temperature=1.0) for seed in range(SLOTS)]
+    before = metrics(packed)
+    together = all_at_once(
+        [lambda seed=seed: continue_call(packed, source, seed, temperature=1.0) for seed in range(SLOTS)]
+    )
+    after = metrics(packed)
+    assert steps_at_batch(before, after, SLOTS) >= STEPS_PER_CLIP // 2, (before, after)
+    for single, batched in zip(alone, together, strict=True):
+        assert np.array_equal(samples(batched["audio_path"]), samples(single["audio_path"]))
+
+
 def test_more_calls_than_slots_wait_and_all_finish(server: Server, source: Path) -> None:
     before = metrics(server)
     answers = all_at_once([lambda seed=seed: continue_call(server, source, seed) for seed in range(SLOTS + 2)])

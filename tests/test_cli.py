@@ -26,6 +26,7 @@ def test_orchestrator_command_line_serves_health(melody_server: Server) -> None:
     memory = body.pop("memory")
     precision = body.pop("precision")
     invariance = body["engine"].pop("batch_invariance_reason")
+    weights = body["engine"].pop("weights_reason")
     assert body == {
         "status": "ready",
         "model": TINY_MELODY,
@@ -42,10 +43,12 @@ def test_orchestrator_command_line_serves_health(melody_server: Server) -> None:
             "graphs": "off",
             "graphs_reason": "off: not a CUDA device",
             "batch_invariant": True,
+            "weights": "dense",
         },
         "melody": True,
     }
     assert precision["dtype"] == "float32" and precision["reason"].startswith("auto: ")
+    assert weights.startswith("dense: packing is for bfloat16")  # auto keeps the tiny model in float32
     assert invariance.startswith("checked at start-up: a request's rows get the same values alone as in a batch")
     # No budget given: the host's free memory, which holds all 8 slots of the tiny model.
     assert memory["budget_source"] == "free on cpu at start-up" and memory["slots"] == 8

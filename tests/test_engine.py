@@ -389,10 +389,10 @@ def test_the_model_keeps_one_copy_of_the_weights_the_engine_joins() -> None:
     first = DecodeEngine(model, "cpu", 1)
     second = DecodeEngine(model, "cpu", 1)
     for engine in (first, second):
-        joint = engine.decoder.qkv[0]
+        joint = engine.decoder.qkv[0].weight
         assert joint.untyped_storage().data_ptr() == attention.q_proj.weight.untyped_storage().data_ptr()
         assert torch.equal(joint, torch.cat(before))
-    assert second.decoder.head_weight.data_ptr() == model.decoder.lm_heads[0].weight.data_ptr()
+    assert second.decoder.codebook_heads.weight.data_ptr() == model.decoder.lm_heads[0].weight.data_ptr()
     assert second.decoder.embedding.data_ptr() == model.decoder.model.decoder.embed_tokens[0].weight.data_ptr()
     first.close()
     second.close()

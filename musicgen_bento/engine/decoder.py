@@ -63,7 +63,9 @@ class Decoder:
             join([(layer.self_attn, "q_proj"), (layer.self_attn, "k_proj"), (layer.self_attn, "v_proj")], packed)
             for layer in layers
         ]
-        self.codebook_heads = join([(causal_lm.lm_heads, str(index)) for index in range(len(causal_lm.lm_heads))], packed)
+        self.codebook_heads = join(
+            [(causal_lm.lm_heads, str(index)) for index in range(len(causal_lm.lm_heads))], packed
+        )
         if packed:
             for layer in layers:
                 for parent, names in self._linear_slots(layer):
@@ -266,4 +268,3 @@ class Decoder:
 
     def merge_heads(self, x: torch.Tensor) -> torch.Tensor:
         return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], self.hidden)
-

@@ -72,6 +72,8 @@ class JointPart(torch.nn.Module):
     of the joint product, which are what its own product gave (checked at start-up). Stands in the
     model for compatibility (`generate()`); the engine itself computes the joint product once."""
 
+    joint: PackedLinear
+
     def __init__(self, joint: PackedLinear, start: int, stop: int) -> None:
         super().__init__()
         # Not a submodule: several parts share it, and the model should not list it once per part.
@@ -80,7 +82,7 @@ class JointPart(torch.nn.Module):
         self.in_features, self.out_features = joint.in_features, stop - start
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.joint(x)[..., self.start : self.stop]  # type: ignore[no-any-return]
+        return self.joint(x)[..., self.start : self.stop]
 
 
 def choose_layout(device: torch.device, dtype: torch.dtype, sample: torch.Tensor) -> WeightLayout:
@@ -135,12 +137,15 @@ def join(slots: list[Slot], pack: bool) -> DenseLinear | PackedLinear:
     if not pack:
         return DenseLinear(joint_weight(modules))
     if isinstance(modules[0], JointPart):
-        return modules[0].joint  # type: ignore[no-any-return]
+        return modules[0].joint
     biases = [module.bias for module in modules]
     bias = None
     if any(part is not None for part in biases):
         bias = torch.cat(
-            [part if part is not None else module.weight.new_zeros(module.weight.shape[0]) for part, module in zip(biases, modules, strict=True)]
+            [
+                part if part is not None else module.weight.new_zeros(module.weight.shape[0])
+                for part, module in zip(biases, modules, strict=True)
+            ]
         )
     joint = PackedLinear(torch.cat([module.weight.detach() for module in modules]), bias)
     bounds = itertools.accumulate((module.weight.shape[0] for module in modules), initial=0)

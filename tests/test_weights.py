@@ -1,0 +1,164 @@
+"""How the decoder's weights are held: packed for oneDNN on CPUs in bfloat16 only where the packed
+products give `F.linear`'s values, the model keeping one copy and working as before, and the same
+tokens from packed and dense engines."""
+
+from __future__ import annotations
+
+import copy
+import threading
+from typing import Any
+
+import pytest
+import torch
+
+from musicgen_bento.engine import DecodeEngine, DecodeRequest, Sampling
+from musicgen_bento.engine.weights import JointPart, PackedLinear, choose_layout
+from musicgen_bento.models.tiny import build_tiny_model
+
+SAMPLED = Sampling(cfg_coef=3.0, temperature=1.0, top_k=250)
+
+
+def _bfloat16_model(kind: str) -> tuple[Any, Any]:
+    model, processor = build_tiny_model(kind)  # type: ignore[arg-type]
+    return model.to(torch.bfloat16), processor
+
+
+def _linears(model: Any) -> list[torch.nn.Module]:
+    decoder = model.decoder
+    return [module for module in [*decoder.model.decoder.layers.modules(), *decoder.lm_heads] if _is_linear(module)]
+
+
+def _is_linear(module: torch.nn.Module) -> bool:
+    return isinstance(module, torch.nn.Linear | PackedLinear | JointPart)
+
+
+@pytest.mark.parametrize(
+    ("device", "dtype", "reason"),
+    [
+        ("cuda", torch.float16, "dense: cuda multiplies the weights as they are"),
+        ("cpu", torch.float32, "dense: packing is for bfloat16"),
+    ],
+    ids=["cuda", "cpu-float32"],
+)
+def test_only_bfloat16_on_a_cpu_is_packed(device: str, dtype: torch.dtype, reason: str) -> None:
+    layout = choose_layout(torch.device(device), dtype, torch.zeros(8, 8, dtype=dtype))
+    assert not layout.packed
+    assert layout.reason.startswith(reason)
+
+
+def test_bfloat16_on_this_cpu_is_packed_after_the_check() -> None:
+    layout = choose_layout(torch.device("cpu"), torch.bfloat16, torch.randn(64, 32).bfloat16())
+    assert layout.packed, layout.reason
+    assert "the same values as F.linear" in layout.reason
+
+
+def test_packed_products_that_differ_keep_the_weights_dense(monkeypatch: pytest.MonkeyPatch) -> None:
+    forward = PackedLinear.forward
+    monkeypatch.setattr(PackedLinear, "forward", lambda self, x: forward(self, x) + 1)
+    layout = choose_layout(torch.device("cpu"), torch.bfloat16, torch.randn(64, 32).bfloat16())
+    assert not layout.packed
+    assert layout.reason == "dense: packed products differ from F.linear (at 2 rows)"
+
+
+def test_packing_that_fails_keeps_the_weights_dense(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(self: PackedLinear, x: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("no oneDNN kernel for this CPU")
+
+    monkeypatch.setattr(PackedLinear, "forward", refuse)
+    model, _ = _bfloat16_model("text")
+    engine = DecodeEngine(model, "cpu", 1)
+    try:
+        layout = engine.stats().weights
+        assert not layout.packed
+        assert (
+            layout.reason == "dense: packed products differ from F.linear (RuntimeError: no oneDNN kernel for this CPU)"
+        )
+        assert all(isinstance(module, torch.nn.Linear) for module in _linears(model))
+    finally:
+        engine.close()
+
+
+@pytest.mark.parametrize("kind", ["text", "melody"])
+def test_packing_leaves_one_copy_of_every_linear_weight(kind: str) -> None:
+    model, _ = _bfloat16_model(kind)
+    dense_bytes = sum(p.numel() * p.element_size() for module in _linears(model) for p in module.parameters())
+    before = sum(p.numel() for p in model.decoder.parameters())
+    engine = DecodeEngine(model, "cpu", 1)
+    try:
+        assert engine.stats().weights.packed
+        linears = _linears(model)
+        assert linears and not any(isinstance(module, torch.nn.Linear) for module in linears)
+        # No dense copy is left as a parameter: the decoder lost exactly its linear weights' elements.
+        after = sum(p.numel() for p in model.decoder.parameters())
+        assert (before - after) * 2 == dense_bytes
+        # q, k and v of a layer share one packed product, as the codebooks' heads do.
+        attention = model.decoder.model.decoder.layers[0].self_attn
+        assert attention.q_proj.joint is attention.k_proj.joint is attention.v_proj.joint is engine.decoder.qkv[0]
+        assert {head.joint for head in model.decoder.lm_heads} == {engine.decoder.codebook_heads}
+    finally:
+        engine.close()
+
+
+def test_a_packed_model_generates_what_it_generated_before() -> None:
+    model, processor = _bfloat16_model("text")
+    inputs = dict(processor(text=["lo fi"], padding=True, return_tensors="pt"))
+
+    def generate() -> torch.Tensor:
+        with torch.inference_mode():
+            return model.generate(**inputs, max_new_tokens=12, do_sample=False, guidance_scale=3.0)  # type: ignore[no-any-return]
+
+    before = generate()
+    first = DecodeEngine(model, "cpu", 1)
+    second = DecodeEngine(model, "cpu", 1)  # finds the model packed and reuses its products
+    try:
+        assert torch.equal(generate(), before)
+        assert second.decoder.qkv[0] is first.decoder.qkv[0]
+        assert second.stats().weights.reason == "packed for oneDNN by an earlier engine on this model"
+    finally:
+        first.close()
+        second.close()
+
+
+@pytest.mark.parametrize("kind", ["text", "melody"])
+def test_packed_and_dense_engines_give_the_same_tokens_batched(kind: str) -> None:
+    model, processor = _bfloat16_model(kind)
+    engines = {
+        "dense": DecodeEngine(copy.deepcopy(model), "cpu", 4, pack_weights=False),
+        "packed": DecodeEngine(model, "cpu", 4),
+    }
+    assert [engine.stats().weights.packed for engine in engines.values()] == [False, True]
+    try:
+        codes = {name: _decode_together(engine, processor, kind) for name, engine in engines.items()}
+        for index, (dense, packed) in enumerate(zip(codes["dense"], codes["packed"], strict=True)):
+            assert torch.equal(dense, packed), f"request {index} differs packed"
+        assert max(engines["packed"].stats().steps_by_batch) == 4, "the requests did not decode together"
+    finally:
+        for engine in engines.values():
+            engine.close()
+
+
+def _decode_together(engine: DecodeEngine, processor: Any, kind: str) -> list[torch.Tensor]:
+    requests = []
+    for seed in range(4):
+        args: dict[str, Any] = {"text": [f"take {seed}"], "padding": True, "return_tensors": "pt"}
+        if kind == "melody":
+            tone = torch.sin(2 * torch.pi * (220 + 40 * seed) * torch.arange(32000) / 32000)
+            args.update(audio=(0.3 * tone).numpy(), sampling_rate=32000)
+        inputs = dict(processor(**args))
+        if "input_features" in inputs:
+            inputs["input_features"] = inputs["input_features"].to(torch.bfloat16)
+        with torch.inference_mode():
+            states, mask = engine.encode_conditioning(inputs)
+        prompt = torch.randint(0, 2048, (4, 10 + 7 * seed), generator=torch.Generator().manual_seed(seed))
+        requests.append(DecodeRequest(states, mask, prompt, 30, SAMPLED, torch.Generator().manual_seed(seed)))
+    codes: list[torch.Tensor] = [torch.empty(0)] * len(requests)
+
+    def decode(index: int) -> None:
+        codes[index] = engine.decode(requests[index], (index,))
+
+    threads = [threading.Thread(target=decode, args=(index,)) for index in range(len(requests))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    return codes

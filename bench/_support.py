@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import statistics
 import sys
 import tempfile
@@ -40,6 +41,10 @@ def write_tone(path: Path, seconds: float, sample_rate: int) -> Path:
     return tone(path, seconds=seconds, sample_rate=sample_rate, channels=1)
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 @contextmanager
 def served(settings: dict[str, str], timeout_s: float = 300) -> Iterator[str]:
     """Runs `bentoml serve service:MusicGen` with `settings` until the block ends; yields its URL.
@@ -50,6 +55,9 @@ def served(settings: dict[str, str], timeout_s: float = 300) -> Iterator[str]:
     log_path = Path(tempfile.mkdtemp(prefix="musicgen-bench-server-")) / "server.log"
     command = [str(BIN / "bentoml"), "serve", "service:MusicGen", "--port", str(port), "--host", "127.0.0.1"]
     server = ServerProcess(command, {**os.environ, **settings}, port, log_path, cwd=ROOT)
+    # A bench stopped with SIGTERM (kill, a timeout) would otherwise exit without the `finally`
+    # below and leave its server running, holding the cores the next measurement needs.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         server.wait_until("ready", timeout=timeout_s)
         yield server.url

@@ -19,16 +19,12 @@ float32 measured slower at 16 rows and changed results with the row count.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from .requests import WeightLayout
-
-# A product of the decoder: (..., in_features) -> (..., out_features).
-Linear = Callable[[torch.Tensor], torch.Tensor]
 
 # oneDNN chooses the packed layout for this many rows; steps compute 2 to 2 x slots rows, and the
 # choice changed the products' time by under 10 % from 1 to 64 rows.

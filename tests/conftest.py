@@ -11,9 +11,11 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -52,6 +54,23 @@ class Server(ServerProcess):
 
     def __init__(self, command: list[str], env: dict[str, str], port: int, log_path: Path) -> None:
         super().__init__(command, env, port, log_path, cwd=ROOT)
+
+
+def decode_together(engine: Any, requests: list[Any]) -> list[Any]:
+    """Each request's codes, the requests decoded by `engine` from threads started together (the
+    index is the arrival order); fails if one has not finished within two minutes."""
+    codes: list[Any] = [None] * len(requests)
+
+    def decode(index: int) -> None:
+        codes[index] = engine.decode(requests[index], (index,))
+
+    threads = [threading.Thread(target=decode, args=(index,)) for index in range(len(requests))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not any(thread.is_alive() for thread in threads), "a request did not finish decoding"
+    return codes
 
 
 def server_env(output_dir: Path, **settings: str) -> dict[str, str]:

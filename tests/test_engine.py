@@ -27,6 +27,8 @@ from musicgen_bento.generation.params import GenerationParams, GenerationRequest
 from musicgen_bento.models.store import find
 from musicgen_bento.models.tiny import build_tiny_model
 
+from .conftest import decode_together
+
 SAMPLE_RATE = 32000
 
 
@@ -178,18 +180,7 @@ BATCH = [
 
 
 def _run_concurrently(tiny: Tiny, cases: list[Case]) -> dict[int, torch.Tensor]:
-    results: dict[int, torch.Tensor] = {}
-    requests = [tiny.request(case) for case in cases]
-
-    def run(index: int) -> None:
-        results[index] = tiny.engine.decode(requests[index], (index,))
-
-    threads = [threading.Thread(target=run, args=(index,)) for index in range(len(cases))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-    return results
+    return dict(enumerate(decode_together(tiny.engine, [tiny.request(case) for case in cases])))
 
 
 def test_batched_requests_each_give_their_own_tokens(tiny: Tiny) -> None:

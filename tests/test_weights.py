@@ -5,7 +5,6 @@ tokens from packed and dense engines."""
 from __future__ import annotations
 
 import copy
-import threading
 from typing import Any
 
 import pytest
@@ -14,6 +13,8 @@ import torch
 from musicgen_bento.engine import DecodeEngine, DecodeRequest, Sampling
 from musicgen_bento.engine.weights import JointPart, PackedLinear, choose_layout
 from musicgen_bento.models.tiny import build_tiny_model
+
+from .conftest import decode_together
 
 SAMPLED = Sampling(cfg_coef=3.0, temperature=1.0, top_k=250)
 
@@ -151,14 +152,4 @@ def _decode_together(engine: DecodeEngine, processor: Any, kind: str) -> list[to
             states, mask = engine.encode_conditioning(inputs)
         prompt = torch.randint(0, 2048, (4, 10 + 7 * seed), generator=torch.Generator().manual_seed(seed))
         requests.append(DecodeRequest(states, mask, prompt, 30, SAMPLED, torch.Generator().manual_seed(seed)))
-    codes: list[torch.Tensor] = [torch.empty(0)] * len(requests)
-
-    def decode(index: int) -> None:
-        codes[index] = engine.decode(requests[index], (index,))
-
-    threads = [threading.Thread(target=decode, args=(index,)) for index in range(len(requests))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-    return codes
+    return decode_together(engine, requests)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from .batch_state import BatchState
 from .kv_cache import KVCache, attention_bias
-from .weights import PackedLinear, WeightLayout, choose_layout, join, joint_weight, pack
+from .weights import PackedLinear, Slot, WeightLayout, choose_layout, join, joint_weight, pack
 
 # Self-attention of one layer: (layer index, projected q|k|v, scale) -> attention output.
 SelfAttention = Callable[[int, torch.Tensor, float], torch.Tensor]
@@ -68,18 +68,17 @@ class Decoder:
         )
         if packed:
             for layer in layers:
-                for parent, names in self._linear_slots(layer):
-                    for name in names:
-                        pack((parent, name))
+                for slot in self._linear_slots(layer):
+                    pack(slot)
         self.embedding = joint_weight(list(self.stack.embed_tokens))
         table_rows = self.stack.embed_tokens[0].weight.shape[0]
         self.embedding_offsets = torch.arange(self.codebooks, device=device) * table_rows
 
-    def _linear_slots(self, layer: Any) -> list[tuple[Any, tuple[str, ...]]]:
-        """A layer's linear modules other than q|k|v of self-attention (joined), by parent."""
-        slots: list[tuple[Any, tuple[str, ...]]] = [(layer.self_attn, ("out_proj",)), (layer, ("fc1", "fc2"))]
+    def _linear_slots(self, layer: Any) -> list[Slot]:
+        """A layer's linear modules other than self-attention's q|k|v (those are joined)."""
+        slots: list[Slot] = [(layer.self_attn, "out_proj"), (layer, "fc1"), (layer, "fc2")]
         if not self.is_melody:
-            slots.append((layer.encoder_attn, ("q_proj", "k_proj", "v_proj", "out_proj")))
+            slots += [(layer.encoder_attn, name) for name in ("q_proj", "k_proj", "v_proj", "out_proj")]
         return slots
 
     def ensure_positions(self, positions: int) -> None:

@@ -174,6 +174,11 @@ class EngineHealth(BaseModel):
         "(CPUs in bfloat16) or multiplied as they are.",
     )
     weights_reason: str | None = Field(default=None, description="Why, and the start-up check of packed products.")
+    threads: int | None = Field(
+        default=None,
+        description="Static engine: the CPU threads its decoding thread computes with. On a CPU it is the only "
+        "thread that computes on several cores; a request's codec and text encoder run on one.",
+    )
 
 
 class MemoryHealth(BaseModel):

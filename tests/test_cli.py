@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 import soundfile as sf
+import torch
 
 from .conftest import BIN, ROOT, TINY_MELODY, Server, write_tone
 
@@ -67,6 +68,8 @@ def test_melody_model_continues_a_source(melody_server: Server, tmp_path: Path) 
     assert body["model"].startswith(f"{TINY_MELODY}:")
     assert body["prompt_duration_s"] == pytest.approx(5.0)
     assert sf.info(body["audio_path"]).frames == 2 * 32000
+    # The engine's thread started with that request, taking the cores for itself.
+    assert httpx.get(f"{melody_server.url}/health").json()["engine"]["threads"] == torch.get_num_threads()
 
 
 def test_flags_become_settings(melody_server: Server, tmp_path: Path) -> None:

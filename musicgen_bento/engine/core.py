@@ -30,6 +30,7 @@ tensors by slot), `kv_cache`, `decoder` (one layer function for prefill and step
 `delay_pattern` and `cuda_graphs`. This module is the engine's thread and its public calls.
 
 The engine's worker thread is the only one that touches the decoder; callers block in `decode`.
+On a CPU it is also the only thread that runs torch's kernels on several cores (`threads`).
 `close()` (also run at interpreter exit) stops it between two steps, so a process never exits
 while the worker is inside a torch operation (which aborts the process).
 """
@@ -57,6 +58,7 @@ from .kv_cache import CROSS_BUCKET, KVCache, cache_dtype, round_up, rows_of
 from .requests import DecodeRequest, EngineStats, FramesFn, GraphsStatus, StepFn, StepReport
 from .sampler import Sampler
 from .scheduler import Scheduler
+from .threads import claim_cores
 
 logger = logging.getLogger("musicgen_bento")
 
@@ -315,6 +317,10 @@ class DecodeEngine:
             # CUDA graph capture and the side streams use the thread's current device, which is
             # cuda:0 unless set: a service on --gpu-id 1 would capture on the wrong GPU.
             torch.cuda.set_device(self.device)
+            self._stats.threads = torch.get_num_threads()
+        else:
+            # On a CPU, other threads' parallel kernels would slow each of the engine's (`threads`).
+            self._stats.threads = claim_cores()
         with torch.inference_mode():
             while True:
                 with self._lock:

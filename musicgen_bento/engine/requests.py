@@ -117,6 +117,7 @@ class EngineStats:
     waiting: int = 0  # requests queued for a slot now
     graph_steps: int = 0  # steps replayed from a captured CUDA graph
     padded_rows: int = 0  # rows computed for free slots alongside the running ones (padded steps)
+    threads: int = 0  # CPU threads the engine's own thread computes with (0 until it starts; see `threads`)
     graphs: GraphsStatus = field(default_factory=lambda: GraphsStatus(False, "off: not a CUDA device"))
     invariance: BatchInvariance = field(default_factory=lambda: BatchInvariance(2, False, "not checked"))
     weights: WeightLayout = field(default_factory=lambda: WeightLayout(False, "dense"))

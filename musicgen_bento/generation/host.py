@@ -119,6 +119,7 @@ class ModelHost:
             batch_invariance_reason=stats.invariance.reason,
             weights="packed" if stats.weights.packed else "dense",
             weights_reason=stats.weights.reason,
+            threads=stats.threads or None,
         )
 
     def memory_health(self) -> MemoryHealth | None:

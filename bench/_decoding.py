@@ -4,11 +4,45 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 DELAY = 3  # the delay pattern adds codebooks - 1 steps to every generation
+
+T = TypeVar("T")
+
+
+def on_fresh_thread(work: Callable[[], T], threads: int | None = None) -> T:
+    """`work()` on a thread that ends with it, computing with `threads` torch threads (default: what
+    torch gives a new thread). Its team of torch threads ends with it: a live team beside the
+    engine's slows every kernel of the engine's steps (`musicgen_bento/engine/threads.py`), so the
+    benches compute nothing on their main thread."""
+    result: list[T] = []
+
+    def run() -> None:
+        if threads is not None:
+            import torch
+
+            torch.set_num_threads(threads)
+        result.append(work())
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    if not result:
+        raise RuntimeError("the work failed on its thread (its traceback is above)")
+    return result[0]
+
+
+def request_threads(generator: Any, device: str) -> int:
+    """The torch threads a request's own thread computes with in the service: one beside the static
+    engine on a CPU (the engine's thread claims the cores), torch's default with transformers'."""
+    from musicgen_bento.engine.threads import PROCESS_THREADS
+
+    static = generator.engine_stats() is not None
+    return 1 if static and not device.startswith("cuda") else PROCESS_THREADS
 
 
 def real_shape_generators(shape: str, slots: int) -> tuple[dict[str, Any], str, Any]:
@@ -44,17 +78,22 @@ def in_memory_generators(model: Any, processor: Any, description: str, slots: in
 
 
 def generation_wall_s(generator: Any, steps: int, device: str) -> float:
-    """Wall seconds of one generation through `generator` that takes `steps` decoding steps."""
+    """Wall seconds of one generation through `generator` that takes `steps` decoding steps, called
+    from a thread of its own as a request's in the service (`request_threads`)."""
     import torch
 
     from musicgen_bento.generation.params import GenerationParams, GenerationRequest
 
     params = GenerationParams(prompt="bench", duration_s=(steps - DELAY) / 50, seed=0)
-    started = time.perf_counter()
-    generator.generate(GenerationRequest(params))
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    return time.perf_counter() - started
+
+    def generate() -> float:
+        started = time.perf_counter()
+        generator.generate(GenerationRequest(params))
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return time.perf_counter() - started
+
+    return on_fresh_thread(generate, request_threads(generator, device))
 
 
 def hardware(device: str) -> str:

@@ -17,22 +17,10 @@ from __future__ import annotations
 import argparse
 import statistics
 import threading
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
-from _decoding import hardware
+from _decoding import hardware, on_fresh_thread
 from bench_packed_weights import LONG, SHORT, _decode_together, _requests
-
-T = TypeVar("T")
-
-
-def on_fresh_thread(work: Callable[[], T]) -> T:
-    """`work()` on a thread that ends with it, taking its thread team along."""
-    result: list[T] = []
-    thread = threading.Thread(target=lambda: result.append(work()))
-    thread.start()
-    thread.join()
-    return result[0]
 
 
 class OtherTeam:

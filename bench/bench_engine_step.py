@@ -25,7 +25,7 @@ import argparse
 import statistics
 from typing import Any
 
-from _decoding import DELAY, PeakMemory, generation_wall_s, hardware, in_memory_generators
+from _decoding import DELAY, PeakMemory, generation_wall_s, hardware, in_memory_generators, on_fresh_thread
 from _support import use_private_store
 
 SHORT = 8 + DELAY  # the short generation's steps
@@ -59,28 +59,35 @@ def measure(shape: str, steps: int, rounds: int) -> None:
 
     import torch
 
+    from musicgen_bento.engine.threads import PROCESS_THREADS
     from musicgen_bento.generation.device import pick_device, pick_precision
     from musicgen_bento.models.store import DecoderShape
     from musicgen_bento.models.tiny import REAL_DECODER_SHAPES, build_real_shape_model
 
     device = pick_device(0)
-    model, processor = build_real_shape_model(shape)
     dims = REAL_DECODER_SHAPES[shape]
     decoder_shape = DecoderShape(dims["hidden_size"], dims["ffn_dim"], dims["num_hidden_layers"])
-    precision = pick_precision(device, "auto", decoder_shape)
-    # The reduced-precision copy is made before the float32 engines join their weights.
-    reduced = copy.deepcopy(model).to(device, precision.dtype) if precision.dtype != torch.float32 else None
-    model = model.to(device, torch.float32)
-    # Weighed before the engines are built: a packing engine replaces the modules' parameters.
-    float32_bytes = decoder_bytes(model)
-    float32 = in_memory_generators(model, processor, f"{shape} shape, float32", 1)
-    variants: dict[str, Any] = {"transformers float32": float32["transformers"], "engine float32": float32["static"]}
-    weights = dict.fromkeys(variants, float32_bytes)
-    if reduced is not None:
-        name = f"engine auto ({precision.name})"
-        weights[name] = decoder_bytes(reduced)
-        variants[name] = in_memory_generators(reduced, processor, f"{shape} shape, {precision.name}", 1)["static"]
-    bandwidth = read_bandwidth_gb_s() if not device.startswith("cuda") else float("nan")
+
+    def build() -> tuple[Any, dict[str, Any], dict[str, int]]:
+        model, processor = build_real_shape_model(shape)
+        precision = pick_precision(device, "auto", decoder_shape)
+        # The reduced-precision copy is made before the float32 engines join their weights.
+        reduced = copy.deepcopy(model).to(device, precision.dtype) if precision.dtype != torch.float32 else None
+        model = model.to(device, torch.float32)
+        # Weighed before the engines are built: a packing engine replaces the modules' parameters.
+        float32_bytes = decoder_bytes(model)
+        float32 = in_memory_generators(model, processor, f"{shape} shape, float32", 1)
+        variants = {"transformers float32": float32["transformers"], "engine float32": float32["static"]}
+        weights = dict.fromkeys(variants, float32_bytes)
+        if reduced is not None:
+            name = f"engine auto ({precision.name})"
+            weights[name] = decoder_bytes(reduced)
+            variants[name] = in_memory_generators(reduced, processor, f"{shape} shape, {precision.name}", 1)["static"]
+        return precision, variants, weights
+
+    # Built on a thread that ends, as everything computed here, so that no thread team outlives its work.
+    precision, variants, weights = on_fresh_thread(build, PROCESS_THREADS)
+    bandwidth = on_fresh_thread(read_bandwidth_gb_s, PROCESS_THREADS) if not device.startswith("cuda") else float("nan")
     print(
         f"{shape} on {hardware(device)}, guidance on, batch 1, {steps} steps x {rounds} rounds; "
         f"auto: {precision.name} ({precision.reason}); read bandwidth {bandwidth:.1f} GB/s",

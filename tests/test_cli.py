@@ -45,6 +45,7 @@ def test_orchestrator_command_line_serves_health(melody_server: Server) -> None:
             "graphs_reason": "off: not a CUDA device",
             "batch_invariant": True,
             "weights": "dense",
+            "threads": torch.get_num_threads(),  # the engine's thread took the cores for itself
         },
         "melody": True,
     }
@@ -68,8 +69,6 @@ def test_melody_model_continues_a_source(melody_server: Server, tmp_path: Path) 
     assert body["model"].startswith(f"{TINY_MELODY}:")
     assert body["prompt_duration_s"] == pytest.approx(5.0)
     assert sf.info(body["audio_path"]).frames == 2 * 32000
-    # The engine's thread started with that request, taking the cores for itself.
-    assert httpx.get(f"{melody_server.url}/health").json()["engine"]["threads"] == torch.get_num_threads()
 
 
 def test_flags_become_settings(melody_server: Server, tmp_path: Path) -> None:

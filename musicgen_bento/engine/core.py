@@ -174,6 +174,12 @@ class DecodeEngine:
         if cache_positions is not None:
             # The memory plan's cache, allocated now: a node's memory does not grow with its load.
             self._reserve(*cache_positions)
+        # Started now, not with the first request: on a CPU it claims the cores (`threads`) before
+        # any request's thread computes, which would otherwise keep its own team of threads.
+        self._running = threading.Event()
+        with self._lock:
+            self._ensure_worker()
+        self._running.wait()
 
     # -- the public calls ------------------------------------------------------------------------
 
@@ -271,7 +277,7 @@ class DecodeEngine:
 
     @property
     def alive(self) -> bool:
-        """Whether the engine's worker thread runs (it starts with the first request, ends at `close`)."""
+        """Whether the engine's worker thread runs (it starts with the engine, ends at `close`)."""
         return self._worker is not None and self._worker.is_alive()
 
     def close(self, timeout_s: float = 30.0) -> None:
@@ -321,6 +327,7 @@ class DecodeEngine:
         else:
             # On a CPU, other threads' parallel kernels would slow each of the engine's (`threads`).
             self._stats.threads = claim_cores()
+        self._running.set()
         with torch.inference_mode():
             while True:
                 with self._lock:

@@ -63,18 +63,23 @@ def real_shape_generators(shape: str, slots: int) -> tuple[dict[str, Any], str, 
 
 def in_memory_generators(model: Any, processor: Any, description: str, slots: int) -> dict[str, Any]:
     """The service's generator once per engine on a model built in memory (already on its device)."""
+    return {
+        engine: in_memory_generator(model, processor, description, slots, engine)
+        for engine in ("transformers", "static")
+    }
+
+
+def in_memory_generator(model: Any, processor: Any, description: str, slots: int, engine: str) -> Any:
+    """The service's generator with `engine` on a model built in memory (already on its device)."""
     from musicgen_bento.generation.generator import MusicGenGenerator
     from musicgen_bento.models.store import ModelInfo
 
     device = str(model.device)
     info = ModelInfo(f"bench-{description}", f"random weights, {description}", "text", 32000, 1, "none", Path("."))
-    generators: dict[str, Any] = {}
-    for engine in ("transformers", "static"):
-        generator = MusicGenGenerator(info, device, model.dtype, 30.0, 18.0, engine=engine, batch_slots=slots)
-        # The benchmark's model is built in memory, so it is handed over instead of loaded.
-        generator.use_model(model, processor)
-        generators[engine] = generator
-    return generators
+    generator = MusicGenGenerator(info, device, model.dtype, 30.0, 18.0, engine=engine, batch_slots=slots)
+    # The benchmark's model is built in memory, so it is handed over instead of loaded.
+    generator.use_model(model, processor)
+    return generator
 
 
 def generation_wall_s(generator: Any, steps: int, device: str) -> float:

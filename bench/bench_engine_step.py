@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
+from functools import partial
 from typing import Any
 
-from _decoding import DELAY, PeakMemory, generation_wall_s, hardware, in_memory_generators, on_fresh_thread
+from _decoding import DELAY, PeakMemory, generation_wall_s, hardware, in_memory_generator, on_fresh_thread
 from _support import use_private_store
 
 SHORT = 8 + DELAY  # the short generation's steps
@@ -68,7 +69,7 @@ def measure(shape: str, steps: int, rounds: int) -> None:
     dims = REAL_DECODER_SHAPES[shape]
     decoder_shape = DecoderShape(dims["hidden_size"], dims["ffn_dim"], dims["num_hidden_layers"])
 
-    def build() -> tuple[Any, dict[str, Any], dict[str, int]]:
+    def build() -> tuple[Any, dict[str, tuple[Any, str]], dict[str, int], Any]:
         model, processor = build_real_shape_model(shape)
         precision = pick_precision(device, "auto", decoder_shape)
         # The reduced-precision copy is made before the float32 engines join their weights.
@@ -76,33 +77,35 @@ def measure(shape: str, steps: int, rounds: int) -> None:
         model = model.to(device, torch.float32)
         # Weighed before the engines are built: a packing engine replaces the modules' parameters.
         float32_bytes = decoder_bytes(model)
-        float32 = in_memory_generators(model, processor, f"{shape} shape, float32", 1)
-        variants = {"transformers float32": float32["transformers"], "engine float32": float32["static"]}
+        variants = {"transformers float32": (model, "transformers"), "engine float32": (model, "static")}
         weights = dict.fromkeys(variants, float32_bytes)
         if reduced is not None:
             name = f"engine auto ({precision.name})"
             weights[name] = decoder_bytes(reduced)
-            variants[name] = in_memory_generators(reduced, processor, f"{shape} shape, {precision.name}", 1)["static"]
-        return precision, variants, weights
+            variants[name] = (reduced, "static")
+        return precision, variants, weights, processor
 
     # Built on a thread that ends, as everything computed here, so that no thread team outlives its work.
-    precision, variants, weights = on_fresh_thread(build, PROCESS_THREADS)
+    precision, variants, weights, processor = on_fresh_thread(build, PROCESS_THREADS)
     bandwidth = on_fresh_thread(read_bandwidth_gb_s, PROCESS_THREADS) if not device.startswith("cuda") else float("nan")
     print(
         f"{shape} on {hardware(device)}, guidance on, batch 1, {steps} steps x {rounds} rounds; "
         f"auto: {precision.name} ({precision.reason}); read bandwidth {bandwidth:.1f} GB/s",
         flush=True,
     )
-    for generator in variants.values():
-        generation_wall_s(generator, steps if device.startswith("cuda") else SHORT, device)  # warm-up
     per_step: dict[str, list[float]] = {name: [] for name in variants}
     peaks: dict[str, float] = dict.fromkeys(variants, 0.0)
     for _ in range(rounds):
-        for name, generator in variants.items():
+        for name, (model, engine) in variants.items():
+            # One generator at a time, as one service serves one: an idle engine's thread keeps its
+            # team of torch threads, which would slow the kernels of whichever variant runs.
+            generator = on_fresh_thread(partial(in_memory_generator, model, processor, f"{shape} shape", 1, engine))
+            generation_wall_s(generator, steps if device.startswith("cuda") else SHORT, device)  # warm-up
             with PeakMemory(device) as memory:
                 long = generation_wall_s(generator, steps, device)
             per_step[name].append((long - generation_wall_s(generator, SHORT, device)) / (steps - SHORT))
             peaks[name] = max(peaks[name], memory.peak_mib)
+            generator.close()
     baseline_name = next(iter(variants))
     baseline = statistics.median(per_step[baseline_name]) * 1000
     for name in variants:

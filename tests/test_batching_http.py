@@ -57,7 +57,9 @@ def settings(**extra: str) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def server(start_server: Any, tiny_models: dict[str, str]) -> Server:
-    started: Server = start_server(settings=settings())
+    # Long requests allowed, so that one is still decoding when its client leaves (the tiny model
+    # decodes 30 s in under 2 s on two cores).
+    started: Server = start_server(settings=settings(MUSICGEN_MAX_DURATION_S="300"))
     started.wait_until("ready", timeout=180)
     return started
 
@@ -188,9 +190,9 @@ def test_a_client_that_disconnects_is_canceled_and_nothing_is_written(server: Se
     output_dir.mkdir(exist_ok=True)
     files_before = set(output_dir.iterdir())
     canceled_before = metrics(server).get("musicgen_engine_requests_canceled_total", 0.0)
-    body = {"audio_path": str(source), "duration_s": 30.0, "seed": 5}
+    body = {"audio_path": str(source), "duration_s": 300.0, "seed": 5}
     with pytest.raises(httpx.ReadTimeout):
-        # The client gives up while the 30 s continuation is decoding, and closes the connection.
+        # The client gives up while the 300 s continuation is decoding, and closes the connection.
         httpx.post(f"{server.url}/continue", json=body, timeout=httpx.Timeout(2.0, connect=5.0))
     deadline = time.monotonic() + 10
     while (now := metrics(server))["musicgen_engine_requests_canceled_total"] <= canceled_before:

@@ -319,15 +319,17 @@ class DecodeEngine:
     # -- the worker ------------------------------------------------------------------------------
 
     def _run(self) -> None:
-        if self.device.type == "cuda":
-            # CUDA graph capture and the side streams use the thread's current device, which is
-            # cuda:0 unless set: a service on --gpu-id 1 would capture on the wrong GPU.
-            torch.cuda.set_device(self.device)
-            self._stats.threads = torch.get_num_threads()
-        else:
-            # On a CPU, other threads' parallel kernels would slow each of the engine's (`threads`).
-            self._stats.threads = claim_cores()
-        self._running.set()
+        try:
+            if self.device.type == "cuda":
+                # CUDA graph capture and the side streams use the thread's current device, which is
+                # cuda:0 unless set: a service on --gpu-id 1 would capture on the wrong GPU.
+                torch.cuda.set_device(self.device)
+                self._stats.threads = torch.get_num_threads()
+            else:
+                # On a CPU, other threads' parallel kernels would slow each of the engine's (`threads`).
+                self._stats.threads = claim_cores()
+        finally:
+            self._running.set()  # the constructor waits for this, even if the thread failed to start
         with torch.inference_mode():
             while True:
                 with self._lock:

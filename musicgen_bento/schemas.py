@@ -174,6 +174,15 @@ class EngineHealth(BaseModel):
         "(CPUs in bfloat16) or multiplied as they are.",
     )
     weights_reason: str | None = Field(default=None, description="Why, and the start-up check of packed products.")
+    attention: Literal["float32", "bfloat16", "float16"] | None = Field(
+        default=None,
+        description="Static engine: the precision of its attention caches, and so of a decoding step's attention.",
+    )
+    attention_reason: str | None = Field(
+        default=None,
+        description="Why: the weights' precision on GPUs; on CPUs with bfloat16 weights, what the start-up "
+        "measurement of both precisions' attention found.",
+    )
     threads: int | None = Field(
         default=None,
         description="Static engine: the CPU threads its decoding thread computes with. On a CPU it is the only "

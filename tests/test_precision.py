@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from musicgen_bento.engine.kv_cache import cache_dtype
+from musicgen_bento.engine import kv_cache
+from musicgen_bento.engine.kv_cache import choose_cache_precision, widest_cache_dtype
 from musicgen_bento.generation import device
 from musicgen_bento.generation.device import bfloat16_time_ratio, pick_precision
 from musicgen_bento.models.store import DecoderShape
@@ -47,10 +48,31 @@ def test_the_measurement_gives_a_positive_ratio() -> None:
     assert bfloat16_time_ratio(tiny, rounds=2) > 0
 
 
-def test_cpus_attend_in_float32_and_gpus_in_the_weights_precision() -> None:
+def test_memory_plans_reserve_float32_caches_on_cpus_and_the_weights_precision_on_gpus() -> None:
     for weights in (torch.float32, torch.bfloat16, torch.float16):
-        assert cache_dtype(weights, torch.device("cpu")) == torch.float32
-        assert cache_dtype(weights, torch.device("cuda", 0)) == weights
+        assert widest_cache_dtype(weights, torch.device("cpu")) == torch.float32
+        assert widest_cache_dtype(weights, torch.device("cuda", 0)) == weights
+
+
+def test_gpus_attend_in_the_weights_precision_and_float32_cpus_in_float32() -> None:
+    for weights in (torch.float16, torch.bfloat16):
+        assert choose_cache_precision(weights, torch.device("cuda", 0), 16, 64, 16).dtype == weights
+    chosen = choose_cache_precision(torch.float32, torch.device("cpu"), 16, 64, 16)
+    assert (chosen.dtype, chosen.reason) == (torch.float32, "float32: the weights are float32")
+
+
+@pytest.mark.parametrize(("ratio", "expected"), [(0.3, torch.bfloat16), (0.95, torch.float32), (2.5, torch.float32)])
+def test_a_bfloat16_cpu_attends_in_what_measured_faster(
+    monkeypatch: pytest.MonkeyPatch, ratio: float, expected: torch.dtype
+) -> None:
+    monkeypatch.setattr(kv_cache, "bfloat16_attention_time_ratio", lambda heads, head_dim, rows: ratio)
+    chosen = choose_cache_precision(torch.bfloat16, torch.device("cpu"), 16, 64, 16)
+    assert chosen.dtype == expected
+    assert chosen.reason.startswith(chosen.name) and f"{ratio:.2f}x float32's time" in chosen.reason
+
+
+def test_the_attention_measurement_gives_a_positive_ratio() -> None:
+    assert kv_cache.bfloat16_attention_time_ratio(2, 8, 4, rounds=1) > 0
 
 
 @pytest.mark.parametrize("kind", ["text", "melody", "stereo"])

@@ -58,7 +58,36 @@ def test_packed_products_that_differ_keep_the_weights_dense(monkeypatch: pytest.
     monkeypatch.setattr(PackedLinear, "forward", lambda self, x: forward(self, x) + 1)
     layout = choose_layout(torch.device("cpu"), torch.bfloat16, torch.randn(64, 32).bfloat16())
     assert not layout.packed
-    assert layout.reason == "dense: packed products differ from F.linear (at 2 rows)"
+    assert layout.packed_for_rows == 0
+    assert layout.reason == (
+        "dense: no packed layout gives F.linear's values "
+        "(the layout for 16 rows differs at 2 rows; the layout for 1 row differs at 2 rows)"
+    )
+
+
+def test_a_layout_whose_products_differ_gives_way_to_the_next(monkeypatch: pytest.MonkeyPatch) -> None:
+    # As on an AMX CPU, where oneDNN's layout for 16 rows rounds 32 rows and more otherwise than
+    # F.linear, and its layout for one row does not.
+    forward = PackedLinear.forward
+
+    def differ_from_32_rows(self: PackedLinear, x: torch.Tensor) -> torch.Tensor:
+        return forward(self, x) + (1 if self.for_rows == 16 and x.shape[0] >= 32 else 0)
+
+    monkeypatch.setattr(PackedLinear, "forward", differ_from_32_rows)
+    model, processor = _bfloat16_model("text")
+    dense = DecodeEngine(copy.deepcopy(model), "cpu", 4, pack_weights=False)
+    engine = DecodeEngine(model, "cpu", 4)
+    try:
+        layout = engine.stats().weights
+        assert layout.packed and layout.packed_for_rows == 1
+        assert layout.reason.startswith("packed for oneDNN at start-up in its layout for 1 row;")
+        assert layout.reason.endswith("; the layout for 16 rows differs at 130 rows")
+        assert {module.joint.for_rows for module in model.decoder.lm_heads} == {1}
+        codes = _decode_together(engine, processor, "text")
+        assert all(torch.equal(a, b) for a, b in zip(codes, _decode_together(dense, processor, "text"), strict=True))
+    finally:
+        engine.close()
+        dense.close()
 
 
 def test_packing_that_fails_keeps_the_weights_dense(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -71,8 +100,10 @@ def test_packing_that_fails_keeps_the_weights_dense(monkeypatch: pytest.MonkeyPa
     try:
         layout = engine.stats().weights
         assert not layout.packed
-        assert (
-            layout.reason == "dense: packed products differ from F.linear (RuntimeError: no oneDNN kernel for this CPU)"
+        refused = "RuntimeError: no oneDNN kernel for this CPU"
+        assert layout.reason == (
+            f"dense: no packed layout gives F.linear's values "
+            f"(the layout for 16 rows failed: {refused}; the layout for 1 row failed: {refused})"
         )
         assert all(isinstance(module, torch.nn.Linear) for module in _linears(model))
     finally:

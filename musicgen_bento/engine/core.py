@@ -54,7 +54,7 @@ from .cuda_graphs import CudaGraphs, padded_rows
 from .decoder import Decoder
 from .delay_pattern import DelayPattern
 from .invariance import find_min_rows
-from .kv_cache import CROSS_BUCKET, KVCache, cache_dtype, round_up, rows_of
+from .kv_cache import CROSS_BUCKET, KVCache, choose_cache_precision, round_up, rows_of
 from .requests import DecodeRequest, EngineStats, FramesFn, GraphsStatus, StepFn, StepReport
 from .sampler import Sampler
 from .scheduler import Scheduler
@@ -139,12 +139,16 @@ class DecodeEngine:
         self.pattern = DelayPattern(model, int(model.generation_config.decoder_start_token_id))
         self.codebooks, self.vocab = self.decoder.codebooks, self.decoder.vocab
         self.delay_steps = self.pattern.delay_steps
+        self.attention = choose_cache_precision(
+            self.decoder.dtype, self.device, self.decoder.heads, self.decoder.head_dim, 2 * slots
+        )
+        logger.info("decoding engine: attention caches in %s", self.attention.reason)
         self.cache = KVCache(
             self.decoder.layers,
             2 * slots,
             self.decoder.heads,
             self.decoder.head_dim,
-            cache_dtype(self.decoder.dtype, self.device),
+            self.attention.dtype,
             self.device,
             cross=not self.is_melody,
         )
@@ -268,6 +272,7 @@ class DecodeEngine:
             stats.graphs = self.graphs.status()
             stats.invariance = self.invariance
             stats.weights = self.decoder.layout
+            stats.attention = self.attention
             return stats
 
     @property

@@ -53,23 +53,24 @@ class Decoder:
         device = next(causal_lm.parameters()).device
         layers = self.stack.layers
         if isinstance(layers[0].fc1, PackedLinear):
-            self.layout = WeightLayout(True, "packed for oneDNN by an earlier engine on this model")
+            self.layout = WeightLayout(
+                True, "packed for oneDNN by an earlier engine on this model", layers[0].fc1.for_rows
+            )
         elif not pack_weights:
             self.layout = WeightLayout(False, "dense: packing turned off (pack_weights=False)")
         else:
             self.layout = choose_layout(device, self.dtype, layers[0].fc1.weight)
-        packed = self.layout.packed
         self.qkv = [
-            join([(layer.self_attn, "q_proj"), (layer.self_attn, "k_proj"), (layer.self_attn, "v_proj")], packed)
+            join([(layer.self_attn, "q_proj"), (layer.self_attn, "k_proj"), (layer.self_attn, "v_proj")], self.layout)
             for layer in layers
         ]
         self.codebook_heads = join(
-            [(causal_lm.lm_heads, str(index)) for index in range(len(causal_lm.lm_heads))], packed
+            [(causal_lm.lm_heads, str(index)) for index in range(len(causal_lm.lm_heads))], self.layout
         )
-        if packed:
+        if self.layout.packed:
             for layer in layers:
                 for slot in self._linear_slots(layer):
-                    pack(slot)
+                    pack(slot, self.layout)
         self.embedding = joint_weight(list(self.stack.embed_tokens))
         table_rows = self.stack.embed_tokens[0].weight.shape[0]
         self.embedding_offsets = torch.arange(self.codebooks, device=device) * table_rows

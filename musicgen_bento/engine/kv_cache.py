@@ -5,9 +5,12 @@ by whole buckets, keep their contents when they do, and are reached by row."""
 from __future__ import annotations
 
 import math
+import time
 
 import torch
+import torch.nn.functional as F
 
+from .requests import CachePrecision
 from .scheduler import Move
 
 # Capacities grow in these steps, so the slices a step takes (and the graphs captured on CUDA)
@@ -75,18 +78,69 @@ class KVCache:
             self.cross_bias[target] = self.cross_bias[source]
 
 
-def cache_dtype(weights: torch.dtype, device: torch.device) -> torch.dtype:
-    """The precision of the attention caches, and so of attention itself.
-
-    GPUs attend in the weights' precision. CPUs attend in float32 whatever the weights: a decoding
-    step's attention reads every cached position of every row, and torch's CPU kernels for one
-    query against many keys run far slower in bfloat16 than in float32 (measured on the
-    development CPU at 16 rows and 768 positions: 16.2 ms a layer in bfloat16, 7.9 in float32;
-    at 2 rows 2.1 against 0.7), which made attention most of a batched bfloat16 step. Keys and
-    values are computed in the weights' precision and stored rounded from it, so float32 storage
-    changes no value the half-precision projections produce.
-    """
+def widest_cache_dtype(weights: torch.dtype, device: torch.device) -> torch.dtype:
+    """The most precise the attention caches are, which memory plans reserve for: the weights'
+    precision on GPUs, float32 on CPUs (where `choose_cache_precision` may halve it)."""
     return weights if device.type == "cuda" else torch.float32
+
+
+# A bfloat16 cache on a CPU must measure clearly faster than float32's: a near tie is not worth
+# the rounding of every key and value.
+_BFLOAT16_ATTENDS_BELOW = 0.8
+# The cached positions attention is measured over: a 10 s audio prompt and a few seconds of music.
+_MEASURED_POSITIONS = 640
+
+
+def choose_cache_precision(
+    weights: torch.dtype, device: torch.device, heads: int, head_dim: int, rows: int
+) -> CachePrecision:
+    """The precision of the attention caches, and so of a decoding step's attention, and why.
+
+    GPUs attend in the weights' precision, as do float32 CPUs. With bfloat16 weights on a CPU it
+    depends on the CPU's kernels for one query against many keys, so it is measured: on an
+    AVX-512 BF16 CPU without AMX bfloat16 ran two to three times slower than float32 (16 rows over
+    768 positions: 16.2 ms a layer against 7.9), on an AMX CPU 3.4 times faster (1.2 ms against
+    4.1). Either way keys and values are computed in the weights' precision, so a float32 cache
+    changes no value the bfloat16 projections produce, and a bfloat16 one rounds none.
+    """
+    if device.type == "cuda":
+        return CachePrecision(weights, "the weights' precision: GPUs attend in it")
+    if weights != torch.bfloat16:
+        return CachePrecision(torch.float32, f"float32: the weights are {str(weights).removeprefix('torch.')}")
+    ratio = bfloat16_attention_time_ratio(heads, head_dim, rows)
+    measured = (
+        f"attending over {_MEASURED_POSITIONS} positions at 2 and {rows} rows took {ratio:.2f}x float32's time "
+        "in bfloat16"
+    )
+    if ratio < _BFLOAT16_ATTENDS_BELOW:
+        return CachePrecision(torch.bfloat16, f"bfloat16: {measured}")
+    return CachePrecision(torch.float32, f"float32: {measured}")
+
+
+def bfloat16_attention_time_ratio(heads: int, head_dim: int, rows: int, rounds: int = 3) -> float:
+    """bfloat16's time over float32's for a decoding step's attention on this CPU: one query per
+    row against `_MEASURED_POSITIONS` cached keys and values (views of a larger cache, as a step's
+    are), at a lone request's 2 rows and at `rows`, summed. Best of `rounds` each."""
+    seconds = {}
+    noise = torch.Generator().manual_seed(0)
+    for dtype in (torch.float32, torch.bfloat16):
+        total = 0.0
+        for count in sorted({2, max(2, rows)}):
+            cache = torch.randn(count, 2, heads, _MEASURED_POSITIONS + CAPACITY_STEP, head_dim, generator=noise)
+            cache = cache.to(dtype)
+            keys, values = cache[:, 0, :, :_MEASURED_POSITIONS], cache[:, 1, :, :_MEASURED_POSITIONS]
+            query = torch.randn(count, heads, 1, head_dim, generator=noise).to(dtype)
+            bias = torch.zeros(count, 1, 1, _MEASURED_POSITIONS, dtype=dtype)
+            best = float("inf")
+            with torch.inference_mode():
+                for _ in range(rounds + 1):  # the first round warms up
+                    started = time.perf_counter()
+                    for _ in range(4):
+                        F.scaled_dot_product_attention(query, keys, values, attn_mask=bias)
+                    best = min(best, time.perf_counter() - started)
+            total += best
+        seconds[dtype] = total
+    return seconds[torch.bfloat16] / seconds[torch.float32]
 
 
 def attention_bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -97,11 +97,24 @@ class BatchInvariance:
 
 
 @dataclass(frozen=True)
+class CachePrecision:
+    """The attention caches' precision (and so attention's), and why (`kv_cache.choose_cache_precision`)."""
+
+    dtype: torch.dtype
+    reason: str
+
+    @property
+    def name(self) -> str:
+        return str(self.dtype).removeprefix("torch.")
+
+
+@dataclass(frozen=True)
 class WeightLayout:
     """Whether the decoder's weights are packed for oneDNN's products, and why (`weights`)."""
 
     packed: bool
     reason: str
+    packed_for_rows: int = 0  # the row count oneDNN's layout was chosen for (0: dense)
 
 
 @dataclass
@@ -121,6 +134,7 @@ class EngineStats:
     graphs: GraphsStatus = field(default_factory=lambda: GraphsStatus(False, "off: not a CUDA device"))
     invariance: BatchInvariance = field(default_factory=lambda: BatchInvariance(2, False, "not checked"))
     weights: WeightLayout = field(default_factory=lambda: WeightLayout(False, "dense"))
+    attention: CachePrecision = field(default_factory=lambda: CachePrecision(torch.float32, "not chosen"))
 
     def count_step(self, batch: int) -> None:
         self.steps += 1

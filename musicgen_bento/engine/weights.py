@@ -26,9 +26,13 @@ import torch.nn.functional as F
 
 from .requests import WeightLayout
 
-# oneDNN chooses the packed layout for this many rows; steps compute 2 to 2 x slots rows, and the
-# choice changed the products' time by under 10 % from 1 to 64 rows.
-_PACKED_FOR_ROWS = 16
+# oneDNN packs a weight for a row count, and the layout decides which kernel multiplies it. Tried in
+# this order, the first whose products equal `F.linear`'s wins. On an AVX-512 BF16 CPU without AMX,
+# the layout for 16 rows gave F.linear's values, and changed the products' time by under 10 % from
+# 1 to 64 rows. On an AMX CPU its products differ from F.linear's from 32 rows on (another kernel
+# rounds them), while the layout for one row gives F.linear's values at every row count: the same
+# time at a step's 2-16 rows, a prefill's 1,000 rows about 1.5x slower.
+_PACKING_ROWS = (16, 1)
 
 # Row counts the packed products are checked at against F.linear: a lone request, a few and a full
 # batch of the default slots, and a prefill's many rows.
@@ -50,13 +54,14 @@ class PackedLinear(torch.nn.Module):
     """A linear layer whose weight is packed in oneDNN's layout: `F.linear`'s values without the
     reorder each call. Replaces an `nn.Linear` in the model, whose dense weight is then freed."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, for_rows: int) -> None:
         super().__init__()
         self.in_features = int(weight.shape[1])
         self.out_features = int(weight.shape[0])
+        self.for_rows = for_rows
         # A plain attribute, not a parameter or buffer: an opaque oneDNN tensor cannot be moved,
         # saved or iterated as parameters are, and the engine that packed it keeps it on the CPU.
-        self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), _PACKED_FOR_ROWS)
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), for_rows)
         self.bias = None if bias is None else torch.nn.Parameter(bias.detach(), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -91,30 +96,44 @@ def choose_layout(device: torch.device, dtype: torch.dtype, sample: torch.Tensor
         )
     if not torch.backends.mkldnn.is_available() or not hasattr(torch.ops.mkldnn, "_linear_pointwise"):
         return WeightLayout(False, "dense: this torch build has no oneDNN linear products")
-    mismatch = packed_products_differ(sample)
-    if mismatch:
-        return WeightLayout(False, f"dense: packed products differ from F.linear ({mismatch})")
-    rows = ", ".join(map(str, _CHECK_ROWS))
-    return WeightLayout(True, f"packed for oneDNN at start-up; the same values as F.linear at {rows} rows (checked)")
+    mismatches: list[str] = []
+    for for_rows in _PACKING_ROWS:
+        mismatch = packed_products_differ(sample, for_rows)
+        if not mismatch:
+            rows = ", ".join(map(str, _CHECK_ROWS))
+            rejected = f"; {'; '.join(mismatches)}" if mismatches else ""
+            return WeightLayout(
+                True,
+                f"packed for oneDNN at start-up in its layout for {_rows(for_rows)}; the same values as F.linear "
+                f"at {rows} rows (checked){rejected}",
+                for_rows,
+            )
+        mismatches.append(f"the layout for {_rows(for_rows)} {mismatch}")
+    return WeightLayout(False, f"dense: no packed layout gives F.linear's values ({'; '.join(mismatches)})")
 
 
-def packed_products_differ(weight: torch.Tensor) -> str:
-    """'' when the packed product of `weight`, and its parts' columns, equal `F.linear`'s at every
-    checked row count; otherwise what differs. Any error from the private ops counts as a difference."""
+def _rows(count: int) -> str:
+    return "1 row" if count == 1 else f"{count} rows"
+
+
+def packed_products_differ(weight: torch.Tensor, for_rows: int) -> str:
+    """'' when the product of `weight` packed for `for_rows` rows, and its parts' columns, equal
+    `F.linear`'s at every checked row count; otherwise what differs. Any error from the private ops
+    counts as a difference."""
     noise = torch.Generator().manual_seed(0)
     try:
-        packed = PackedLinear(weight)
+        packed = PackedLinear(weight, None, for_rows)
         half = weight.shape[0] // 2
         with torch.inference_mode():
             for rows in _CHECK_ROWS:
                 x = torch.randn(rows, weight.shape[1], generator=noise).to(weight.dtype)
                 joint = packed(x)
                 if not torch.equal(joint, F.linear(x, weight)):
-                    return f"at {rows} rows"
+                    return f"differs at {rows} rows"
                 if not torch.equal(joint[:, half:], F.linear(x, weight[half:])):
-                    return f"a part's columns at {rows} rows"
+                    return f"differs in a part's columns at {rows} rows"
     except (RuntimeError, NotImplementedError) as error:
-        return f"{type(error).__name__}: {error}"
+        return f"failed: {type(error).__name__}: {error}"
     return ""
 
 
@@ -122,7 +141,7 @@ def packed_products_differ(weight: torch.Tensor) -> str:
 Slot = tuple[torch.nn.Module, str]
 
 
-def join(slots: list[Slot], pack: bool) -> DenseLinear | PackedLinear:
+def join(slots: list[Slot], layout: WeightLayout) -> DenseLinear | PackedLinear:
     """One product for the linear modules in `slots`, their outputs side by side.
 
     Dense: the joint weight, the modules made views of it (`joint_weight`). Packed: one packed
@@ -130,7 +149,7 @@ def join(slots: list[Slot], pack: bool) -> DenseLinear | PackedLinear:
     by another engine on the same model are reused as they are.
     """
     modules = [getattr(parent, name) for parent, name in slots]
-    if not pack:
+    if not layout.packed:
         return DenseLinear(joint_weight(modules))
     if isinstance(modules[0], JointPart):
         return modules[0].joint
@@ -143,19 +162,19 @@ def join(slots: list[Slot], pack: bool) -> DenseLinear | PackedLinear:
                 for part, module in zip(biases, modules, strict=True)
             ]
         )
-    joint = PackedLinear(torch.cat([module.weight.detach() for module in modules]), bias)
+    joint = PackedLinear(torch.cat([module.weight.detach() for module in modules]), bias, layout.packed_for_rows)
     bounds = itertools.accumulate((module.weight.shape[0] for module in modules), initial=0)
     for (parent, name), (start, stop) in zip(slots, itertools.pairwise(bounds), strict=True):
         setattr(parent, name, JointPart(joint, start, stop))
     return joint
 
 
-def pack(slot: Slot) -> None:
+def pack(slot: Slot, layout: WeightLayout) -> None:
     """Replaces the linear module in `slot` by its packed form (once: a packed one stays)."""
     parent, name = slot
     module = getattr(parent, name)
     if not isinstance(module, PackedLinear | JointPart):
-        setattr(parent, name, PackedLinear(module.weight, module.bias))
+        setattr(parent, name, PackedLinear(module.weight, module.bias, layout.packed_for_rows))
 
 
 def joint_weight(modules: list[Any]) -> torch.Tensor:

@@ -119,6 +119,8 @@ class ModelHost:
             batch_invariance_reason=stats.invariance.reason,
             weights="packed" if stats.weights.packed else "dense",
             weights_reason=stats.weights.reason,
+            attention=stats.attention.name,  # type: ignore[arg-type]
+            attention_reason=stats.attention.reason,
             threads=stats.threads or None,
         )
 

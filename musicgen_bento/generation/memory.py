@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from ..engine.kv_cache import CAPACITY_STEP, CROSS_BUCKET, cache_dtype, round_up
+from ..engine.kv_cache import CAPACITY_STEP, CROSS_BUCKET, round_up, widest_cache_dtype
 from ..engine.memory_plan import MIB, DecoderDims, MemoryPlan, plan_memory
 from ..models.store import DecoderShape
 
@@ -46,7 +46,7 @@ def plan_for(
     positions = round_up(prefix + frames + _EXTRA_POSITIONS, CAPACITY_STEP)
     cross_positions = 0 if is_melody else round_up(PLANNED_TEXT_TOKENS, CROSS_BUCKET)
     element_bytes = torch.empty(0, dtype=dtype).element_size()
-    cache_bytes = torch.empty(0, dtype=cache_dtype(dtype, torch.device(device))).element_size()
+    cache_bytes = torch.empty(0, dtype=widest_cache_dtype(dtype, torch.device(device))).element_size()
     return plan_memory(
         budget_mib=budget,
         budget_source=source,

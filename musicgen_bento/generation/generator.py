@@ -23,7 +23,7 @@ from ..audio.clip import smooth_join
 from ..engine import DecodeEngine, EngineStats, FramesFn, GraphsStatus, StepReport
 from ..models.store import ModelInfo, load
 from .backends import DecodeBackend, EngineBackend, TransformersBackend, WindowInputs
-from .codec import Codec, StreamingDecoder
+from .codec import LEFT_CONTEXT_FRAMES, Codec, StreamingDecoder
 from .params import AudioFn, CancelFn, GenerationParams, GenerationRequest, GenerationResult, ProgressFn, StepWatcher
 from .windows import Window, melody_of_window, plan_windows
 
@@ -229,12 +229,16 @@ class MusicGenGenerator:
                     self._run_windows(params, prompt_codes, melody, windows, watcher, rng, arrival, streamed.push)
                     return GenerationResult(streamed.finish(), self.sample_rate, seed)
                 codes = self._run_windows(params, prompt_codes, melody, windows, watcher, rng, arrival)
-            # One pass of the codec over the prompt and every window: no seams between windows.
-            decoded = codec.decode(codes)
-        prompt_samples = prompt_frames * hop
-        new_audio = decoded[:, prompt_samples : prompt_samples + total_samples]
+            # One pass of the codec over every window: no seams between windows. Of the prompt it
+            # decodes only the frames the new music's audio depends on (its left context, as the
+            # streamed decode does), whose last sample the join needs: the prompt's own audio is
+            # not returned, and a 10 s prompt made two thirds of a 5 s continuation's decode.
+            context = min(prompt_frames, LEFT_CONTEXT_FRAMES)
+            decoded = codec.decode(codes[:, prompt_frames - context :])
+        context_samples = context * hop
+        new_audio = decoded[:, context_samples : context_samples + total_samples]
         if prompt_audio is not None:
-            new_audio = smooth_join(prompt_audio, new_audio, decoded[:, prompt_samples - 1], self.sample_rate)
+            new_audio = smooth_join(prompt_audio, new_audio, decoded[:, context_samples - 1], self.sample_rate)
         return GenerationResult(new_audio, self.sample_rate, seed)
 
     def _run_windows(

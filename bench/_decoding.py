@@ -45,22 +45,6 @@ def request_threads(generator: Any, device: str) -> int:
     return 1 if static and not device.startswith("cuda") else PROCESS_THREADS
 
 
-def real_shape_generators(shape: str, slots: int) -> tuple[dict[str, Any], str, Any]:
-    """The service's generator on a random-weight `shape` model, once per engine, sharing one model.
-
-    Returns ({"transformers": ..., "static": ...}, device, dtype). The model is built in memory
-    (no model store), so nothing but the decoder's shape and the codec's frame rate is real.
-    """
-    from musicgen_bento.generation.device import pick_device, pick_dtype
-    from musicgen_bento.models.tiny import build_real_shape_model
-
-    device = pick_device(0)
-    dtype = pick_dtype(device, "auto")
-    model, processor = build_real_shape_model(shape)
-    model = model.to(device, dtype)
-    return in_memory_generators(model, processor, f"{shape} shape", slots), device, dtype
-
-
 def in_memory_generators(model: Any, processor: Any, description: str, slots: int) -> dict[str, Any]:
     """The service's generator once per engine on a model built in memory (already on its device)."""
     return {

@@ -4,9 +4,12 @@ where a step's time goes; the service's figures are `bench_service_throughput.py
 
 Two engines on copies of one random-weight model at a real decoder shape decode the same requests
 (a short text, a 50-frame audio prompt, sampling with the service's defaults), alternating for
-`--rounds` rounds. A step's cost is the difference between the wall times of a long and a short
-generation of the batch over the difference in their steps, so the prefill cancels out. It also
-checks that both engines give every request the same codes.
+`--rounds` rounds. One engine exists at a time, built on a thread of its own, and the bench's main
+thread computes nothing: a live team of torch threads beside the engine's (another engine's, or a
+thread that encoded text) slows every kernel of its steps (`musicgen_bento/engine/threads.py`). A
+step's cost is the difference between the wall times of a long and a short generation of the batch
+over the difference in their steps, so the prefill cancels out. It also checks that both engines
+give every request the same codes.
 
     .venv/bin/python bench/bench_packed_weights.py [--shape musicgen-small] [--batches 1 4 8] [--rounds 3]
 """
@@ -20,7 +23,7 @@ import threading
 import time
 from typing import Any
 
-from _decoding import hardware
+from _decoding import hardware, on_fresh_thread
 
 LONG, SHORT = 120, 20  # new frames of the long and the short generation
 
@@ -70,22 +73,35 @@ def main() -> None:
     from musicgen_bento.engine.core import DecodeEngine
     from musicgen_bento.models.tiny import build_real_shape_model
 
-    model, processor = build_real_shape_model(args.shape)
-    model = model.to(torch.bfloat16)
+    def build() -> tuple[dict[str, Any], Any]:
+        model, processor = build_real_shape_model(args.shape)
+        model = model.to(torch.bfloat16)
+        return {"dense": copy.deepcopy(model), "packed": model}, processor
+
+    models, processor = on_fresh_thread(build)
     slots = max(args.batches)
-    engines = {
-        "dense": DecodeEngine(copy.deepcopy(model), "cpu", slots, pack_weights=False),
-        "packed": DecodeEngine(model, "cpu", slots),
-    }
-    print(f"{args.shape} in bfloat16 on {hardware('cpu')}; {engines['packed'].decoder.layout.reason}", flush=True)
+
+    def engine_for(name: str) -> Any:
+        return on_fresh_thread(lambda: DecodeEngine(models[name], "cpu", slots, pack_weights=name == "packed"))
+
+    def decode(name: str, batch: int, frames: int) -> tuple[float, int, list[Any]]:
+        engine = engine_for(name)
+        try:
+            return _decode_together(engine, on_fresh_thread(lambda: _requests(engine, processor, batch, frames)))
+        finally:
+            engine.close()
+
+    layout = engine_for("packed")
+    print(f"{args.shape} in bfloat16 on {hardware('cpu')}; {layout.decoder.layout.reason}", flush=True)
+    layout.close()
     for batch in args.batches:
-        per_step: dict[str, list[float]] = {name: [] for name in engines}
+        per_step: dict[str, list[float]] = {name: [] for name in models}
         same = True
         for round_index in range(args.rounds + 1):  # the first round warms up
             outputs = {}
-            for name, engine in engines.items():
-                long_s, long_steps, outputs[name] = _decode_together(engine, _requests(engine, processor, batch, LONG))
-                short_s, short_steps, _ = _decode_together(engine, _requests(engine, processor, batch, SHORT))
+            for name in models:
+                long_s, long_steps, outputs[name] = decode(name, batch, LONG)
+                short_s, short_steps, _ = decode(name, batch, SHORT)
                 if round_index:
                     per_step[name].append((long_s - short_s) / (long_steps - short_steps) * 1000)
             same = same and all(torch.equal(a, b) for a, b in zip(outputs["dense"], outputs["packed"], strict=True))
@@ -97,8 +113,6 @@ def main() -> None:
             f"{packed / dense:4.2f}x dense's time; same codes: {same}",
             flush=True,
         )
-    for engine in engines.values():
-        engine.close()
 
 
 if __name__ == "__main__":

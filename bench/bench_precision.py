@@ -43,6 +43,7 @@ def main() -> None:
     reduced = copy.deepcopy(model).to(precision.dtype)
     print(f"musicgen-small shape, float32 against {precision.name} ({precision.reason}), greedy, {args.frames} frames")
     engines = {"float32": DecodeEngine(model, "cpu", 1), precision.name: DecodeEngine(reduced, "cpu", 1)}
+    print(f"  {precision.name} engine: attention caches in {engines[precision.name].stats().attention.reason}")
     greedy = Sampling(cfg_coef=3.0, temperature=0.0)
     same = total = 0
     for prompt in args.prompts:

@@ -230,7 +230,9 @@ def test_a_client_that_disconnects_while_waiting_leaves_the_line(
     # transformers' generate() serves one request at a time: a second call waits for the first.
     fallback: Server = start_server(settings=settings(MUSICGEN_ENGINE="transformers"))
     fallback.wait_until("ready", timeout=180)
-    first = threading.Thread(target=continue_call, args=(fallback, source, 1), kwargs={"duration_s": 8.0})
+    # Long enough that the first call still decodes when the second gives up (the tiny model makes
+    # 8 s in about 1.4 s on an AMX CPU).
+    first = threading.Thread(target=continue_call, args=(fallback, source, 1), kwargs={"duration_s": 30.0})
     first.start()
     time.sleep(0.5)
     with pytest.raises(httpx.ReadTimeout):

@@ -45,6 +45,8 @@ def test_orchestrator_command_line_serves_health(melody_server: Server) -> None:
             "graphs_reason": "off: not a CUDA device",
             "batch_invariant": True,
             "weights": "dense",
+            "attention": "float32",
+            "attention_reason": "float32: the weights are float32",
             "threads": torch.get_num_threads(),  # the engine's thread took the cores for itself
         },
         "melody": True,

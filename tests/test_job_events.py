@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from musicgen_bento.api.client import JobEventMessage, MusicGenClient, MusicGenClientError
-from musicgen_bento.jobs.events import PROGRESS_PER_S
+from musicgen_bento.jobs.events import KEEP_ALIVE_S, PROGRESS_PER_S
 
 from .conftest import TINY_TEXT, Server
 
@@ -72,6 +72,36 @@ def test_a_queued_job_is_followed_from_queued_to_its_result(client: MusicGenClie
     ids = [event.id for event in events]
     assert len(set(ids)) == len(ids)
     assert client.wait(ahead).status == "succeeded"
+
+
+def test_wait_follows_the_events_instead_of_polling(server: Server, client: MusicGenClient) -> None:
+    ahead = submit(client, 2.0, seed=5)  # holds the only slot: the waited job is queued first
+    job_id = submit(client, 2.0, seed=6)
+    view = client.wait(job_id, timeout_s=120, poll_s=0.05)
+    assert view.status == "succeeded" and view.result is not None and view.result.seed == 6
+    assert view == client.status(job_id)
+    # Exactly one status read (the one just above): waiting followed the stream, polled nothing.
+    # The access log has each request once it has been answered: give the lines a moment to land.
+    status_line, events_line = f"path=/jobs/{job_id},", f"path=/jobs/{job_id}/events,"
+    deadline = time.monotonic() + 10
+    log = server.log_path.read_text(errors="replace")
+    while (status_line not in log or events_line not in log) and time.monotonic() < deadline:
+        time.sleep(0.1)
+        log = server.log_path.read_text(errors="replace")
+    assert log.count(status_line) == 1, log[-2000:]
+    assert log.count(events_line) == 1, log[-2000:]
+    assert client.wait(ahead, timeout_s=120).status == "succeeded"
+
+
+def test_wait_gives_up_at_its_deadline(client: MusicGenClient) -> None:
+    job_id = submit(client, LONG_S, seed=7)
+    started = time.monotonic()
+    with pytest.raises(TimeoutError, match=f"job {job_id} is still (queued|running) after 1 s"):
+        client.wait(job_id, timeout_s=1.0)
+    # The deadline is checked as the stream speaks: progress several times a second while the job
+    # runs, a keep-alive at least every KEEP_ALIVE_S while it is queued.
+    assert time.monotonic() - started < KEEP_ALIVE_S + 5
+    client.cancel(job_id)
 
 
 def test_progress_events_come_at_most_a_few_a_second(client: MusicGenClient) -> None:

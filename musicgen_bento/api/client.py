@@ -176,8 +176,24 @@ class MusicGenClient:
         return JobView.model_validate(self._call("GET", f"/jobs/{job_id}").json())
 
     def wait(self, job_id: str, timeout_s: float = 600.0, poll_s: float = 0.5) -> JobView:
-        """Polls until the job has finished (succeeded, failed or canceled); raises TimeoutError."""
+        """The job's view once it has finished (succeeded, failed or canceled); raises TimeoutError.
+
+        Follows the job's events, whose last one carries the finished view: the server says when
+        the job ends, at once, and answers nothing meanwhile. Polling costs the node: eight
+        clients asking every 0.2 s for eight jobs decoding together made the batch take 27.4-28.9 s
+        against 25.0-25.8 s following events (musicgen-small shape, two CPU cores). Where the
+        stream breaks off early (a proxy cutting it), it polls every `poll_s` until the deadline.
+        The deadline is checked as the stream speaks: progress a few times a second while the job
+        runs, a keep-alive at least every 15 s while it is queued, so a timeout can come that much
+        late.
+        """
         deadline = time.monotonic() + timeout_s
+        try:
+            for message in parse_server_sent_events(self._event_lines(job_id, None, deadline)):
+                if message.event == "result":
+                    return JobView.model_validate(message.data)
+        except httpx.TransportError:
+            pass  # the stream broke off: poll instead
         while True:
             view = self.status(job_id)
             if JobStatus(view.status).finished:
@@ -189,6 +205,11 @@ class MusicGenClient:
     def events(self, job_id: str, last_event_id: str | None = None) -> Iterator[JobEventMessage]:
         """GET /jobs/{job_id}/events: the job's events as they happen, ending with its `result`
         event (whose data is the finished job's view). Give `last_event_id` to resume after it."""
+        yield from parse_server_sent_events(self._event_lines(job_id, last_event_id))
+
+    def _event_lines(self, job_id: str, last_event_id: str | None, deadline: float | None = None) -> Iterator[str]:
+        """The lines of the job's event stream, keep-alive comments included (a quiet stream
+        carries one every few seconds), ending early once `deadline` (monotonic) has passed."""
         headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
         request = self._http.build_request("GET", f"/jobs/{job_id}/events", headers=headers)
         response = self._http.send(request, stream=True)
@@ -196,7 +217,10 @@ class MusicGenClient:
             if response.is_error:
                 response.read()
                 self._raise_for(response)
-            yield from parse_server_sent_events(response.iter_lines())
+            for line in response.iter_lines():
+                yield line
+                if deadline is not None and time.monotonic() >= deadline:
+                    return
         finally:
             response.close()
 

@@ -66,6 +66,7 @@ def test_a_bfloat16_cpu_attends_in_what_measured_faster(
     monkeypatch: pytest.MonkeyPatch, ratio: float, expected: torch.dtype
 ) -> None:
     monkeypatch.setattr(kv_cache, "bfloat16_attention_time_ratio", lambda heads, head_dim, rows: ratio)
+    monkeypatch.setattr(kv_cache, "_measured_ratios", {})
     chosen = choose_cache_precision(torch.bfloat16, torch.device("cpu"), 16, 64, 16)
     assert chosen.dtype == expected
     assert chosen.reason.startswith(chosen.name) and f"{ratio:.2f}x float32's time" in chosen.reason
@@ -73,6 +74,16 @@ def test_a_bfloat16_cpu_attends_in_what_measured_faster(
 
 def test_the_attention_measurement_gives_a_positive_ratio() -> None:
     assert kv_cache.bfloat16_attention_time_ratio(2, 8, 4, rounds=1) > 0
+
+
+def test_engines_of_one_shape_attend_in_one_precision(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A measurement near the threshold must not give two engines built side by side different caches.
+    ratios = iter([0.5, 1.5])
+    monkeypatch.setattr(kv_cache, "bfloat16_attention_time_ratio", lambda heads, head_dim, rows: next(ratios))
+    monkeypatch.setattr(kv_cache, "_measured_ratios", {})
+    first = choose_cache_precision(torch.bfloat16, torch.device("cpu"), 4, 8, 8)
+    second = choose_cache_precision(torch.bfloat16, torch.device("cpu"), 4, 8, 8)
+    assert first == second and first.dtype == torch.bfloat16
 
 
 @pytest.mark.parametrize("kind", ["text", "melody", "stereo"])

@@ -18,6 +18,12 @@ from .conftest import decode_together
 
 SAMPLED = Sampling(cfg_coef=3.0, temperature=1.0, top_k=250)
 
+# oneDNN multiplies bfloat16 only on CPUs with AVX-512 (BW, VL, DQ) or AVX-NE-CONVERT. Elsewhere
+# packing is refused and the weights stay dense (`test_a_cpu_without_onednn_bfloat16_keeps_them_dense`);
+# the tests of packing itself need a CPU that packs.
+ONEDNN_BFLOAT16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+needs_packing = pytest.mark.skipif(not ONEDNN_BFLOAT16, reason="oneDNN has no bfloat16 kernels on this CPU")
+
 
 def _bfloat16_model(kind: str) -> tuple[Any, Any]:
     model, processor = build_tiny_model(kind)  # type: ignore[arg-type]
@@ -47,12 +53,29 @@ def test_only_bfloat16_on_a_cpu_is_packed(device: str, dtype: torch.dtype, reaso
     assert layout.reason.startswith(reason)
 
 
+@needs_packing
 def test_bfloat16_on_this_cpu_is_packed_after_the_check() -> None:
     layout = choose_layout(torch.device("cpu"), torch.bfloat16, torch.randn(64, 32).bfloat16())
     assert layout.packed, layout.reason
     assert "the same values as F.linear" in layout.reason
 
 
+@pytest.mark.skipif(ONEDNN_BFLOAT16, reason="oneDNN packs bfloat16 on this CPU")
+def test_a_cpu_without_onednn_bfloat16_keeps_them_dense() -> None:
+    model, _ = _bfloat16_model("text")
+    engine = DecodeEngine(model, "cpu", 1)
+    try:
+        layout = engine.stats().weights
+        assert not layout.packed and layout.packed_for_rows == 0
+        refused = "dense: no packed layout gives F.linear's values (the layout for 16 rows failed: "
+        assert layout.reason.startswith(refused)
+        assert "bf16 path needs the cpu support" in layout.reason, "oneDNN's own refusal, quoted"
+        assert all(isinstance(module, torch.nn.Linear) for module in _linears(model))
+    finally:
+        engine.close()
+
+
+@needs_packing
 def test_packed_products_that_differ_keep_the_weights_dense(monkeypatch: pytest.MonkeyPatch) -> None:
     forward = PackedLinear.forward
     monkeypatch.setattr(PackedLinear, "forward", lambda self, x: forward(self, x) + 1)
@@ -65,6 +88,7 @@ def test_packed_products_that_differ_keep_the_weights_dense(monkeypatch: pytest.
     )
 
 
+@needs_packing
 def test_a_layout_whose_products_differ_gives_way_to_the_next(monkeypatch: pytest.MonkeyPatch) -> None:
     # As on an AMX CPU, where oneDNN's layout for 16 rows rounds 32 rows and more otherwise than
     # F.linear, and its layout for one row does not.
@@ -90,6 +114,7 @@ def test_a_layout_whose_products_differ_gives_way_to_the_next(monkeypatch: pytes
         dense.close()
 
 
+@needs_packing
 def test_packing_that_fails_keeps_the_weights_dense(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(self: PackedLinear, x: torch.Tensor) -> torch.Tensor:
         raise RuntimeError("no oneDNN kernel for this CPU")
@@ -110,6 +135,7 @@ def test_packing_that_fails_keeps_the_weights_dense(monkeypatch: pytest.MonkeyPa
         engine.close()
 
 
+@needs_packing
 @pytest.mark.parametrize("kind", ["text", "melody"])
 def test_packing_leaves_one_copy_of_every_linear_weight(kind: str) -> None:
     model, _ = _bfloat16_model(kind)
@@ -131,6 +157,7 @@ def test_packing_leaves_one_copy_of_every_linear_weight(kind: str) -> None:
         engine.close()
 
 
+@needs_packing
 def test_a_packed_model_generates_what_it_generated_before() -> None:
     model, processor = _bfloat16_model("text")
     inputs = dict(processor(text=["lo fi"], padding=True, return_tensors="pt"))
@@ -151,6 +178,7 @@ def test_a_packed_model_generates_what_it_generated_before() -> None:
         second.close()
 
 
+@needs_packing
 @pytest.mark.parametrize("kind", ["text", "melody"])
 def test_packed_and_dense_engines_give_the_same_tokens_batched(kind: str) -> None:
     model, processor = _bfloat16_model(kind)

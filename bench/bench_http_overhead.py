@@ -55,7 +55,9 @@ def main() -> None:
         def over_http() -> None:
             client.post(f"{url}/continue", json=body).raise_for_status()
 
-        direct(), over_http()  # warm-up: first-use costs are not what is measured
+        # Warm-up: first-use costs are not what is measured.
+        direct()
+        over_http()
         # Alternate the two paths so that whatever else the machine does falls on both alike.
         direct_all: list[float] = []
         http_all: list[float] = []

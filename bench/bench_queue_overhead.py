@@ -54,7 +54,7 @@ def measure(backend: str, redis_url: str, jobs: int) -> tuple[list[float], list[
             to_start.append(job.started_at - submitted)
             to_visible.append(seen - job.finished_at)
     finally:
-        worker.stop()
+        worker.stop(grace_s=settings.shutdown_grace_s)
         if backend == "redis":
             keys = list(queue.redis.scan_iter(match=f"{settings.redis_prefix}:*"))  # type: ignore[attr-defined]
             if keys:

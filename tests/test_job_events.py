@@ -5,6 +5,7 @@ the job (they travel by pub/sub)."""
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 import uuid
@@ -90,6 +91,80 @@ def test_wait_follows_the_events_instead_of_polling(server: Server, client: Musi
         log = server.log_path.read_text(errors="replace")
     assert log.count(status_line) == 1, log[-2000:]
     assert log.count(events_line) == 1, log[-2000:]
+    assert client.wait(ahead, timeout_s=120).status == "succeeded"
+
+
+class EventStreamCutter:
+    """A TCP proxy in front of the server that passes every request through but cuts each events
+    stream right after its first event, as a proxy with a short idle timeout would."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.cuts = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def close(self) -> None:
+        self.listener.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                downstream, _ = self.listener.accept()
+            except OSError:  # closed
+                return
+            threading.Thread(target=self._serve, args=(downstream,), daemon=True).start()
+
+    def _serve(self, downstream: socket.socket) -> None:
+        upstream = socket.create_connection(("127.0.0.1", self.target_port))
+        head = downstream.recv(65536)  # a GET's request line and headers
+        upstream.sendall(head)
+        if b"/events" not in head.split(b"\r\n", 1)[0]:
+            threading.Thread(target=_pipe, args=(upstream, downstream), daemon=True).start()
+            _pipe(downstream, upstream)
+            return
+        answer = b""
+        while (body := answer.find(b"\r\n\r\n")) < 0 or answer.find(b"\n\n", body + 4) < 0:
+            data = upstream.recv(65536)
+            if not data:
+                break
+            answer += data
+        first_event_end = answer.find(b"\n\n", answer.find(b"\r\n\r\n") + 4) + 2
+        downstream.sendall(answer[:first_event_end])
+        self.cuts += 1
+        for end in (downstream, upstream):
+            end.close()
+
+
+def _pipe(source: socket.socket, sink: socket.socket) -> None:
+    try:
+        while data := source.recv(65536):
+            sink.sendall(data)
+    except OSError:
+        pass
+    finally:
+        for end in (source, sink):
+            end.close()
+
+
+def test_wait_polls_once_the_events_stream_is_cut(server: Server, client: MusicGenClient) -> None:
+    ahead = submit(client, 2.0, seed=8)  # holds the only slot: the waited job is still queued when cut
+    job_id = submit(client, 1.0, seed=9)
+    proxy = EventStreamCutter(server.port)
+    try:
+        with MusicGenClient(proxy.url, timeout_s=60) as behind_proxy:
+            view = behind_proxy.wait(job_id, timeout_s=120, poll_s=0.1)
+    finally:
+        proxy.close()
+    assert proxy.cuts == 1
+    assert view.status == "succeeded" and view.result is not None and view.result.seed == 9
+    # It polled: status reads came after the cut stream (the access log has each once answered).
+    status_line = f"path=/jobs/{job_id},"
+    deadline = time.monotonic() + 10
+    while server.log_path.read_text(errors="replace").count(status_line) < 1 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert server.log_path.read_text(errors="replace").count(status_line) >= 1
     assert client.wait(ahead, timeout_s=120).status == "succeeded"
 
 

@@ -75,7 +75,7 @@ def main() -> None:
     from musicgen_bento.models.tiny import REAL_DECODER_SHAPES, build_real_shape_model
 
     dims = REAL_DECODER_SHAPES[args.shape]
-    shape = DecoderShape(dims["hidden_size"], dims["ffn_dim"], dims["num_hidden_layers"])
+    shape = DecoderShape(dims["hidden_size"], dims["ffn_dim"], dims["num_hidden_layers"], dims["num_attention_heads"])
     dtype = on_fresh_thread(lambda: pick_precision("cpu", "auto", shape).dtype)  # as the service picks
 
     def build() -> tuple[Any, Any]:

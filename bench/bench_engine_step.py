@@ -67,7 +67,9 @@ def measure(shape: str, steps: int, rounds: int) -> None:
 
     device = pick_device(0)
     dims = REAL_DECODER_SHAPES[shape]
-    decoder_shape = DecoderShape(dims["hidden_size"], dims["ffn_dim"], dims["num_hidden_layers"])
+    decoder_shape = DecoderShape(
+        dims["hidden_size"], dims["ffn_dim"], dims["num_hidden_layers"], dims["num_attention_heads"]
+    )
 
     def build() -> tuple[Any, dict[str, tuple[Any, str]], dict[str, int], Any]:
         model, processor = build_real_shape_model(shape)

@@ -34,7 +34,7 @@ def main() -> None:
     from musicgen_bento.models.tiny import REAL_DECODER_SHAPES, build_real_shape_model
 
     dims = REAL_DECODER_SHAPES["musicgen-small"]
-    shape = DecoderShape(dims["hidden_size"], dims["ffn_dim"], dims["num_hidden_layers"])
+    shape = DecoderShape(dims["hidden_size"], dims["ffn_dim"], dims["num_hidden_layers"], dims["num_attention_heads"])
     precision = pick_precision("cpu", args.dtype, shape)
     if precision.dtype == torch.float32:
         print(f"auto picks float32 here ({precision.reason}): nothing to compare")

@@ -9,24 +9,26 @@ import httpx
 import pytest
 import torch
 
+from musicgen_bento.engine.kv_cache import CROSS_BUCKET, round_up
 from musicgen_bento.engine.memory_plan import MIB, DecoderDims, cache_bytes_per_slot, plan_memory
 from musicgen_bento.errors import MemoryBudgetError
-from musicgen_bento.generation.memory import plan_for
-from musicgen_bento.models.store import DecoderShape
+from musicgen_bento.generation.memory import PLANNED_TEXT_TOKENS, cache_precision_for, plan_for
+from musicgen_bento.models.store import DecoderShape, decoder_shape, find
 
 from .conftest import TINY_TEXT
 
 # The published checkpoints' shapes (their config.json) and parameters (decoder, t5-base's encoder
 # and the 32 kHz EnCodec), as the README's sizing table counts them.
 MELODY = DecoderShape(
-    hidden=1536, ffn=6144, layers=48, codebooks=4, vocab=2048, parameters=1_551_132_608, melody_prefix=235
+    hidden=1536, ffn=6144, layers=48, heads=24, codebooks=4, vocab=2048, parameters=1_551_132_608, melody_prefix=235
 )
-SMALL = DecoderShape(hidden=1024, ffn=4096, layers=24, codebooks=4, vocab=2048, parameters=586_438_592)
+SMALL = DecoderShape(hidden=1024, ffn=4096, layers=24, heads=16, codebooks=4, vocab=2048, parameters=586_438_592)
 
 
 def _plan(shape: DecoderShape, budget_mb: int, slots: int = 8, device: str = "cuda:0", **kw: Any) -> Any:
     dtype = torch.float16 if device.startswith("cuda") else torch.float32
-    options = {"device": device, "dtype": dtype, "requested_slots": slots, "window_s": 30.0, **kw}
+    options = {"device": device, "dtype": dtype, "cache_dtype": dtype, "requested_slots": slots, "window_s": 30.0}
+    options.update(kw)
     return plan_for(shape, max_memory_mb=budget_mb, is_melody=shape.melody_prefix > 0, **options)
 
 
@@ -58,10 +60,18 @@ def test_small_text_model_plans_cross_attention_too() -> None:
     assert plan.slots == 8
 
 
-def test_cpus_plan_a_float32_cache_in_host_memory() -> None:
-    cpu = _plan(SMALL, 64000, device="cpu")
-    gpu = _plan(SMALL, 64000)
-    assert cpu.cache_mib_per_slot == pytest.approx(2 * gpu.cache_mib_per_slot)  # float32 against float16
+def test_the_plan_reserves_caches_in_the_precision_the_engine_holds_them() -> None:
+    float32 = _plan(SMALL, 64000, device="cpu")
+    bfloat16 = _plan(SMALL, 64000, device="cpu", dtype=torch.bfloat16, cache_dtype=torch.bfloat16)
+    mixed = _plan(SMALL, 64000, device="cpu", dtype=torch.bfloat16, cache_dtype=torch.float32)
+    assert float32.cache_mib_per_slot == pytest.approx(2 * bfloat16.cache_mib_per_slot)
+    assert mixed.cache_mib_per_slot == float32.cache_mib_per_slot and mixed.weights_mib == bfloat16.weights_mib
+
+
+def test_the_transformers_engine_plans_its_own_cache_in_the_weights_precision() -> None:
+    for dtype in (torch.float32, torch.bfloat16):
+        chosen = cache_precision_for(SMALL, device="cpu", dtype=dtype, static=False, slots=1)
+        assert chosen.dtype == dtype
 
 
 def test_a_budget_below_the_weights_is_refused_naming_the_setting() -> None:
@@ -100,13 +110,25 @@ def test_a_budget_too_small_for_the_model_fails_start_up_with_the_reason(start_s
     assert "MUSICGEN_MAX_MEMORY_MB" in response.json()["error"]
 
 
-def test_health_reports_the_plan_and_the_measured_peak(start_server: Any) -> None:
-    server = start_server(cli_args=["--model", TINY_TEXT, "--max-memory-mb", "6000", "--batch-slots", "3"])
+def test_health_reports_the_plan_and_the_measured_peak(start_server: Any, tiny_models: dict[str, str]) -> None:
+    # bfloat16 weights, whose attention caches the engine holds in bfloat16 or float32 as it
+    # measures on this CPU: the plan must reserve what it holds.
+    server = start_server(
+        cli_args=["--model", TINY_TEXT, "--max-memory-mb", "6000", "--batch-slots", "3", "--dtype", "bfloat16"]
+    )
     body = server.wait_until("ready", timeout=180)
     memory = body["memory"]
     assert isinstance(memory, dict)
     assert (memory["budget_mb"], memory["budget_source"], memory["slots"]) == (6000, "MUSICGEN_MAX_MEMORY_MB", 3)
     assert memory["planned_mb"] <= 6000 and memory["cache_positions"] >= 1500
+    info = find(tiny_models["text"])
+    assert info is not None
+    shape = decoder_shape(info)
+    dims = DecoderDims(shape.layers, shape.hidden, shape.ffn, shape.codebooks, shape.vocab)
+    held = torch.empty(0, dtype=getattr(torch, body["engine"]["attention"])).element_size()
+    cross = round_up(PLANNED_TEXT_TOKENS, CROSS_BUCKET)
+    held_mib = cache_bytes_per_slot(dims, memory["cache_positions"], cross, held) / MIB
+    assert memory["cache_mb_per_slot"] == round(held_mib, 1)
     assert memory["peak_mb"] > memory["weights_mb"], "a measured peak: at least the process around the weights"
     engine = body["engine"]
     assert isinstance(engine, dict) and engine["slots"] == 3

@@ -55,7 +55,7 @@ from .decoder import Decoder
 from .delay_pattern import DelayPattern
 from .invariance import find_min_rows
 from .kv_cache import CROSS_BUCKET, KVCache, choose_cache_precision, round_up, rows_of
-from .requests import DecodeRequest, EngineStats, FramesFn, GraphsStatus, StepFn, StepReport
+from .requests import CachePrecision, DecodeRequest, EngineStats, FramesFn, GraphsStatus, StepFn, StepReport
 from .sampler import Sampler
 from .scheduler import Scheduler
 from .threads import claim_cores
@@ -116,6 +116,8 @@ class DecodeEngine:
             rows change no request's tokens.
         pack_weights: let the decoder pack its weights for oneDNN where that is checked to give the
             same values (CPUs in bfloat16; see `weights`); False keeps them dense (comparisons).
+        attention: the attention caches' precision, as the memory plan reserved them; without, the
+            engine chooses it (`kv_cache.choose_cache_precision`).
     """
 
     def __init__(
@@ -128,6 +130,7 @@ class DecodeEngine:
         graphs: Callable[[Callable[[int, int, int], torch.Tensor], torch.device, int], CudaGraphs] = CudaGraphs,
         cache_positions: tuple[int, int] | None = None,
         pack_weights: bool = True,
+        attention: CachePrecision | None = None,
     ) -> None:
         self.model = model
         self.device = torch.device(device)
@@ -139,7 +142,7 @@ class DecodeEngine:
         self.pattern = DelayPattern(model, int(model.generation_config.decoder_start_token_id))
         self.codebooks, self.vocab = self.decoder.codebooks, self.decoder.vocab
         self.delay_steps = self.pattern.delay_steps
-        self.attention = choose_cache_precision(
+        self.attention = attention or choose_cache_precision(
             self.decoder.dtype, self.device, self.decoder.heads, self.decoder.head_dim, 2 * slots
         )
         logger.info("decoding engine: attention caches in %s", self.attention.reason)

@@ -78,12 +78,6 @@ class KVCache:
             self.cross_bias[target] = self.cross_bias[source]
 
 
-def widest_cache_dtype(weights: torch.dtype, device: torch.device) -> torch.dtype:
-    """The most precise the attention caches are, which memory plans reserve for: the weights'
-    precision on GPUs, float32 on CPUs (where `choose_cache_precision` may halve it)."""
-    return weights if device.type == "cuda" else torch.float32
-
-
 # A bfloat16 cache on a CPU must measure clearly faster than float32's: a near tie is not worth
 # the rounding of every key and value.
 _BFLOAT16_ATTENDS_BELOW = 0.8

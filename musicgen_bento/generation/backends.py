@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 import torch
 
-from ..engine import DecodeEngine, DecodeRequest, EngineStats, FramesFn, GraphsStatus, StepReport
+from ..engine import CachePrecision, DecodeEngine, DecodeRequest, EngineStats, FramesFn, GraphsStatus, StepReport
 from .params import GenerationParams, StepWatcher
 
 
@@ -71,8 +71,15 @@ _STREAM_FRAMES = 5
 class EngineBackend:
     """The static-cache engine: up to `slots` generations decode together, admitted by arrival."""
 
-    def __init__(self, model: Any, device: str, slots: int, cache_positions: tuple[int, int] | None = None) -> None:
-        self.engine = DecodeEngine(model, device, slots, cache_positions=cache_positions)
+    def __init__(
+        self,
+        model: Any,
+        device: str,
+        slots: int,
+        cache_positions: tuple[int, int] | None = None,
+        attention: CachePrecision | None = None,
+    ) -> None:
+        self.engine = DecodeEngine(model, device, slots, cache_positions=cache_positions, attention=attention)
         self._device = device
 
     @property

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from ..audio.clip import smooth_join
-from ..engine import DecodeEngine, EngineStats, FramesFn, GraphsStatus, StepReport
+from ..engine import CachePrecision, DecodeEngine, EngineStats, FramesFn, GraphsStatus, StepReport
 from ..models.store import ModelInfo, load
 from .backends import DecodeBackend, EngineBackend, TransformersBackend, WindowInputs
 from .codec import LEFT_CONTEXT_FRAMES, Codec, StreamingDecoder
@@ -51,6 +51,7 @@ class MusicGenGenerator:
         engine: str = "static",
         batch_slots: int = 8,
         cache_positions: tuple[int, int] | None = None,
+        attention: CachePrecision | None = None,
     ) -> None:
         if engine not in ENGINES:
             raise ValueError(f"engine must be one of {', '.join(ENGINES)}; got {engine!r}")
@@ -64,6 +65,9 @@ class MusicGenGenerator:
         # (self-attention, cross-attention) positions the engine's cache is allocated for at load
         # (the memory plan); None: it grows as requests need.
         self.cache_positions = cache_positions
+        # The static engine's attention caches' precision, as the memory plan reserved them; None: the
+        # engine chooses.
+        self.attention = attention
         self._model: Any = None
         self._processor: Any = None
         self._codec: Codec | None = None
@@ -163,7 +167,7 @@ class MusicGenGenerator:
             codec_dtype = torch.float32
         self._codec = Codec(model, self.device, codec_dtype)
         if self.engine == "static":
-            self._backend = EngineBackend(model, self.device, self.batch_slots, self.cache_positions)
+            self._backend = EngineBackend(model, self.device, self.batch_slots, self.cache_positions, self.attention)
         else:
             self._backend = TransformersBackend(model, self.device)
         self._model = model

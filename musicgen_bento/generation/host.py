@@ -21,7 +21,7 @@ from ..schemas import EngineHealth, MemoryHealth, PrecisionHealth
 from ..settings import Settings
 from .device import Precision, pick_device, pick_precision
 from .generator import MusicGenGenerator
-from .memory import plan_for
+from .memory import cache_precision_for, plan_for
 from .mock import MockMusicGenGenerator
 from .params import GenerationParams, GenerationRequest
 
@@ -174,12 +174,17 @@ class ModelHost:
             precision = pick_precision(self._device, settings.dtype, shape)
             logger.info("%s runs in %s (%s)", info.tag, precision.name, precision.reason)
             static = settings.engine == "static"
+            requested_slots = settings.batch_slots if static else 1
+            attention = cache_precision_for(
+                shape, device=self._device, dtype=precision.dtype, static=static, slots=requested_slots
+            )
             plan = plan_for(
                 shape,
                 device=self._device,
                 dtype=precision.dtype,
+                cache_dtype=attention.dtype,
                 max_memory_mb=settings.max_memory_mb,
-                requested_slots=settings.batch_slots if static else 1,
+                requested_slots=requested_slots,
                 window_s=settings.window_s,
                 is_melody=info.kind == "melody",
             )
@@ -196,6 +201,7 @@ class ModelHost:
                 engine=settings.engine,
                 batch_slots=plan.slots if static else settings.batch_slots,
                 cache_positions=(plan.positions, plan.cross_positions) if static else None,
+                attention=attention if static else None,
             )
             generator.load()
             if self._on_step is not None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from ..engine.kv_cache import CAPACITY_STEP, CROSS_BUCKET, round_up, widest_cache_dtype
+from ..engine import CachePrecision, choose_cache_precision
+from ..engine.kv_cache import CAPACITY_STEP, CROSS_BUCKET, round_up
 from ..engine.memory_plan import MIB, DecoderDims, MemoryPlan, plan_memory
 from ..models.store import DecoderShape
 
@@ -26,17 +27,30 @@ def free_memory_mib(device: str) -> float:
     return float(psutil.virtual_memory().available) / MIB
 
 
+def cache_precision_for(
+    shape: DecoderShape, *, device: str, dtype: torch.dtype, static: bool, slots: int
+) -> CachePrecision:
+    """The attention caches' precision, chosen before the plan so that the plan reserves what the
+    engine will hold: the static engine's measured choice for `slots` slots, or transformers' own
+    cache in the weights' precision."""
+    if not static:
+        return CachePrecision(dtype, "transformers' own cache, in the weights' precision")
+    return choose_cache_precision(dtype, torch.device(device), shape.heads, shape.hidden // shape.heads, 2 * slots)
+
+
 def plan_for(
     shape: DecoderShape,
     *,
     device: str,
     dtype: torch.dtype,
+    cache_dtype: torch.dtype,
     max_memory_mb: int,
     requested_slots: int,
     window_s: float,
     is_melody: bool,
 ) -> MemoryPlan:
-    """The engine's slots and cache for this checkpoint in `max_memory_mb` (0: the device's free memory)."""
+    """The engine's slots and cache for this checkpoint in `max_memory_mb` (0: the device's free
+    memory), with weights in `dtype` and attention caches in `cache_dtype`."""
     if max_memory_mb:
         budget, source = float(max_memory_mb), "MUSICGEN_MAX_MEMORY_MB"
     else:
@@ -46,7 +60,6 @@ def plan_for(
     positions = round_up(prefix + frames + _EXTRA_POSITIONS, CAPACITY_STEP)
     cross_positions = 0 if is_melody else round_up(PLANNED_TEXT_TOKENS, CROSS_BUCKET)
     element_bytes = torch.empty(0, dtype=dtype).element_size()
-    cache_bytes = torch.empty(0, dtype=widest_cache_dtype(dtype, torch.device(device))).element_size()
     return plan_memory(
         budget_mib=budget,
         budget_source=source,
@@ -55,7 +68,7 @@ def plan_for(
         requested_slots=requested_slots,
         positions=positions,
         cross_positions=cross_positions,
-        cache_element_bytes=cache_bytes,
+        cache_element_bytes=torch.empty(0, dtype=cache_dtype).element_size(),
         activation_element_bytes=element_bytes,
         window_samples=round(window_s * shape.sample_rate),
         device_type="cuda" if device.startswith("cuda") else "cpu",

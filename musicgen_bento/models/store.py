@@ -251,6 +251,7 @@ class DecoderShape:
     hidden: int
     ffn: int
     layers: int
+    heads: int
     codebooks: int = 4
     vocab: int = 2048
     parameters: int = 0
@@ -270,6 +271,7 @@ def decoder_shape(info: ModelInfo) -> DecoderShape:
             hidden=int(decoder["hidden_size"]),
             ffn=int(decoder["ffn_dim"]),
             layers=int(decoder["num_hidden_layers"]),
+            heads=int(decoder["num_attention_heads"]),
             codebooks=int(decoder["num_codebooks"]),
             vocab=int(decoder["vocab_size"]),
             parameters=_checkpoint_parameters(info.path),

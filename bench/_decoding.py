@@ -53,14 +53,19 @@ def in_memory_generators(model: Any, processor: Any, description: str, slots: in
     }
 
 
-def in_memory_generator(model: Any, processor: Any, description: str, slots: int, engine: str) -> Any:
-    """The service's generator with `engine` on a model built in memory (already on its device)."""
+def in_memory_generator(
+    model: Any, processor: Any, description: str, slots: int, engine: str, quantize: bool = False
+) -> Any:
+    """The service's generator with `engine` on a model built in memory (already on its device);
+    `quantize`: the static engine's decoder weights in int8."""
     from musicgen_bento.generation.generator import MusicGenGenerator
     from musicgen_bento.models.store import ModelInfo
 
     device = str(model.device)
     info = ModelInfo(f"bench-{description}", f"random weights, {description}", "text", 32000, 1, "none", Path("."))
-    generator = MusicGenGenerator(info, device, model.dtype, 30.0, 18.0, engine=engine, batch_slots=slots)
+    generator = MusicGenGenerator(
+        info, device, model.dtype, 30.0, 18.0, engine=engine, batch_slots=slots, quantize=quantize
+    )
     # The benchmark's model is built in memory, so it is handed over instead of loaded.
     generator.use_model(model, processor)
     return generator

@@ -1,8 +1,10 @@
 """Milliseconds per decoding step and real-time factor at batch 1, for the musicgen-small and
 musicgen-medium decoder shapes (random weights): transformers' `generate()` in float32 (the
 baseline), the static engine in float32 and the static engine in the precision `MUSICGEN_DTYPE=auto`
-picks on this machine (bfloat16 on CPUs with native bfloat16 where it measures faster), all through
-the service's generator in the same run, with each one's peak memory and the memory-bandwidth floor.
+picks on this machine (bfloat16 on CPUs with native bfloat16 where it measures faster), and with
+`--int8` the static engine with int8 weights (`MUSICGEN_QUANTIZE=int8`, float32 activations), all
+through the service's generator in the same run, with each one's peak memory and the
+memory-bandwidth floor (int8: a quarter of float32's weight bytes).
 
 A step's cost is the difference between the wall times of a long and a short generation, divided
 by the difference in their steps, so what a request pays once (text encoder, prefill) cancels out;
@@ -16,7 +18,8 @@ The floor: a step at batch 1 reads every decoder weight once, so it cannot take 
 decoder's weight bytes over the machine's read bandwidth (measured here as the best of a few sums
 over 512 MiB).
 
-    .venv/bin/python bench/bench_engine_step.py [--shapes musicgen-small musicgen-medium] [--steps 100] [--rounds 3]
+    .venv/bin/python bench/bench_engine_step.py [--shapes musicgen-small musicgen-medium] [--steps 100] [--rounds 3] \
+        [--int8]
 """
 
 from __future__ import annotations
@@ -55,7 +58,7 @@ def decoder_bytes(model: Any) -> int:
     return sum(p.numel() * p.element_size() for part in parts for p in part.parameters())
 
 
-def measure(shape: str, steps: int, rounds: int) -> None:
+def measure(shape: str, steps: int, rounds: int, int8: bool) -> None:
     import copy
 
     import torch
@@ -71,20 +74,27 @@ def measure(shape: str, steps: int, rounds: int) -> None:
         dims["hidden_size"], dims["ffn_dim"], dims["num_hidden_layers"], dims["num_attention_heads"]
     )
 
-    def build() -> tuple[Any, dict[str, tuple[Any, str]], dict[str, int], Any]:
+    def build() -> tuple[Any, dict[str, tuple[Any, str, bool]], dict[str, int], Any]:
         model, processor = build_real_shape_model(shape)
         precision = pick_precision(device, "auto", decoder_shape)
-        # The reduced-precision copy is made before the float32 engines join their weights.
+        # The other copies are made before the float32 engines join their weights.
         reduced = copy.deepcopy(model).to(device, precision.dtype) if precision.dtype != torch.float32 else None
+        quantized = copy.deepcopy(model).to(device, torch.float32) if int8 else None
         model = model.to(device, torch.float32)
         # Weighed before the engines are built: a packing engine replaces the modules' parameters.
         float32_bytes = decoder_bytes(model)
-        variants = {"transformers float32": (model, "transformers"), "engine float32": (model, "static")}
+        variants: dict[str, tuple[Any, str, bool]] = {
+            "transformers float32": (model, "transformers", False),
+            "engine float32": (model, "static", False),
+        }
         weights = dict.fromkeys(variants, float32_bytes)
         if reduced is not None:
             name = f"engine auto ({precision.name})"
             weights[name] = decoder_bytes(reduced)
-            variants[name] = (reduced, "static")
+            variants[name] = (reduced, "static", False)
+        if quantized is not None:
+            weights["engine int8"] = float32_bytes // 4
+            variants["engine int8"] = (quantized, "static", True)
         return precision, variants, weights, processor
 
     # Built on a thread that ends, as everything computed here, so that no thread team outlives its work.
@@ -98,10 +108,11 @@ def measure(shape: str, steps: int, rounds: int) -> None:
     per_step: dict[str, list[float]] = {name: [] for name in variants}
     peaks: dict[str, float] = dict.fromkeys(variants, 0.0)
     for _ in range(rounds):
-        for name, (model, engine) in variants.items():
+        for name, (model, engine, quantize) in variants.items():
             # One generator at a time, as one service serves one: an idle engine's thread keeps its
             # team of torch threads, which would slow the kernels of whichever variant runs.
-            generator = on_fresh_thread(partial(in_memory_generator, model, processor, f"{shape} shape", 1, engine))
+            build_generator = partial(in_memory_generator, model, processor, f"{shape} shape", 1, engine, quantize)
+            generator = on_fresh_thread(build_generator)
             generation_wall_s(generator, steps if device.startswith("cuda") else SHORT, device)  # warm-up
             with PeakMemory(device) as memory:
                 long = generation_wall_s(generator, steps, device)
@@ -127,10 +138,11 @@ def main() -> None:
     parser.add_argument("--shapes", nargs="+", default=["musicgen-small", "musicgen-medium"])
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--int8", action="store_true", help="add the static engine with int8 weights")
     args = parser.parse_args()
     use_private_store()
     for shape in args.shapes:
-        measure(shape, args.steps, args.rounds)
+        measure(shape, args.steps, args.rounds, args.int8)
 
 
 if __name__ == "__main__":

@@ -5,9 +5,10 @@ sounds: the same model in float32 and in the precision `MUSICGEN_DTYPE=auto` pic
 `--dtype`), the same text and seed, greedy decoding through the service's engine for `--frames`
 frames. It prints the share of identical tokens (every codebook of every frame) and the largest
 difference between the two precisions' logits at the first step (conditional row, the decoder's
-raw output before guidance), with the logits' own spread for scale.
+raw output before guidance), with the logits' own spread for scale. `--int8` compares float32
+against the decoder's weights in int8 (`MUSICGEN_QUANTIZE=int8`, float32 activations) instead.
 
-    .venv/bin/python bench/bench_precision.py [--dtype auto|bfloat16|float16] [--frames 250]
+    .venv/bin/python bench/bench_precision.py [--dtype auto|bfloat16|float16 | --int8] [--frames 250]
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from _support import use_private_store
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16"])
+    parser.add_argument("--int8", action="store_true", help="compare against int8 weights instead")
     parser.add_argument("--frames", type=int, default=250)
     parser.add_argument("--prompts", nargs="+", default=["lo-fi beat with warm piano", "epic orchestral drums"])
     args = parser.parse_args()
@@ -35,15 +37,20 @@ def main() -> None:
 
     dims = REAL_DECODER_SHAPES["musicgen-small"]
     shape = DecoderShape(dims["hidden_size"], dims["ffn_dim"], dims["num_hidden_layers"], dims["num_attention_heads"])
-    precision = pick_precision("cpu", args.dtype, shape)
-    if precision.dtype == torch.float32:
-        print(f"auto picks float32 here ({precision.reason}): nothing to compare")
-        return
+    if args.int8:
+        name, dtype, reason = "int8", torch.float32, "MUSICGEN_QUANTIZE=int8"
+    else:
+        precision = pick_precision("cpu", args.dtype, shape)
+        name, dtype, reason = precision.name, precision.dtype, precision.reason
+        if dtype == torch.float32:
+            print(f"auto picks float32 here ({reason}): nothing to compare")
+            return
     model, processor = build_real_shape_model("musicgen-small")
-    reduced = copy.deepcopy(model).to(precision.dtype)
-    print(f"musicgen-small shape, float32 against {precision.name} ({precision.reason}), greedy, {args.frames} frames")
-    engines = {"float32": DecodeEngine(model, "cpu", 1), precision.name: DecodeEngine(reduced, "cpu", 1)}
-    print(f"  {precision.name} engine: attention caches in {engines[precision.name].stats().attention.reason}")
+    reduced = copy.deepcopy(model).to(dtype)
+    print(f"musicgen-small shape, float32 against {name} ({reason}), greedy, {args.frames} frames")
+    engines = {"float32": DecodeEngine(model, "cpu", 1), name: DecodeEngine(reduced, "cpu", 1, quantize=args.int8)}
+    print(f"  {name} engine: weights {engines[name].stats().weights.reason}")
+    print(f"  {name} engine: attention caches in {engines[name].stats().attention.reason}")
     greedy = Sampling(cfg_coef=3.0, temperature=0.0)
     same = total = 0
     for prompt in args.prompts:
@@ -51,18 +58,18 @@ def main() -> None:
         codes = {}
         first_logits = {}
         with torch.inference_mode():
-            for name, engine in engines.items():
+            for variant, engine in engines.items():
                 states, mask = engine.encode_conditioning(inputs)
-                codes[name] = engine.decode(DecodeRequest(states, mask, None, args.frames, greedy, None), (0,))
-                source = model if name == "float32" else reduced
+                codes[variant] = engine.decode(DecodeRequest(states, mask, None, args.frames, greedy, None), (0,))
+                source = model if variant == "float32" else reduced
                 start = torch.full((4, 1), int(source.generation_config.decoder_start_token_id))
-                first_logits[name] = source(**inputs, decoder_input_ids=start).logits.float()
+                first_logits[variant] = source(**inputs, decoder_input_ids=start).logits.float()
         a, b = codes.values()
         agree = int((a == b).sum())
         same, total = same + agree, total + a.numel()
         differs = (a != b).any(dim=0).nonzero()
         first_diff = int(differs[0]) if len(differs) else None
-        diff = (first_logits["float32"] - first_logits[precision.name]).abs().max().item()
+        diff = (first_logits["float32"] - first_logits[name]).abs().max().item()
         spread = first_logits["float32"].std().item()
         print(
             f"  {prompt!r}: identical tokens {agree}/{a.numel()} ({agree / a.numel():.1%}), first differing frame "

@@ -18,7 +18,7 @@ phase's throughput is printed as a multiple of that one.
 
     .venv/bin/python bench/bench_service_throughput.py [--shape musicgen-small] [--clip-s 5] \
         [--continue-concurrency 1 4 8] [--job-concurrency 4 8] [--slots 8] [--dtype auto|float32|bfloat16] \
-        [--transformers-baseline 4]
+        [--quantize none|int8] [--transformers-baseline 4]
 """
 
 from __future__ import annotations
@@ -78,6 +78,7 @@ def main() -> None:
     parser.add_argument(
         "--dtype", default="auto", choices=["auto", "float32", "bfloat16"], help="the server's MUSICGEN_DTYPE"
     )
+    parser.add_argument("--quantize", default="none", choices=["none", "int8"], help="the server's MUSICGEN_QUANTIZE")
     parser.add_argument(
         "--transformers-baseline",
         type=int,
@@ -102,15 +103,21 @@ def main() -> None:
         "MUSICGEN_OUTPUT_DIR": str(workdir / "output"),
         "MUSICGEN_DATA_DIR": str(workdir / "data"),
         "MUSICGEN_DTYPE": args.dtype,
+        "MUSICGEN_QUANTIZE": args.quantize,
     }
     print(
         f"{args.shape} shape (random weights) served by `bentoml serve` on {hardware('cpu')}, "
-        f"{args.slots} slots, MUSICGEN_DTYPE={args.dtype}, {args.clip_s:g} s clips; /continue continues a 10 s "
+        f"{args.slots} slots, MUSICGEN_DTYPE={args.dtype}, MUSICGEN_QUANTIZE={args.quantize}, {args.clip_s:g} s clips; "
+        "/continue continues a 10 s "
         "source (a 10 s prompt), jobs generate from text",
         flush=True,
     )
     continue_throughput: dict[int, float] = {}  # concurrent /continue calls -> seconds of audio per second
     with served(settings, timeout_s=900) as url, httpx.Client(timeout=3600) as http:
+        engine = http.get(f"{url}/health").json()["engine"]
+        print(
+            f"  served with weights {engine['weights_reason']}; attention caches in {engine['attention']}", flush=True
+        )
 
         def continue_call(index: int) -> Callable[[], None]:
             return continuation(http, url, source, args.clip_s, index)
@@ -164,7 +171,7 @@ def against_transformers(
     server, and prints each concurrent /continue phase's throughput as a multiple of it."""
     import httpx
 
-    baseline = {**settings, "MUSICGEN_ENGINE": "transformers", "MUSICGEN_DTYPE": "float32"}
+    baseline = {**settings, "MUSICGEN_ENGINE": "transformers", "MUSICGEN_DTYPE": "float32", "MUSICGEN_QUANTIZE": "none"}
     with served(baseline, timeout_s=900) as url, httpx.Client(timeout=3600) as http:
         continuation(http, url, source, args.clip_s, 10_000)()  # warm-up, untimed
         seconds = []
@@ -180,7 +187,8 @@ def against_transformers(
     )
     for count, throughput in continue_throughput.items():
         print(
-            f"  /continue: {count} together with MUSICGEN_DTYPE={args.dtype}: {throughput:.3f} s of audio/s "
+            f"  /continue: {count} together with MUSICGEN_DTYPE={args.dtype}, MUSICGEN_QUANTIZE={args.quantize}: "
+            f"{throughput:.3f} s of audio/s "
             f"-> {throughput / reference:5.2f}x transformers float32 one after another",
             flush=True,
         )

@@ -168,12 +168,14 @@ class EngineHealth(BaseModel):
         default=None,
         description="What the start-up check found, and the rows each step computes for it.",
     )
-    weights: Literal["packed", "dense"] | None = Field(
+    weights: Literal["packed", "dense", "int8"] | None = Field(
         default=None,
         description="Static engine: whether the decoder's weights are packed once for oneDNN's products "
-        "(CPUs in bfloat16) or multiplied as they are.",
+        "(CPUs in bfloat16), quantized to int8 (MUSICGEN_QUANTIZE=int8, CPUs) or multiplied as they are.",
     )
-    weights_reason: str | None = Field(default=None, description="Why, and the start-up check of packed products.")
+    weights_reason: str | None = Field(
+        default=None, description="Why, and the start-up check of packed or int8 products."
+    )
     attention: Literal["float32", "bfloat16", "float16"] | None = Field(
         default=None,
         description="Static engine: the precision of its attention caches, and so of a decoding step's attention.",

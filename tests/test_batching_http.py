@@ -111,21 +111,31 @@ def test_concurrent_continue_calls_decode_in_the_same_steps(server: Server, sour
         assert np.array_equal(samples(batched["audio_path"]), samples(single["audio_path"]))
 
 
-def test_bfloat16_calls_decode_together_as_alone(start_server: Any, source: Path, tiny_models: dict[str, str]) -> None:
-    # CPUs in bfloat16 multiply by weights packed for oneDNN where oneDNN has bfloat16 kernels (the
-    # `auto` choice on CPUs with native bfloat16), by dense ones elsewhere; batching must reach
-    # those calls, and change none of them, as it does in float32.
-    server_bf16: Server = start_server(settings=settings(MUSICGEN_DTYPE="bfloat16"))
-    server_bf16.wait_until("ready", timeout=180)
-    engine = httpx.get(f"{server_bf16.url}/health", timeout=10).json()["engine"]
-    expected = "packed" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "dense"
-    assert engine["weights"] == expected, engine["weights_reason"]
-    alone = [continue_call(server_bf16, source, seed, temperature=1.0) for seed in range(SLOTS)]
-    before = metrics(server_bf16)
+# oneDNN packs bfloat16 weights where it has bfloat16 kernels; elsewhere they stay dense.
+_BFLOAT16_WEIGHTS = "packed" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "dense"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "weights"),
+    [("MUSICGEN_DTYPE", "bfloat16", _BFLOAT16_WEIGHTS), ("MUSICGEN_QUANTIZE", "int8", "int8")],
+    ids=["bfloat16", "int8"],
+)
+def test_reduced_precision_calls_decode_together_as_alone(
+    start_server: Any, source: Path, tiny_models: dict[str, str], variable: str, value: str, weights: str
+) -> None:
+    # CPUs in bfloat16 multiply by weights packed for oneDNN (the `auto` choice on CPUs with native
+    # bfloat16), and an operator may ask for int8 weights; batching must reach those calls, and
+    # change none of them, as it does in float32.
+    reduced: Server = start_server(settings=settings(**{variable: value}))
+    reduced.wait_until("ready", timeout=180)
+    engine = httpx.get(f"{reduced.url}/health", timeout=10).json()["engine"]
+    assert engine["weights"] == weights, engine["weights_reason"]
+    alone = [continue_call(reduced, source, seed, temperature=1.0) for seed in range(SLOTS)]
+    before = metrics(reduced)
     together = all_at_once(
-        [lambda seed=seed: continue_call(server_bf16, source, seed, temperature=1.0) for seed in range(SLOTS)]
+        [lambda seed=seed: continue_call(reduced, source, seed, temperature=1.0) for seed in range(SLOTS)]
     )
-    after = metrics(server_bf16)
+    after = metrics(reduced)
     assert steps_at_batch(before, after, SLOTS) >= STEPS_PER_CLIP // 2, (before, after)
     for single, batched in zip(alone, together, strict=True):
         assert np.array_equal(samples(batched["audio_path"]), samples(single["audio_path"]))

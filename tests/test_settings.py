@@ -55,6 +55,14 @@ def test_bad_values_name_the_variable(variable: str, value: str, message: str) -
         Settings.from_env({variable: value})
 
 
+def test_int8_needs_the_static_engine() -> None:
+    with pytest.raises(SettingsError, match="MUSICGEN_QUANTIZE=int8 needs MUSICGEN_ENGINE=static"):
+        Settings.from_env({"MUSICGEN_QUANTIZE": "int8", "MUSICGEN_ENGINE": "transformers"})
+    assert Settings.from_env({"MUSICGEN_QUANTIZE": "int8"}).quantize == "int8"
+    with pytest.raises(SettingsError, match="MUSICGEN_QUANTIZE"):
+        Settings.from_env({"MUSICGEN_QUANTIZE": "int4"})
+
+
 def test_every_setting_has_a_variable_and_help() -> None:
     for spec in setting_specs():
         assert spec["env"].startswith(("MUSICGEN_", "CF_MUSICGEN_"))

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 import torch
 
-from musicgen_bento.engine import DecodeEngine, DecodeRequest, Sampling
-from musicgen_bento.engine.weights import JointPart, PackedLinear, choose_layout
+from musicgen_bento.engine import DecodeEngine, DecodeRequest, Sampling, weights
+from musicgen_bento.engine.weights import Int8Linear, JointPart, PackedLinear, choose_layout
 from musicgen_bento.models.tiny import build_tiny_model
 
 from .conftest import decode_together
@@ -36,7 +36,7 @@ def _linears(model: Any) -> list[torch.nn.Module]:
 
 
 def _is_linear(module: torch.nn.Module) -> bool:
-    return isinstance(module, torch.nn.Linear | PackedLinear | JointPart)
+    return isinstance(module, torch.nn.Linear | PackedLinear | Int8Linear | JointPart)
 
 
 @pytest.mark.parametrize(
@@ -197,18 +197,109 @@ def test_packed_and_dense_engines_give_the_same_tokens_batched(kind: str) -> Non
             engine.close()
 
 
-def _decode_together(engine: DecodeEngine, processor: Any, kind: str) -> list[torch.Tensor]:
+def _decode_together(
+    engine: DecodeEngine, processor: Any, kind: str, dtype: torch.dtype = torch.bfloat16, only: int | None = None
+) -> list[torch.Tensor]:
+    """The codes of four requests decoded together (or of request `only`, alone)."""
     requests = []
-    for seed in range(4):
+    for seed in range(4) if only is None else [only]:
         args: dict[str, Any] = {"text": [f"take {seed}"], "padding": True, "return_tensors": "pt"}
         if kind == "melody":
             tone = torch.sin(2 * torch.pi * (220 + 40 * seed) * torch.arange(32000) / 32000)
             args.update(audio=(0.3 * tone).numpy(), sampling_rate=32000)
         inputs = dict(processor(**args))
         if "input_features" in inputs:
-            inputs["input_features"] = inputs["input_features"].to(torch.bfloat16)
+            inputs["input_features"] = inputs["input_features"].to(dtype)
         with torch.inference_mode():
             states, mask = engine.encode_conditioning(inputs)
         prompt = torch.randint(0, 2048, (4, 10 + 7 * seed), generator=torch.Generator().manual_seed(seed))
         requests.append(DecodeRequest(states, mask, prompt, 30, SAMPLED, torch.Generator().manual_seed(seed)))
     return decode_together(engine, requests)
+
+
+# -- int8 (MUSICGEN_QUANTIZE=int8) ---------------------------------------------------------------
+
+
+def test_int8_is_taken_where_asked_and_its_kernel_checks_out() -> None:
+    layout = choose_layout(torch.device("cpu"), torch.float32, torch.randn(64, 32), quantize=True)
+    assert layout.int8 and layout.packed and layout.form == "int8", layout.reason
+    assert layout.reason.startswith("int8 (MUSICGEN_QUANTIZE=int8): weight-only, one scale per output channel")
+    assert choose_layout(torch.device("cpu"), torch.float32, torch.randn(64, 32)).form == "dense"
+    on_cuda = choose_layout(torch.device("cuda"), torch.float16, torch.zeros(8, 8), quantize=True)
+    assert on_cuda.form == "dense" and on_cuda.reason == "dense: cuda multiplies the weights as they are"
+
+
+def test_int8_products_stay_within_the_quantization_of_the_float_ones() -> None:
+    weight = torch.randn(96, 64)
+    quantized = Int8Linear(weight, torch.randn(96))
+    assert quantized.quantized.dtype == torch.int8 and quantized.quantized.abs().max() <= 127
+    for rows in (2, 200):  # the int8 kernel, then the dequantized weight
+        x = torch.randn(rows, 64)
+        with torch.inference_mode():
+            exact = torch.nn.functional.linear(x, weight, quantized.bias)
+            assert torch.allclose(quantized(x), exact, atol=0.05 * float(exact.abs().max()))
+
+
+def test_an_int8_kernel_that_differs_keeps_the_weights_dense(monkeypatch: pytest.MonkeyPatch) -> None:
+    forward = Int8Linear.forward
+    monkeypatch.setattr(Int8Linear, "forward", lambda self, x: forward(self, x) * 1.1)
+    layout = choose_layout(torch.device("cpu"), torch.float32, torch.randn(64, 32), quantize=True)
+    assert layout.form == "dense"
+    assert layout.reason == (
+        "dense: MUSICGEN_QUANTIZE=int8 was asked, but the int8 kernel differs from the dequantized weight's "
+        "products at 2 rows"
+    )
+
+
+def test_an_int8_kernel_that_fails_keeps_the_weights_dense(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(self: Int8Linear, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError("no int8 kernel for this CPU")
+
+    monkeypatch.setattr(Int8Linear, "forward", refuse)
+    model, _ = build_tiny_model("text")
+    engine = DecodeEngine(model, "cpu", 1, quantize=True)
+    try:
+        assert engine.stats().weights.form == "dense"
+        assert engine.stats().weights.reason.endswith("failed: NotImplementedError: no int8 kernel for this CPU")
+        assert all(isinstance(module, torch.nn.Linear) for module in _linears(model))
+    finally:
+        engine.close()
+
+
+@pytest.mark.parametrize("kind", ["text", "melody"])
+def test_int8_engines_decode_each_request_as_alone_and_free_the_float_weights(kind: str) -> None:
+    model, processor = build_tiny_model(kind)  # type: ignore[arg-type]
+    float_weights = sum(p.numel() for module in _linears(model) for p in module.parameters() if p.dim() == 2)
+    before = sum(p.numel() for p in model.decoder.parameters())
+    engine = DecodeEngine(model, "cpu", 4, quantize=True)
+    try:
+        assert engine.stats().weights.form == "int8"
+        assert engine.invariance.holds, engine.invariance.reason
+        # Every linear weight is held in int8 now; the float ones are gone from the model.
+        assert not any(isinstance(module, torch.nn.Linear) for module in _linears(model))
+        assert before - sum(p.numel() for p in model.decoder.parameters()) == float_weights
+        attention = model.decoder.model.decoder.layers[0].self_attn
+        assert isinstance(attention.q_proj.joint, Int8Linear) and attention.q_proj.joint is engine.decoder.qkv[0]
+        together = _decode_together(engine, processor, kind, torch.float32)
+        alone = [_decode_together(engine, processor, kind, torch.float32, only=index)[0] for index in range(4)]
+        for index, (batched, single) in enumerate(zip(together, alone, strict=True)):
+            assert torch.equal(batched, single), f"request {index} differs batched"
+        assert max(engine.stats().steps_by_batch) == 4, "the requests did not decode together"
+    finally:
+        engine.close()
+
+
+def test_a_second_engine_finds_the_model_in_int8(monkeypatch: pytest.MonkeyPatch) -> None:
+    model, processor = build_tiny_model("text")
+    first = DecodeEngine(model, "cpu", 1, quantize=True)
+    monkeypatch.setattr(weights, "int8_products_differ", lambda weight: pytest.fail("checked again"))
+    second = DecodeEngine(model, "cpu", 1)
+    try:
+        assert second.stats().weights.reason == "int8: quantized by an earlier engine on this model"
+        assert second.decoder.qkv[0] is first.decoder.qkv[0]
+        inputs = dict(processor(text=["lo fi"], padding=True, return_tensors="pt"))
+        with torch.inference_mode():  # the model's own generate() runs on the int8 modules
+            assert model.generate(**inputs, max_new_tokens=8, do_sample=False).shape[-1] > 0
+    finally:
+        first.close()
+        second.close()

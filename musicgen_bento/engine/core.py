@@ -118,6 +118,8 @@ class DecodeEngine:
             same values (CPUs in bfloat16; see `weights`); False keeps them dense (comparisons).
         attention: the attention caches' precision, as the memory plan reserved them; without, the
             engine chooses it (`kv_cache.choose_cache_precision`).
+        quantize: quantize the decoder's linear weights to int8 (CPUs; `weights`), where PyTorch's
+            int8 kernel checks out here.
     """
 
     def __init__(
@@ -131,12 +133,13 @@ class DecodeEngine:
         cache_positions: tuple[int, int] | None = None,
         pack_weights: bool = True,
         attention: CachePrecision | None = None,
+        quantize: bool = False,
     ) -> None:
         self.model = model
         self.device = torch.device(device)
         self.scheduler: Scheduler[_Job] = Scheduler(slots)
         self.slots = slots
-        self.decoder = Decoder(model, pack_weights)
+        self.decoder = Decoder(model, pack_weights, quantize)
         logger.info("decoding engine: weights %s", self.decoder.layout.reason)
         self.is_melody = self.decoder.is_melody
         self.pattern = DelayPattern(model, int(model.generation_config.decoder_start_token_id))

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from .batch_state import BatchState
 from .kv_cache import KVCache, attention_bias
-from .weights import PackedLinear, Slot, WeightLayout, choose_layout, join, joint_weight, pack
+from .weights import Int8Linear, PackedLinear, Slot, WeightLayout, choose_layout, join, joint_weight, pack
 
 # Self-attention of one layer: (layer index, projected q|k|v, scale) -> attention output.
 SelfAttention = Callable[[int, torch.Tensor, float], torch.Tensor]
@@ -33,11 +33,12 @@ class Decoder:
     """Runs the decoder of a loaded model over the engine's cache with joint weights.
 
     The joint weights (q|k|v per layer, the codebooks' heads, their embeddings) cut the operations
-    per step; on CPUs in bfloat16 the linear ones are packed for oneDNN (`weights`). The model's
+    per step; on CPUs in bfloat16 the linear ones are packed for oneDNN, or quantized to int8 where
+    the operator asks (`weights`). The model's
     own modules become views or parts of them, so the model keeps one copy and works as before.
     """
 
-    def __init__(self, model: Any, pack_weights: bool = True) -> None:
+    def __init__(self, model: Any, pack_weights: bool = True, quantize: bool = False) -> None:
         causal_lm = model.decoder
         self.model = model
         self.stack = causal_lm.model.decoder
@@ -56,10 +57,12 @@ class Decoder:
             self.layout = WeightLayout(
                 True, "packed for oneDNN by an earlier engine on this model", layers[0].fc1.for_rows
             )
-        elif not pack_weights:
+        elif isinstance(layers[0].fc1, Int8Linear):
+            self.layout = WeightLayout(True, "int8: quantized by an earlier engine on this model", int8=True)
+        elif not pack_weights and not quantize:
             self.layout = WeightLayout(False, "dense: packing turned off (pack_weights=False)")
         else:
-            self.layout = choose_layout(device, self.dtype, layers[0].fc1.weight)
+            self.layout = choose_layout(device, self.dtype, layers[0].fc1.weight, quantize)
         self.qkv = [
             join([(layer.self_attn, "q_proj"), (layer.self_attn, "k_proj"), (layer.self_attn, "v_proj")], self.layout)
             for layer in layers

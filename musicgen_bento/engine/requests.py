@@ -110,11 +110,18 @@ class CachePrecision:
 
 @dataclass(frozen=True)
 class WeightLayout:
-    """Whether the decoder's weights are packed for oneDNN's products, and why (`weights`)."""
+    """How the decoder's linear weights are held for its products, and why (`weights`): dense;
+    packed for oneDNN; or quantized to int8. Packed and int8 replace the model's linear modules."""
 
-    packed: bool
+    packed: bool  # the model's linear modules replaced by products holding their weights otherwise
     reason: str
-    packed_for_rows: int = 0  # the row count oneDNN's layout was chosen for (0: dense)
+    packed_for_rows: int = 0  # the row count oneDNN's layout was chosen for (0: dense or int8)
+    int8: bool = False  # weight-only int8 (MUSICGEN_QUANTIZE=int8) rather than oneDNN's layout
+
+    @property
+    def form(self) -> str:
+        """`dense`, `packed` or `int8`, as `/health` shows it."""
+        return "int8" if self.int8 else "packed" if self.packed else "dense"
 
 
 @dataclass

@@ -1,6 +1,7 @@
 """How the decoder's weights are held for its matrix products: joined where one product replaces
-several (q|k|v of a layer, the codebooks' heads) and, on CPUs in bfloat16, packed once at start-up
-into oneDNN's blocked layout.
+several (q|k|v of a layer, the codebooks' heads); on CPUs in bfloat16, packed once at start-up
+into oneDNN's blocked layout; on CPUs where the operator asks (`MUSICGEN_QUANTIZE=int8`),
+quantized to int8 for PyTorch's weight-only int8 kernel.
 
 `F.linear` in bfloat16 on a CPU goes through oneDNN, which reorders the weight into its blocked
 layout on every call; a decoding step reads every weight once, so the reorder is a large part of
@@ -14,6 +15,12 @@ Packing replaces the model's own linear modules in the decoder (one copy of each
 as before); the modules keep computing what they did, so `generate()` and a second engine on the
 same model still work. Float32 stays dense: there MKL does the products, and oneDNN's packed
 float32 measured slower at 16 rows and changed results with the row count.
+
+Int8 is the operator's choice, not `auto`'s: it changes the products (a step's tokens drift from
+float32's as bfloat16's do; `bench/bench_precision.py` measures it). It pays on CPUs without
+AVX-512, where bfloat16 has no fast kernels and float32 products read 4 bytes a weight: on an AVX2
+EPYC, musicgen-small's products at a lone request's 2 rows took 32 ms in int8 against 125 ms in
+float32. On an AMX CPU packed bfloat16 is as fast at 2 rows and far faster at 16.
 """
 
 from __future__ import annotations
@@ -68,14 +75,64 @@ class PackedLinear(torch.nn.Module):
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")  # type: ignore[no-any-return]
 
 
+# Rows up to which an int8 product runs PyTorch's weight-only int8 kernel. Its time grows with the
+# rows (each row is a pass over the weight: on an AVX2 EPYC, musicgen-small's products took 32 ms
+# at 2 rows, 138 at 16 and 318 at 32, against 125-305 ms for float32's), so more rows (a prefill,
+# up to a thousand) multiply by the weight dequantized to the activations' precision instead.
+_INT8_KERNEL_ROWS = 32
+
+
+class Int8Linear(torch.nn.Module):
+    """A linear layer whose weight is quantized to int8, one symmetric scale per output channel.
+
+    Up to `_INT8_KERNEL_ROWS` rows it multiplies with `aten._weight_int8pack_mm` (the kernel
+    torchao's int8 weight-only CPU path calls), on bfloat16 activations: a step reads a quarter of
+    float32's bytes. The product is rounded to bfloat16 and returned in the input's precision, so
+    the rest of the decoder is unchanged. Replaces an `nn.Linear` in the model, whose weight is
+    then freed.
+    """
+
+    quantized: torch.Tensor
+    scales: torch.Tensor
+    kernel_scales: torch.Tensor
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        super().__init__()
+        self.in_features = int(weight.shape[1])
+        self.out_features = int(weight.shape[0])
+        full = weight.detach().float()
+        scales = full.abs().amax(dim=1).clamp(min=torch.finfo(torch.float32).tiny) / 127
+        # Buffers, so that they follow the model between devices; not saved with it.
+        quantized = (full / scales[:, None]).round().clamp(-127, 127).to(torch.int8)
+        self.register_buffer("quantized", quantized, persistent=False)
+        self.register_buffer("scales", scales, persistent=False)
+        self.register_buffer("kernel_scales", scales.to(torch.bfloat16), persistent=False)
+        self.bias = None if bias is None else torch.nn.Parameter(bias.detach(), requires_grad=False)
+
+    def dequantized(self, dtype: torch.dtype) -> torch.Tensor:
+        """The weight the int8 values and scales stand for, in `dtype`."""
+        return (self.quantized.to(torch.float32) * self.scales[:, None]).to(dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, self.in_features)
+        if flat.shape[0] <= _INT8_KERNEL_ROWS:
+            product = torch.ops.aten._weight_int8pack_mm(flat.to(torch.bfloat16), self.quantized, self.kernel_scales)
+            out = product.to(x.dtype)
+        else:
+            out = F.linear(flat, self.dequantized(x.dtype))
+        if self.bias is not None:
+            out = out + self.bias
+        return out.reshape(*x.shape[:-1], self.out_features)
+
+
 class JointPart(torch.nn.Module):
     """One of the modules joined into a packed product (q, k or v; one codebook's head): its columns
     of the joint product, which are what its own product gave (checked at start-up). Stands in the
     model for compatibility (`generate()`); the engine itself computes the joint product once."""
 
-    joint: PackedLinear
+    joint: PackedLinear | Int8Linear
 
-    def __init__(self, joint: PackedLinear, start: int, stop: int) -> None:
+    def __init__(self, joint: PackedLinear | Int8Linear, start: int, stop: int) -> None:
         super().__init__()
         # Not a submodule: several parts share it, and the model should not list it once per part.
         self.__dict__["joint"] = joint
@@ -86,10 +143,15 @@ class JointPart(torch.nn.Module):
         return self.joint(x)[..., self.start : self.stop]
 
 
-def choose_layout(device: torch.device, dtype: torch.dtype, sample: torch.Tensor) -> WeightLayout:
-    """Whether to pack the decoder's weights, checked on `sample` (one of its weights)."""
+def choose_layout(
+    device: torch.device, dtype: torch.dtype, sample: torch.Tensor, quantize: bool = False
+) -> WeightLayout:
+    """How to hold the decoder's weights, checked on `sample` (one of its weights): int8 where
+    asked (`quantize`) and its products check out, else packed for oneDNN where that checks out."""
     if device.type != "cpu":
         return WeightLayout(False, f"dense: {device.type} multiplies the weights as they are")
+    if quantize:
+        return choose_int8(sample)
     if dtype != torch.bfloat16:
         return WeightLayout(
             False, "dense: packing is for bfloat16 (float32 products go through MKL, and packed ones were slower)"
@@ -110,6 +172,46 @@ def choose_layout(device: torch.device, dtype: torch.dtype, sample: torch.Tensor
             )
         mismatches.append(f"the layout for {_rows(for_rows)} {mismatch}")
     return WeightLayout(False, f"dense: no packed layout gives F.linear's values ({'; '.join(mismatches)})")
+
+
+def choose_int8(sample: torch.Tensor) -> WeightLayout:
+    """Int8 weights where PyTorch's int8 kernel gives the dequantized weight's products to within
+    bfloat16's rounding; dense otherwise, saying why."""
+    mismatch = int8_products_differ(sample)
+    if mismatch:
+        return WeightLayout(False, f"dense: MUSICGEN_QUANTIZE=int8 was asked, but the int8 kernel {mismatch}")
+    rows = ", ".join(map(str, _INT8_CHECK_ROWS))
+    return WeightLayout(
+        True,
+        "int8 (MUSICGEN_QUANTIZE=int8): weight-only, one scale per output channel; products up to "
+        f"{_INT8_KERNEL_ROWS} rows by PyTorch's int8 kernel on bfloat16 activations (checked against the "
+        f"dequantized weight at {rows} rows), more rows by the dequantized weight",
+        int8=True,
+    )
+
+
+# Row counts the int8 kernel is checked at: a lone request, a full default batch, the most it takes.
+_INT8_CHECK_ROWS = (2, 16, _INT8_KERNEL_ROWS)
+
+
+def int8_products_differ(weight: torch.Tensor) -> str:
+    """'' when the int8 product of `weight` matches the float32 product with its dequantized
+    weight (of the bfloat16 activations) to within bfloat16's rounding of the result at every
+    checked row count; otherwise what differs. Any error from the private op counts."""
+    noise = torch.Generator().manual_seed(0)
+    try:
+        quantized = Int8Linear(weight, None)
+        reference_weight = quantized.dequantized(torch.float32)
+        with torch.inference_mode():
+            for rows in _INT8_CHECK_ROWS:
+                x = torch.randn(rows, weight.shape[1], generator=noise).to(torch.bfloat16).float()
+                product, reference = quantized(x), F.linear(x, reference_weight)
+                # bfloat16 keeps 8 significant bits: its rounding is within 2^-8 of the largest value.
+                if not torch.allclose(product, reference, rtol=2**-7, atol=2**-8 * float(reference.abs().max())):
+                    return f"differs from the dequantized weight's products at {rows} rows"
+    except (RuntimeError, NotImplementedError) as error:
+        return f"failed: {type(error).__name__}: {error}"
+    return ""
 
 
 def _rows(count: int) -> str:
@@ -141,11 +243,18 @@ def packed_products_differ(weight: torch.Tensor, for_rows: int) -> str:
 Slot = tuple[torch.nn.Module, str]
 
 
-def join(slots: list[Slot], layout: WeightLayout) -> DenseLinear | PackedLinear:
+def product(weight: torch.Tensor, bias: torch.Tensor | None, layout: WeightLayout) -> PackedLinear | Int8Linear:
+    """A linear layer of `weight` (and `bias`) held as `layout` says: int8 or packed for oneDNN."""
+    if layout.int8:
+        return Int8Linear(weight, bias)
+    return PackedLinear(weight, bias, layout.packed_for_rows)
+
+
+def join(slots: list[Slot], layout: WeightLayout) -> DenseLinear | PackedLinear | Int8Linear:
     """One product for the linear modules in `slots`, their outputs side by side.
 
-    Dense: the joint weight, the modules made views of it (`joint_weight`). Packed: one packed
-    joint product, each module replaced in its parent by its `JointPart`. Modules already joined
+    Dense: the joint weight, the modules made views of it (`joint_weight`). Packed or int8: one
+    joint product held so, each module replaced in its parent by its `JointPart`. Modules already joined
     by another engine on the same model are reused as they are.
     """
     modules = [getattr(parent, name) for parent, name in slots]
@@ -162,7 +271,7 @@ def join(slots: list[Slot], layout: WeightLayout) -> DenseLinear | PackedLinear:
                 for part, module in zip(biases, modules, strict=True)
             ]
         )
-    joint = PackedLinear(torch.cat([module.weight.detach() for module in modules]), bias, layout.packed_for_rows)
+    joint = product(torch.cat([module.weight.detach() for module in modules]), bias, layout)
     bounds = itertools.accumulate((module.weight.shape[0] for module in modules), initial=0)
     for (parent, name), (start, stop) in zip(slots, itertools.pairwise(bounds), strict=True):
         setattr(parent, name, JointPart(joint, start, stop))
@@ -170,11 +279,11 @@ def join(slots: list[Slot], layout: WeightLayout) -> DenseLinear | PackedLinear:
 
 
 def pack(slot: Slot, layout: WeightLayout) -> None:
-    """Replaces the linear module in `slot` by its packed form (once: a packed one stays)."""
+    """Replaces the linear module in `slot` by its packed or int8 form (once: a replaced one stays)."""
     parent, name = slot
     module = getattr(parent, name)
-    if not isinstance(module, PackedLinear | JointPart):
-        setattr(parent, name, PackedLinear(module.weight, module.bias, layout.packed_for_rows))
+    if not isinstance(module, PackedLinear | Int8Linear | JointPart):
+        setattr(parent, name, product(module.weight, module.bias, layout))
 
 
 def joint_weight(modules: list[Any]) -> torch.Tensor:

@@ -78,8 +78,11 @@ class EngineBackend:
         slots: int,
         cache_positions: tuple[int, int] | None = None,
         attention: CachePrecision | None = None,
+        quantize: bool = False,
     ) -> None:
-        self.engine = DecodeEngine(model, device, slots, cache_positions=cache_positions, attention=attention)
+        self.engine = DecodeEngine(
+            model, device, slots, cache_positions=cache_positions, attention=attention, quantize=quantize
+        )
         self._device = device
 
     @property

@@ -52,6 +52,7 @@ class MusicGenGenerator:
         batch_slots: int = 8,
         cache_positions: tuple[int, int] | None = None,
         attention: CachePrecision | None = None,
+        quantize: bool = False,
     ) -> None:
         if engine not in ENGINES:
             raise ValueError(f"engine must be one of {', '.join(ENGINES)}; got {engine!r}")
@@ -68,6 +69,8 @@ class MusicGenGenerator:
         # The static engine's attention caches' precision, as the memory plan reserved them; None: the
         # engine chooses.
         self.attention = attention
+        # The static engine's decoder weights quantized to int8 (MUSICGEN_QUANTIZE=int8).
+        self.quantize = quantize
         self._model: Any = None
         self._processor: Any = None
         self._codec: Codec | None = None
@@ -167,7 +170,9 @@ class MusicGenGenerator:
             codec_dtype = torch.float32
         self._codec = Codec(model, self.device, codec_dtype)
         if self.engine == "static":
-            self._backend = EngineBackend(model, self.device, self.batch_slots, self.cache_positions, self.attention)
+            self._backend = EngineBackend(
+                model, self.device, self.batch_slots, self.cache_positions, self.attention, self.quantize
+            )
         else:
             self._backend = TransformersBackend(model, self.device)
         self._model = model

@@ -117,7 +117,7 @@ class ModelHost:
             graphs_reason=stats.graphs.reason,
             batch_invariant=stats.invariance.holds,
             batch_invariance_reason=stats.invariance.reason,
-            weights="packed" if stats.weights.packed else "dense",
+            weights=stats.weights.form,  # type: ignore[arg-type]
             weights_reason=stats.weights.reason,
             attention=stats.attention.name,  # type: ignore[arg-type]
             attention_reason=stats.attention.reason,
@@ -202,6 +202,7 @@ class ModelHost:
                 batch_slots=plan.slots if static else settings.batch_slots,
                 cache_positions=(plan.positions, plan.cross_positions) if static else None,
                 attention=attention if static else None,
+                quantize=settings.quantize == "int8",
             )
             generator.load()
             if self._on_step is not None:

@@ -116,7 +116,8 @@ class Int8Linear(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)
         if flat.shape[0] <= _INT8_KERNEL_ROWS:
-            product = torch.ops.aten._weight_int8pack_mm(flat.to(torch.bfloat16), self.quantized, self.kernel_scales)
+            activations = flat.to(torch.bfloat16).contiguous()  # the kernel reads rows as laid out
+            product = torch.ops.aten._weight_int8pack_mm(activations, self.quantized, self.kernel_scales)
             out = product.to(x.dtype)
         else:
             out = F.linear(flat, self.dequantized(x.dtype))
@@ -149,7 +150,8 @@ def choose_layout(
     """How to hold the decoder's weights, checked on `sample` (one of its weights): int8 where
     asked (`quantize`) and its products check out, else packed for oneDNN where that checks out."""
     if device.type != "cpu":
-        return WeightLayout(False, f"dense: {device.type} multiplies the weights as they are")
+        unused = "MUSICGEN_QUANTIZE=int8 is for CPUs; " if quantize else ""
+        return WeightLayout(False, f"dense: {unused}{device.type} multiplies the weights as they are")
     if quantize:
         return choose_int8(sample)
     if dtype != torch.bfloat16:

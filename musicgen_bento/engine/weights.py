@@ -19,8 +19,8 @@ float32 measured slower at 16 rows and changed results with the row count.
 Int8 is the operator's choice, not `auto`'s: it changes the products (a step's tokens drift from
 float32's as bfloat16's do; `bench/bench_precision.py` measures it). It pays on CPUs without
 AVX-512, where bfloat16 has no fast kernels and float32 products read 4 bytes a weight: on an AVX2
-EPYC, musicgen-small's products at a lone request's 2 rows took 32 ms in int8 against 125 ms in
-float32. On an AMX CPU packed bfloat16 is as fast at 2 rows and far faster at 16.
+EPYC, musicgen-small's products at a lone request's 2 rows took 37 ms in int8 against 84-113 ms in
+float32 (at 16 rows they tie). On an AMX CPU packed bfloat16 is as fast at 2 rows and far faster at 16.
 """
 
 from __future__ import annotations
@@ -75,10 +75,10 @@ class PackedLinear(torch.nn.Module):
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")  # type: ignore[no-any-return]
 
 
-# Rows up to which an int8 product runs PyTorch's weight-only int8 kernel. Its time grows with the
-# rows (each row is a pass over the weight: on an AVX2 EPYC, musicgen-small's products took 32 ms
-# at 2 rows, 138 at 16 and 318 at 32, against 125-305 ms for float32's), so more rows (a prefill,
-# up to a thousand) multiply by the weight dequantized to the activations' precision instead.
+# Rows up to which an int8 product runs PyTorch's weight-only int8 kernel. Its time grows with every
+# row (on an AVX2 EPYC, musicgen-small's products took 37 ms at 2 rows, about 155 at 16 and 321 at
+# 32, against float32's 84-113, 156-168 and 215: bench/bench_cpu_products.py), so more rows (a
+# prefill, up to a thousand) multiply by the weight dequantized to the activations' precision.
 _INT8_KERNEL_ROWS = 32
 
 

@@ -35,46 +35,38 @@ def layer_weights(shape: str) -> list[Any]:
     return [torch.randn(size, generator=noise) / size[1] ** 0.5 for _ in range(layers) for size in sizes]
 
 
-def forms(weights: list[Any]) -> dict[str, Callable[[], list[Callable[[Any], Any]]]]:
-    """Each form's products, built on demand: one callable per weight."""
+def forms(weights: list[Any]) -> dict[str, tuple[Callable[[], list[Callable[[Any], Any]]], Any]]:
+    """Each form's products (built on demand, one per weight, as the engine holds them) and the
+    precision of the activations it takes."""
     import torch
-    import torch.nn.functional as F
 
-    from musicgen_bento.engine.weights import Int8Linear
+    from musicgen_bento.engine.weights import DenseLinear, Int8Linear, PackedLinear
 
     def dense(dtype: Any) -> list[Callable[[Any], Any]]:
-        def product(held: Any, x: Any) -> Any:
-            return F.linear(x.to(dtype), held)
+        return [DenseLinear(weight.to(dtype)) for weight in weights]
 
-        return [partial(product, weight.to(dtype)) for weight in weights]
-
-    def onednn(dtype: Any) -> list[Callable[[Any], Any]]:
-        packed = [torch.ops.mkldnn._reorder_linear_weight(weight.to(dtype), 1) for weight in weights]
-
-        def product(held: Any, x: Any) -> Any:
-            return torch.ops.mkldnn._linear_pointwise(x.to(dtype), held, None, "none", [], "")
-
-        return [partial(product, held) for held in packed]
+    def packed(dtype: Any) -> list[Callable[[Any], Any]]:
+        return [PackedLinear(weight.to(dtype), None, 1) for weight in weights]
 
     def int8() -> list[Callable[[Any], Any]]:
-        return [Int8Linear(weight, None) for weight in weights]
+        return [Int8Linear(weight, None) for weight in weights]  # takes float32, as the engine's do
 
-    built: dict[str, Callable[[], list[Callable[[Any], Any]]]] = {
-        "float32 (F.linear)": partial(dense, torch.float32),
-        "bfloat16 dense": partial(dense, torch.bfloat16),
-        "bfloat16 packed (oneDNN)": partial(onednn, torch.bfloat16),
-        "float32 packed (oneDNN)": partial(onednn, torch.float32),
-        "int8 (MUSICGEN_QUANTIZE)": int8,
+    built: dict[str, tuple[Callable[[], list[Callable[[Any], Any]]], Any]] = {
+        "float32 (F.linear)": (partial(dense, torch.float32), torch.float32),
+        "bfloat16 dense": (partial(dense, torch.bfloat16), torch.bfloat16),
+        "bfloat16 packed (oneDNN)": (partial(packed, torch.bfloat16), torch.bfloat16),
+        "float32 packed (oneDNN)": (partial(packed, torch.float32), torch.float32),
+        "int8 (MUSICGEN_QUANTIZE)": (int8, torch.float32),
     }
     if not torch.ops.mkldnn._is_mkldnn_bf16_supported():  # it needs AVX-512 (BW, VL, DQ) or AVX-NE-CONVERT
         del built["bfloat16 packed (oneDNN)"]
     return built
 
 
-def best_ms(products: list[Callable[[Any], Any]], weights: list[Any], rows: int, rounds: int) -> float:
+def best_ms(products: list[Callable[[Any], Any]], weights: list[Any], dtype: Any, rows: int, rounds: int) -> float:
     import torch
 
-    inputs = {weight.shape[1]: torch.randn(rows, weight.shape[1]) for weight in weights}
+    inputs = {weight.shape[1]: torch.randn(rows, weight.shape[1]).to(dtype) for weight in weights}
     best = float("inf")
     with torch.inference_mode():
         for _ in range(rounds + 1):  # the first round warms up
@@ -101,10 +93,10 @@ def main() -> None:
         f"best of {args.rounds}, ms per pass",
         flush=True,
     )
-    for name, build in forms(weights).items():
+    for name, (build, dtype) in forms(weights).items():
         products = on_fresh_thread(build, PROCESS_THREADS)
         timings = [
-            on_fresh_thread(partial(best_ms, products, weights, rows, args.rounds), PROCESS_THREADS)
+            on_fresh_thread(partial(best_ms, products, weights, dtype, rows, args.rounds), PROCESS_THREADS)
             for rows in args.rows
         ]
         cells = ", ".join(f"{rows} rows {ms:7.1f}" for rows, ms in zip(args.rows, timings, strict=True))

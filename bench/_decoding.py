@@ -45,26 +45,24 @@ def request_threads(generator: Any, device: str) -> int:
     return 1 if static and not device.startswith("cuda") else PROCESS_THREADS
 
 
-def in_memory_generators(model: Any, processor: Any, description: str, slots: int) -> dict[str, Any]:
-    """The service's generator once per engine on a model built in memory (already on its device)."""
-    return {
-        engine: in_memory_generator(model, processor, description, slots, engine)
-        for engine in ("transformers", "static")
-    }
-
-
 def in_memory_generator(
     model: Any, processor: Any, description: str, slots: int, engine: str, quantize: bool = False
 ) -> Any:
     """The service's generator with `engine` on a model built in memory (already on its device);
     `quantize`: the static engine's decoder weights in int8."""
+    import torch
+
+    from musicgen_bento.engine import choose_layout
     from musicgen_bento.generation.generator import MusicGenGenerator
     from musicgen_bento.models.store import ModelInfo
 
     device = str(model.device)
     info = ModelInfo(f"bench-{description}", f"random weights, {description}", "text", 32000, 1, "none", Path("."))
+    # Quantized as the service does: the form chosen first, then handed to the engine.
+    fc1 = model.decoder.model.decoder.layers[0].fc1.weight
+    weights = choose_layout(torch.device(device), model.dtype, fc1, quantize) if quantize else None
     generator = MusicGenGenerator(
-        info, device, model.dtype, 30.0, 18.0, engine=engine, batch_slots=slots, quantize=quantize
+        info, device, model.dtype, 30.0, 18.0, engine=engine, batch_slots=slots, weights=weights
     )
     # The benchmark's model is built in memory, so it is handed over instead of loaded.
     generator.use_model(model, processor)

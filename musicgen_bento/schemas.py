@@ -197,7 +197,13 @@ class MemoryHealth(BaseModel):
 
     budget_mb: int = Field(description="The budget: MUSICGEN_MAX_MEMORY_MB, or what the device had free.")
     budget_source: str
-    weights_mb: int = Field(description="The weights in their precision, from the checkpoint.")
+    weights_mb: int = Field(
+        description="The weights as the engine holds them, counted from the checkpoint: in their precision, the "
+        "decoder's linear ones in int8 with MUSICGEN_QUANTIZE=int8."
+    )
+    loading_mb: int = Field(
+        description="The weights while they load, before the engine quantizes them (weights_mb without int8)."
+    )
     cache_mb_per_slot: float = Field(description="KV cache of one slot holding a full window.")
     margin_mb: int = Field(description="Activations, sampling buffers, the codec and the runtime, planned.")
     planned_mb: int = Field(description="weights + slots x cache + margin.")

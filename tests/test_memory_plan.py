@@ -9,11 +9,20 @@ import httpx
 import pytest
 import torch
 
+from musicgen_bento.engine import DecodeEngine, WeightLayout
 from musicgen_bento.engine.kv_cache import CROSS_BUCKET, round_up
 from musicgen_bento.engine.memory_plan import MIB, DecoderDims, cache_bytes_per_slot, plan_memory
+from musicgen_bento.engine.weights import INT8_BYTES_PER_CHANNEL, INT8_BYTES_PER_WEIGHT, Int8Linear, JointPart
 from musicgen_bento.errors import MemoryBudgetError
-from musicgen_bento.generation.memory import PLANNED_TEXT_TOKENS, cache_precision_for, plan_for
+from musicgen_bento.generation.memory import (
+    PLANNED_TEXT_TOKENS,
+    cache_precision_for,
+    int8_linear_weights,
+    plan_for,
+    weights_layout_for,
+)
 from musicgen_bento.models.store import DecoderShape, decoder_shape, find
+from musicgen_bento.models.tiny import build_tiny_model
 
 from .conftest import TINY_TEXT
 
@@ -72,6 +81,72 @@ def test_the_transformers_engine_plans_its_own_cache_in_the_weights_precision() 
     for dtype in (torch.float32, torch.bfloat16):
         chosen = cache_precision_for(SMALL, device="cpu", dtype=dtype, static=False, slots=1)
         assert chosen.dtype == dtype
+
+
+INT8 = WeightLayout(True, "int8 (planned)", int8=True)
+
+
+def test_int8_weights_are_planned_as_held_and_loaded_in_full() -> None:
+    float32 = _plan(SMALL, 64000, device="cpu")
+    int8 = _plan(SMALL, 64000, device="cpu", weights=INT8)
+    parameters, channels = int8_linear_weights(SMALL, is_melody=False)
+    # Each quantized weight goes from 4 bytes to 1, and gains its channel's scales.
+    saved = parameters * (4 - INT8_BYTES_PER_WEIGHT) - channels * INT8_BYTES_PER_CHANNEL
+    assert (float32.weights_mib - int8.weights_mib) * MIB == pytest.approx(saved)
+    assert int8.weights_mib < float32.weights_mib / 2, "musicgen-small's weights are mostly the decoder's linears"
+    assert int8.loading_mib == float32.loading_mib == float32.weights_mib
+    assert f"weights {int8.weights_mib:.0f} MiB ({int8.loading_mib:.0f} MiB while loading)" in int8.describe()
+    assert "while loading" not in float32.describe()
+    # Room for 3 slots of float32 weights (the margin shrinks with fewer slots than 8): int8's
+    # 1.2 GB less leaves room for one more of 705 MiB.
+    budget = round(float32.weights_mib + 3 * float32.cache_mib_per_slot + float32.margin_mib)
+    assert _plan(SMALL, budget, device="cpu").slots == 3
+    assert _plan(SMALL, budget, device="cpu", weights=INT8).slots == 4
+
+
+def test_a_budget_that_cannot_load_the_float_weights_is_refused_even_with_int8() -> None:
+    # 2500 MiB would hold musicgen-small's int8 weights, a slot and the margin, but the checkpoint
+    # loads in float32 first (2237 MiB) beside the runtime's 768.
+    with pytest.raises(MemoryBudgetError) as refused:
+        _plan(SMALL, 2500, device="cpu", weights=INT8)
+    message = refused.value.message
+    assert "cannot be loaded in 2500 MiB" in message and "take 2237 MiB as loaded" in message
+    assert "MUSICGEN_MAX_MEMORY_MB (--max-memory-mb)" in message
+
+
+@pytest.mark.parametrize("kind", ["text", "melody"])
+def test_the_int8_plan_counts_the_bytes_the_engine_holds(kind: str) -> None:
+    model, _ = build_tiny_model(kind)  # type: ignore[arg-type]
+    config = model.decoder.config
+    shape = DecoderShape(
+        hidden=config.hidden_size,
+        ffn=config.ffn_dim,
+        layers=config.num_hidden_layers,
+        heads=config.num_attention_heads,
+        codebooks=config.num_codebooks,
+        vocab=config.vocab_size,
+    )
+    layout = weights_layout_for(shape, device="cpu", dtype=torch.float32, static=True, quantize=True)
+    assert layout is not None and layout.int8, layout
+    engine = DecodeEngine(model, "cpu", 1, weights=layout)
+    try:
+        assert engine.stats().weights is layout
+        modules = list(model.decoder.modules())
+        held = {id(m): m for m in modules if isinstance(m, Int8Linear)}
+        held.update({id(m.joint): m.joint for m in modules if isinstance(m, JointPart)})
+        held_bytes = sum(b.numel() * b.element_size() for module in held.values() for b in module.buffers())
+        parameters, channels = int8_linear_weights(shape, is_melody=kind == "melody")
+        assert held_bytes == parameters * INT8_BYTES_PER_WEIGHT + channels * INT8_BYTES_PER_CHANNEL
+    finally:
+        engine.close()
+
+
+def test_the_weights_form_is_chosen_for_the_static_engine_only() -> None:
+    assert weights_layout_for(SMALL, device="cpu", dtype=torch.float32, static=False, quantize=True) is None
+    dense = weights_layout_for(SMALL, device="cpu", dtype=torch.float32, static=True, quantize=False)
+    assert dense is not None and dense.form == "dense"
+    on_cuda = weights_layout_for(SMALL, device="cuda:0", dtype=torch.float16, static=True, quantize=True)
+    assert on_cuda is not None and on_cuda.form == "dense" and "is for CPUs" in on_cuda.reason
 
 
 def test_a_budget_below_the_weights_is_refused_naming_the_setting() -> None:

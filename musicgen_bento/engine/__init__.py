@@ -2,7 +2,17 @@
 
 from .core import DecodeEngine
 from .kv_cache import choose_cache_precision
-from .requests import CachePrecision, DecodeRequest, EngineStats, FramesFn, GraphsStatus, Sampling, StepReport
+from .requests import (
+    CachePrecision,
+    DecodeRequest,
+    EngineStats,
+    FramesFn,
+    GraphsStatus,
+    Sampling,
+    StepReport,
+    WeightLayout,
+)
+from .weights import choose_layout
 
 __all__ = [
     "CachePrecision",
@@ -13,5 +23,7 @@ __all__ = [
     "GraphsStatus",
     "Sampling",
     "StepReport",
+    "WeightLayout",
     "choose_cache_precision",
+    "choose_layout",
 ]

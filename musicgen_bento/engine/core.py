@@ -55,7 +55,16 @@ from .decoder import Decoder
 from .delay_pattern import DelayPattern
 from .invariance import find_min_rows
 from .kv_cache import CROSS_BUCKET, KVCache, choose_cache_precision, round_up, rows_of
-from .requests import CachePrecision, DecodeRequest, EngineStats, FramesFn, GraphsStatus, StepFn, StepReport
+from .requests import (
+    CachePrecision,
+    DecodeRequest,
+    EngineStats,
+    FramesFn,
+    GraphsStatus,
+    StepFn,
+    StepReport,
+    WeightLayout,
+)
 from .sampler import Sampler
 from .scheduler import Scheduler
 from .threads import claim_cores
@@ -120,6 +129,9 @@ class DecodeEngine:
             engine chooses it (`kv_cache.choose_cache_precision`).
         quantize: quantize the decoder's linear weights to int8 (CPUs; `weights`), where PyTorch's
             int8 kernel checks out here.
+        weights: how to hold the decoder's linear weights, as the memory plan counted them (chosen
+            with `weights.choose_layout`); without, the decoder chooses as `pack_weights` and
+            `quantize` say.
     """
 
     def __init__(
@@ -134,12 +146,13 @@ class DecodeEngine:
         pack_weights: bool = True,
         attention: CachePrecision | None = None,
         quantize: bool = False,
+        weights: WeightLayout | None = None,
     ) -> None:
         self.model = model
         self.device = torch.device(device)
         self.scheduler: Scheduler[_Job] = Scheduler(slots)
         self.slots = slots
-        self.decoder = Decoder(model, pack_weights, quantize)
+        self.decoder = Decoder(model, pack_weights, quantize, weights)
         logger.info("decoding engine: weights %s", self.decoder.layout.reason)
         self.is_melody = self.decoder.is_melody
         self.pattern = DelayPattern(model, int(model.generation_config.decoder_start_token_id))

@@ -14,7 +14,17 @@ import torch.nn.functional as F
 
 from .batch_state import BatchState
 from .kv_cache import KVCache, attention_bias
-from .weights import Int8Linear, PackedLinear, Slot, WeightLayout, choose_layout, join, joint_weight, pack
+from .weights import (
+    Int8Linear,
+    PackedLinear,
+    Slot,
+    WeightLayout,
+    choose_layout,
+    join,
+    joint_weight,
+    pack,
+    release_replaced_weights,
+)
 
 # Self-attention of one layer: (layer index, projected q|k|v, scale) -> attention output.
 SelfAttention = Callable[[int, torch.Tensor, float], torch.Tensor]
@@ -38,7 +48,9 @@ class Decoder:
     own modules become views or parts of them, so the model keeps one copy and works as before.
     """
 
-    def __init__(self, model: Any, pack_weights: bool = True, quantize: bool = False) -> None:
+    def __init__(
+        self, model: Any, pack_weights: bool = True, quantize: bool = False, layout: WeightLayout | None = None
+    ) -> None:
         causal_lm = model.decoder
         self.model = model
         self.stack = causal_lm.model.decoder
@@ -59,6 +71,8 @@ class Decoder:
             )
         elif isinstance(layers[0].fc1, Int8Linear):
             self.layout = WeightLayout(True, "int8: quantized by an earlier engine on this model", int8=True)
+        elif layout is not None:
+            self.layout = layout
         elif not pack_weights and not quantize:
             self.layout = WeightLayout(False, "dense: packing turned off (pack_weights=False)")
         else:
@@ -77,6 +91,8 @@ class Decoder:
         self.embedding = joint_weight(list(self.stack.embed_tokens))
         table_rows = self.stack.embed_tokens[0].weight.shape[0]
         self.embedding_offsets = torch.arange(self.codebooks, device=device) * table_rows
+        # The weights joined, packed or quantized above were copied; their old memory goes back.
+        release_replaced_weights(model, self.layout.packed)
 
     def _linear_slots(self, layer: Any) -> list[Slot]:
         """A layer's linear modules other than self-attention's q|k|v (those are joined)."""

@@ -38,7 +38,8 @@ class MemoryPlan:
 
     budget_mib: float
     budget_source: str  # "MUSICGEN_MAX_MEMORY_MB" or what the device had free
-    weights_mib: float
+    weights_mib: float  # as the engine holds them
+    loading_mib: float  # the weights as loaded, before the engine quantizes them (int8)
     cache_mib_per_slot: float
     margin_mib: float
     slots: int
@@ -52,8 +53,9 @@ class MemoryPlan:
 
     def describe(self) -> str:
         limited = "" if self.slots == self.requested_slots else f" (of {self.requested_slots} asked)"
+        loading = "" if self.loading_mib == self.weights_mib else f" ({self.loading_mib:.0f} MiB while loading)"
         return (
-            f"{self.slots} slots{limited} of {self.positions} positions: weights {self.weights_mib:.0f} MiB "
+            f"{self.slots} slots{limited} of {self.positions} positions: weights {self.weights_mib:.0f} MiB{loading} "
             f"+ cache {self.slots} x {self.cache_mib_per_slot:.0f} MiB + margin {self.margin_mib:.0f} MiB "
             f"= {self.total_mib:.0f} of {self.budget_mib:.0f} MiB ({self.budget_source})"
         )
@@ -83,6 +85,7 @@ def plan_memory(
     budget_source: str,
     weights_bytes: int,
     dims: DecoderDims,
+    loading_weights_bytes: int | None = None,
     requested_slots: int,
     positions: int,
     cross_positions: int,
@@ -91,13 +94,25 @@ def plan_memory(
     window_samples: int,
     device_type: str,
 ) -> MemoryPlan:
-    """As many slots as fit (at most `requested_slots`), each able to hold a full window.
+    """As many slots as fit (at most `requested_slots`), each able to hold a full window, beside
+    `weights_bytes` of weights as the engine holds them. `loading_weights_bytes` (default: the
+    same) is what they take while loading, before the engine quantizes them; the cache is allocated
+    after that, so loading needs room for them and the runtime only.
 
-    Raises `MemoryBudgetError`, naming the setting, when not even one slot fits beside the weights.
+    Raises `MemoryBudgetError`, naming the setting, when not even one slot fits beside the weights,
+    or the weights cannot be loaded in the budget.
     """
     per_slot = cache_bytes_per_slot(dims, positions, cross_positions, cache_element_bytes)
     weights_mib = weights_bytes / MIB
+    loading_mib = (weights_bytes if loading_weights_bytes is None else loading_weights_bytes) / MIB
     cache_mib = per_slot / MIB
+    runtime_mib = RUNTIME_OVERHEAD_MIB[device_type]
+    if loading_mib > weights_mib and loading_mib + runtime_mib > budget_mib:
+        raise MemoryBudgetError(
+            f"the model cannot be loaded in {budget_mib:.0f} MiB ({budget_source}): its weights take "
+            f"{loading_mib:.0f} MiB as loaded (held in {weights_mib:.0f} MiB once quantized) and the runtime "
+            f"{runtime_mib} MiB; raise MUSICGEN_MAX_MEMORY_MB (--max-memory-mb) or serve a smaller model"
+        )
 
     def margin_for(slots: int) -> float:
         margin = activation_margin_bytes(dims, positions, slots, activation_element_bytes, window_samples, device_type)
@@ -118,6 +133,7 @@ def plan_memory(
         budget_mib=budget_mib,
         budget_source=budget_source,
         weights_mib=weights_mib,
+        loading_mib=loading_mib,
         cache_mib_per_slot=cache_mib,
         margin_mib=margin_for(slots),
         slots=slots,

@@ -13,7 +13,16 @@ from typing import Any, Protocol
 
 import torch
 
-from ..engine import CachePrecision, DecodeEngine, DecodeRequest, EngineStats, FramesFn, GraphsStatus, StepReport
+from ..engine import (
+    CachePrecision,
+    DecodeEngine,
+    DecodeRequest,
+    EngineStats,
+    FramesFn,
+    GraphsStatus,
+    StepReport,
+    WeightLayout,
+)
 from .params import GenerationParams, StepWatcher
 
 
@@ -78,10 +87,10 @@ class EngineBackend:
         slots: int,
         cache_positions: tuple[int, int] | None = None,
         attention: CachePrecision | None = None,
-        quantize: bool = False,
+        weights: WeightLayout | None = None,
     ) -> None:
         self.engine = DecodeEngine(
-            model, device, slots, cache_positions=cache_positions, attention=attention, quantize=quantize
+            model, device, slots, cache_positions=cache_positions, attention=attention, weights=weights
         )
         self._device = device
 

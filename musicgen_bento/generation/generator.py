@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from ..audio.clip import smooth_join
-from ..engine import CachePrecision, DecodeEngine, EngineStats, FramesFn, GraphsStatus, StepReport
+from ..engine import CachePrecision, DecodeEngine, EngineStats, FramesFn, GraphsStatus, StepReport, WeightLayout
 from ..models.store import ModelInfo, load
 from .backends import DecodeBackend, EngineBackend, TransformersBackend, WindowInputs
 from .codec import LEFT_CONTEXT_FRAMES, Codec, StreamingDecoder
@@ -52,7 +52,7 @@ class MusicGenGenerator:
         batch_slots: int = 8,
         cache_positions: tuple[int, int] | None = None,
         attention: CachePrecision | None = None,
-        quantize: bool = False,
+        weights: WeightLayout | None = None,
     ) -> None:
         if engine not in ENGINES:
             raise ValueError(f"engine must be one of {', '.join(ENGINES)}; got {engine!r}")
@@ -69,8 +69,9 @@ class MusicGenGenerator:
         # The static engine's attention caches' precision, as the memory plan reserved them; None: the
         # engine chooses.
         self.attention = attention
-        # The static engine's decoder weights quantized to int8 (MUSICGEN_QUANTIZE=int8).
-        self.quantize = quantize
+        # How the static engine holds its decoder's linear weights (int8 where MUSICGEN_QUANTIZE=int8),
+        # as the memory plan counted them; None: the engine chooses.
+        self.weights = weights
         self._model: Any = None
         self._processor: Any = None
         self._codec: Codec | None = None
@@ -171,7 +172,7 @@ class MusicGenGenerator:
         self._codec = Codec(model, self.device, codec_dtype)
         if self.engine == "static":
             self._backend = EngineBackend(
-                model, self.device, self.batch_slots, self.cache_positions, self.attention, self.quantize
+                model, self.device, self.batch_slots, self.cache_positions, self.attention, self.weights
             )
         else:
             self._backend = TransformersBackend(model, self.device)

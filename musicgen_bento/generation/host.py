@@ -21,7 +21,7 @@ from ..schemas import EngineHealth, MemoryHealth, PrecisionHealth
 from ..settings import Settings
 from .device import Precision, pick_device, pick_precision
 from .generator import MusicGenGenerator
-from .memory import cache_precision_for, plan_for
+from .memory import cache_precision_for, plan_for, weights_layout_for
 from .mock import MockMusicGenGenerator
 from .params import GenerationParams, GenerationRequest
 
@@ -134,6 +134,7 @@ class ModelHost:
             budget_mb=round(plan.budget_mib),
             budget_source=plan.budget_source,
             weights_mb=round(plan.weights_mib),
+            loading_mb=round(plan.loading_mib),
             cache_mb_per_slot=round(plan.cache_mib_per_slot, 1),
             margin_mb=round(plan.margin_mib),
             planned_mb=round(plan.total_mib),
@@ -178,6 +179,9 @@ class ModelHost:
             attention = cache_precision_for(
                 shape, device=self._device, dtype=precision.dtype, static=static, slots=requested_slots
             )
+            weights = weights_layout_for(
+                shape, device=self._device, dtype=precision.dtype, static=static, quantize=settings.quantize == "int8"
+            )
             plan = plan_for(
                 shape,
                 device=self._device,
@@ -187,6 +191,7 @@ class ModelHost:
                 requested_slots=requested_slots,
                 window_s=settings.window_s,
                 is_melody=info.kind == "melody",
+                weights=weights,
             )
             logger.info("memory plan: %s", plan.describe())
             self._set(
@@ -202,7 +207,7 @@ class ModelHost:
                 batch_slots=plan.slots if static else settings.batch_slots,
                 cache_positions=(plan.positions, plan.cross_positions) if static else None,
                 attention=attention if static else None,
-                quantize=settings.quantize == "int8",
+                weights=weights,
             )
             generator.load()
             if self._on_step is not None:

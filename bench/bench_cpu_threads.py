@@ -71,11 +71,9 @@ def main() -> None:
 
     from musicgen_bento.engine.core import DecodeEngine
     from musicgen_bento.generation.device import pick_precision
-    from musicgen_bento.models.store import DecoderShape
-    from musicgen_bento.models.tiny import REAL_DECODER_SHAPES, build_real_shape_model
+    from musicgen_bento.models.tiny import build_real_shape_model, real_decoder_shape
 
-    dims = REAL_DECODER_SHAPES[args.shape]
-    shape = DecoderShape(dims["hidden_size"], dims["ffn_dim"], dims["num_hidden_layers"], dims["num_attention_heads"])
+    shape = real_decoder_shape(args.shape)
     dtype = on_fresh_thread(lambda: pick_precision("cpu", "auto", shape).dtype)  # as the service picks
 
     def build() -> tuple[Any, Any]:

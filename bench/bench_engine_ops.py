@@ -22,14 +22,17 @@ from __future__ import annotations
 import argparse
 import collections
 import statistics
+from functools import partial
 from typing import Any
 
-from _decoding import DELAY, generation_wall_s, hardware, in_memory_generators
+from _decoding import DELAY, generation_wall_s, hardware, in_memory_generator, on_fresh_thread
 from _support import use_private_store
 
 # Operations that run no kernel here: aliases, and dropout, which an evaluating model dispatches
 # and which returns its input.
 NO_KERNEL = {"detach", "lift_fresh", "alias", "dropout"}
+
+ENGINES = ("transformers", "static")
 
 
 def _counter() -> Any:
@@ -107,22 +110,21 @@ def engine_ops_per_step(model: Any, processor: Any, steps: int) -> tuple[float, 
 def step_overhead(steps: int, rounds: int) -> dict[str, float]:
     """Milliseconds per step of both engines on the tiny text model, batch 1, through the generator:
     the difference between a long and a short generation's wall times over the difference in steps
-    (per-request costs cancel), median over rounds that alternate the engines."""
+    (per-request costs cancel), median over rounds that alternate the engines. One generator exists
+    at a time (as in `bench_engine_step.py`): the static engine's thread, idle or not, keeps a team
+    of torch threads that the other engine's kernels would share the cores with."""
     from musicgen_bento.models.tiny import build_tiny_model
 
     model, processor = build_tiny_model("text")
-    generators = in_memory_generators(model, processor, "tiny", slots=1)
-
     short = 10 + DELAY
-    per_step: dict[str, list[float]] = {engine: [] for engine in generators}
-    for generator in generators.values():
-        generation_wall_s(generator, short, "cpu")  # warm-up
+    per_step: dict[str, list[float]] = {engine: [] for engine in ENGINES}
     for _ in range(rounds):
-        for engine, generator in generators.items():
+        for engine in ENGINES:
+            generator = on_fresh_thread(partial(in_memory_generator, model, processor, "tiny", 1, engine))
+            generation_wall_s(generator, short, "cpu")  # warm-up
             long = generation_wall_s(generator, steps, "cpu")
             per_step[engine].append((long - generation_wall_s(generator, short, "cpu")) / (steps - short) * 1000)
-    for generator in generators.values():
-        generator.close()
+            generator.close()
     return {engine: statistics.median(times) for engine, times in per_step.items()}
 
 

@@ -65,14 +65,10 @@ def measure(shape: str, steps: int, rounds: int, int8: bool) -> None:
 
     from musicgen_bento.engine.threads import PROCESS_THREADS
     from musicgen_bento.generation.device import pick_device, pick_precision
-    from musicgen_bento.models.store import DecoderShape
-    from musicgen_bento.models.tiny import REAL_DECODER_SHAPES, build_real_shape_model
+    from musicgen_bento.models.tiny import build_real_shape_model, real_decoder_shape
 
     device = pick_device(0)
-    dims = REAL_DECODER_SHAPES[shape]
-    decoder_shape = DecoderShape(
-        dims["hidden_size"], dims["ffn_dim"], dims["num_hidden_layers"], dims["num_attention_heads"]
-    )
+    decoder_shape = real_decoder_shape(shape)
 
     def build() -> tuple[Any, dict[str, tuple[Any, str, bool]], dict[str, int], Any]:
         model, processor = build_real_shape_model(shape)

@@ -32,11 +32,9 @@ def main() -> None:
 
     from musicgen_bento.engine import DecodeEngine, DecodeRequest, Sampling
     from musicgen_bento.generation.device import pick_precision
-    from musicgen_bento.models.store import DecoderShape
-    from musicgen_bento.models.tiny import REAL_DECODER_SHAPES, build_real_shape_model
+    from musicgen_bento.models.tiny import build_real_shape_model, real_decoder_shape
 
-    dims = REAL_DECODER_SHAPES["musicgen-small"]
-    shape = DecoderShape(dims["hidden_size"], dims["ffn_dim"], dims["num_hidden_layers"], dims["num_attention_heads"])
+    shape = real_decoder_shape("musicgen-small")
     if args.int8:
         name, dtype, reason = "int8", torch.float32, "MUSICGEN_QUANTIZE=int8"
     else:

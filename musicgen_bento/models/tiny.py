@@ -12,6 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
+from .store import DecoderShape
+
 ModelKind = Literal["text", "melody", "stereo"]
 
 TINY_NAMES: dict[str, str] = {
@@ -167,6 +169,12 @@ REAL_DECODER_SHAPES: dict[str, dict[str, Any]] = {
     "musicgen-small": {"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16, "ffn_dim": 4096},
     "musicgen-medium": {"hidden_size": 1536, "num_hidden_layers": 48, "num_attention_heads": 24, "ffn_dim": 6144},
 }
+
+
+def real_decoder_shape(shape: str) -> DecoderShape:
+    """A published checkpoint's decoder dimensions, as the service reads them from its config."""
+    dims = REAL_DECODER_SHAPES[shape]
+    return DecoderShape(dims["hidden_size"], dims["ffn_dim"], dims["num_hidden_layers"], dims["num_attention_heads"])
 
 
 def build_real_shape_model(shape: str, seed: int = 0, layers: int | None = None) -> tuple[Any, Any]:

@@ -348,6 +348,9 @@ BAD_INPUTS = [
     ({"loudness_lufs": 0}, 400, "loudness_lufs", "less than or equal to -5"),
     ({"takes": 5}, 400, "takes", "less than or equal to 4"),
     ({"takes": 0}, 400, "takes", "greater than or equal to 1"),
+    # 2000 characters the tiny model's tokenizer reads as 2002 tokens: past the planned cache.
+    ({"prompt": "la " * 666 + "la"}, 400, "prompt", "is 2002 text tokens long (the model's tokenizer); at most 256"),
+    ({"prompt": "x" * 2001}, 400, "prompt", "at most 2000 characters"),
 ]
 
 
@@ -399,6 +402,8 @@ BAD_INPUTS = [
         "loudness-too-loud",
         "too-many-takes",
         "no-takes",
+        "prompt-over-the-planned-tokens",
+        "prompt-over-2000-characters",
     ],
 )
 def test_bad_input_gets_a_4xx_naming_the_field(

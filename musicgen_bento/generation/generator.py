@@ -302,6 +302,10 @@ class MusicGenGenerator:
         assert self._backend is not None
         return self._backend
 
+    def _loaded_processor(self) -> Any:
+        self.load()
+        return self._processor
+
     def _loaded_codec(self) -> Codec:
         self.load()
         assert self._codec is not None
@@ -314,6 +318,11 @@ class MusicGenGenerator:
         self.load()
         decoder = self._model.config.decoder
         return decoder.num_codebooks // decoder.audio_channels - 1  # type: ignore[no-any-return]
+
+    def text_tokens(self, prompt: str) -> int:
+        """How many tokens the text encoder reads for `prompt` (its end token included)."""
+        with self._processor_lock:
+            return len(self._loaded_processor().tokenizer(prompt)["input_ids"])  # type: ignore[no-any-return]
 
     def conditioning_inputs(self, params: GenerationParams, melody: torch.Tensor | None) -> dict[str, torch.Tensor]:
         """The processor's tensors for a text prompt and a melody (melody models), on the device."""

@@ -14,7 +14,8 @@ from ..engine.weights import INT8_BYTES_PER_CHANNEL, INT8_BYTES_PER_WEIGHT
 from ..models.store import DecoderShape
 
 # Text tokens a prompt is planned for (cross-attention, or the melody prefix): MusicGen's prompts
-# are a sentence or two. A longer prompt still works; the cache grows for it beyond the plan.
+# are a sentence or two. Longer ones are refused (`render.pipeline.check_model`): the cache would
+# grow for them, in every slot, beyond the plan.
 PLANNED_TEXT_TOKENS = 256
 # The delay pattern and the start token add a few positions to a window's frames.
 _EXTRA_POSITIONS = 16

@@ -48,6 +48,10 @@ class MockMusicGenGenerator:
     def close(self) -> None:
         """Nothing to stop."""
 
+    def text_tokens(self, prompt: str) -> int:
+        """No text encoder: a token per word and the end token, about what T5's tokenizer gives."""
+        return len(prompt.split()) + 1
+
     def generate(
         self,
         request: GenerationRequest,

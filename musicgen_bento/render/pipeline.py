@@ -25,6 +25,7 @@ from ..audio.loudness import normalize
 from ..audio.paths import InputLimits, resolve_input_path
 from ..errors import InvalidInput, InvalidParameter
 from ..generation.host import Generator
+from ..generation.memory import PLANNED_TEXT_TOKENS
 from ..generation.params import CancelFn, GenerationParams, GenerationRequest, GenerationResult, ProgressFn
 from ..schemas import (
     DEFAULT_DURATION_S,
@@ -145,11 +146,22 @@ def check_plan(plan: RenderPlan, settings: Settings) -> None:
 
 def check_model(plan: RenderPlan, generator: Generator | None) -> None:
     """Refuses what the served model can't do; `generator` is None while the model loads."""
-    if plan.melody_path and generator is not None and not generator.is_melody:
+    if generator is None:
+        return
+    if plan.melody_path and not generator.is_melody:
         raise InvalidParameter(
             f"the served model {generator.name} is not a melody model; melody_path needs one "
             "(e.g. facebook/musicgen-melody)",
             field="melody_path",
+        )
+    # The engine's cache is allocated at start-up for prompts up to this length (the memory plan):
+    # a longer one would grow it, for every slot, past the node's memory budget.
+    tokens = generator.text_tokens(plan.options.prompt)
+    if tokens > PLANNED_TEXT_TOKENS:
+        raise InvalidParameter(
+            f"is {tokens} text tokens long (the model's tokenizer); at most {PLANNED_TEXT_TOKENS} fit the cache "
+            "this server planned: shorten the prompt (a sentence or two describes the music)",
+            field="prompt",
         )
 
 

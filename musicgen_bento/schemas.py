@@ -151,6 +151,11 @@ class EngineHealth(BaseModel):
     decoding: int | None = Field(default=None, description="Static engine: requests holding a slot now.")
     waiting: int | None = Field(default=None, description="Static engine: requests queued for a slot now.")
     steps: int | None = Field(default=None, description="Static engine: batched decoding steps since start.")
+    prefills_shared: int | None = Field(
+        default=None,
+        description="Static engine: requests since start whose prefill was copied from another's with the same "
+        "conditioning and prompt (the takes of one request) instead of computed again.",
+    )
     graphs: Literal["on", "off"] | None = Field(
         default=None, description="Static engine: whether decoding steps replay captured CUDA graphs."
     )

@@ -197,6 +197,41 @@ def test_batched_requests_each_give_their_own_tokens(tiny: Tiny) -> None:
     assert steps < alone  # requests shared steps
 
 
+def test_takes_share_one_prefill_and_each_decodes_as_it_would_alone(tiny: Tiny) -> None:
+    # The takes of one request: the same text and prompt, their own seeds. The service encodes
+    # each take's text on its own (equal values, other tensors); both are recognised.
+    case = Case("jazz", 20, 30, TOP_K, 1)
+    with torch.inference_mode():
+        states, mask = tiny.engine.encode_conditioning(tiny.inputs(case))
+        again, again_mask = tiny.engine.encode_conditioning(tiny.inputs(case))
+    prompt = tiny.prompt(case)
+    assert prompt is not None
+
+    def take(seed: int, conditioning: tuple[torch.Tensor, torch.Tensor | None] = (states, mask)) -> DecodeRequest:
+        generator = torch.Generator().manual_seed(seed)
+        return DecodeRequest(*conditioning, prompt.clone(), case.new_frames, case.sampling, generator)
+
+    shared = tiny.engine.stats().prefills_shared
+    together = decode_together(tiny.engine, [take(0), take(1), take(2, (again, again_mask)), take(3)])
+    assert tiny.engine.stats().prefills_shared - shared == 3, "the takes each prefilled"
+    alone = [tiny.engine.decode(take(seed), (0,)) for seed in range(4)]  # each its own prefill
+    assert tiny.engine.stats().prefills_shared - shared == 3
+    for seed in range(4):
+        assert torch.equal(together[seed], alone[seed]), f"take {seed} differs from its prefill alone"
+    assert len({tuple(codes[:, -10:].flatten().tolist()) for codes in together}) == 4, "the seeds' music differs"
+
+
+def test_a_request_with_other_text_or_prompt_prefills_its_own(tiny: Tiny) -> None:
+    case = Case("jazz", 20, 30, TOP_K, 1)
+    base = tiny.request(case)
+    other_text = tiny.request(dataclasses.replace(case, text="soft piano"))
+    other_prompt = dataclasses.replace(base, prompt_codes=torch.roll(base.prompt_codes, 1, dims=1))  # type: ignore[arg-type]
+    shared = tiny.engine.stats().prefills_shared
+    codes = decode_together(tiny.engine, [base, other_text, other_prompt])
+    assert tiny.engine.stats().prefills_shared == shared
+    assert torch.equal(codes[1], tiny.reference(dataclasses.replace(case, text="soft piano")))
+
+
 def test_waiting_requests_are_admitted_in_their_order() -> None:
     # One slot, held by a long request while three more queue up out of order (ranks 3, 1, 2);
     # when it leaves, the waiting ones take the slot by rank: arrival order, as the generator ranks them.

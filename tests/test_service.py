@@ -249,13 +249,15 @@ def test_the_file_says_where_it_came_from(server: Server, sources: dict[str, Pat
 
 def test_takes_decode_together_and_each_is_what_its_seed_gives_alone(server: Server, sources: dict[str, Path]) -> None:
     body = {"audio_path": str(sources["short"]), "duration_s": 1.0}
-    steps_before = _engine_steps(server)
+    steps_before, shared_before = _engine_steps(server), _engine_health(server)["prefills_shared"]
     response = continue_(server, **body, seed=30, takes=3)
     assert response.status_code == 200, response.text
     # One take alone takes 53 steps (50 frames and the delay pattern's 3). Three one after another
     # would take 159; decoded together they share their steps (each joins the batch as soon as its
-    # text and prompt are encoded, so they need a few more than one take's).
+    # text and prompt are encoded, so they need a few more than one take's), and the takes after
+    # the first copy its prefill.
     assert _engine_steps(server) - steps_before < 2 * 53
+    assert _engine_health(server)["prefills_shared"] - shared_before == 2
     answer = response.json()
     takes = answer["takes"]
     assert [take["seed"] for take in takes] == [30, 31, 32]
@@ -441,10 +443,16 @@ def test_server_keeps_serving_after_bad_input(server: Server, sources: dict[str,
     assert not [p for p in _output_dir(server).iterdir() if p.name.startswith(".")]  # no partial files
 
 
-def _engine_steps(server: Server) -> int:
+def _engine_health(server: Server) -> dict[str, Any]:
     health = server.health()
     assert health is not None
-    return int(health["engine"]["steps"])  # type: ignore[call-overload,index]
+    engine = health["engine"]
+    assert isinstance(engine, dict)
+    return engine
+
+
+def _engine_steps(server: Server) -> int:
+    return int(_engine_health(server)["steps"])
 
 
 def _output_dir(server: Server) -> Path:

@@ -103,6 +103,8 @@ class _Job:
     max_length: int = 0  # 1 (start token) + prompt frames + new frames + delay steps
     prefix: int = 0  # melody models: the conditioning prefix's length in the cache
     cross_len: int = 0  # text models: conditioning length
+    prefill_ids: torch.Tensor | None = None  # the start token and the prompt, as prefilled
+    prefill_logits: torch.Tensor | None = None  # the prefill's last logits, (2, codebooks, vocab) in float32
     next_token: int = 0  # index of the token the next step produces
     # Streaming (`DecodeRequest.stream_frames`): frames handed over so far (the prompt's count as
     # handed), and the completed ones waiting for the caller's next report.
@@ -436,7 +438,32 @@ class DecodeEngine:
         ids, pattern = self.pattern.build(request.prompt_codes, job.max_length, device)
         first = ids.shape[1]  # tokens known before decoding: the start token and the prompt
         self.state.start(index, ids, pattern, request.sampling)
+        job.prefill_ids = ids
 
+        twin = self._twin_of(job)
+        if twin is not None:
+            # The takes of one request (and repeats of one) start from the same conditioning and
+            # prompt: the prefill, the costliest part of a continuation on a CPU, would compute
+            # the same keys, values and logits again. Those prefill positions are never written
+            # again while the twin decodes, so its rows are copied.
+            assert twin.prefill_logits is not None
+            self.cache.copy_rows(rows_of(self.scheduler.slot_of(twin)), rows, job.prefix + first)
+            logits = twin.prefill_logits
+            self._stats.prefills_shared += 1
+        else:
+            logits = self._compute_prefill(job, ids, rows)
+        job.prefill_logits = logits
+        self.state.logits[rows] = logits
+        tokens = self._choose(self.state.logits[rows].view(1, 2, self.codebooks, self.vocab), [job], index)
+        self.state.next_token[index] = first
+        self.state.row_positions[rows] = job.prefix + first - 1
+        job.next_token = first
+        job.published = request.prompt_frames
+        self._accept(tokens, [job], index)
+
+    def _compute_prefill(self, job: _Job, ids: torch.Tensor, rows: slice) -> torch.Tensor:
+        """Runs the decoder over the request's start into its cache rows; its last logits."""
+        request, device = job.request, self.device
         hidden = self.decoder.embed(ids.T).unsqueeze(0).expand(2, -1, -1)
         if self.is_melody:
             hidden = torch.cat([request.conditioning.to(device, self.decoder.dtype), hidden], dim=1)
@@ -446,13 +473,24 @@ class DecodeEngine:
             self.decoder.fill_cross(self.cache, rows, states, request.conditioning_mask.to(device))
         length = hidden.shape[1]
         hidden = hidden + self.decoder.stack.embed_positions.weights[:length]
-        self.state.logits[rows] = self.decoder.prefill(self.cache, hidden, rows, job.cross_len)
-        tokens = self._choose(self.state.logits[rows].view(1, 2, self.codebooks, self.vocab), [job], index)
-        self.state.next_token[index] = first
-        self.state.row_positions[rows] = job.prefix + first - 1
-        job.next_token = first
-        job.published = request.prompt_frames
-        self._accept(tokens, [job], index)
+        return self.decoder.prefill(self.cache, hidden, rows, job.cross_len)
+
+    def _twin_of(self, job: _Job) -> _Job | None:
+        """A decoding request whose prefill was exactly this one's: the same conditioning (text
+        states and mask, or melody prefix) and the same start tokens."""
+        request = job.request
+        for other in self.scheduler.running:
+            if other is job or other.prefill_logits is None or other.prefix != job.prefix:
+                continue
+            theirs = other.request
+            if (
+                other.cross_len == job.cross_len
+                and _same(other.prefill_ids, job.prefill_ids)
+                and _same(theirs.conditioning, request.conditioning)
+                and _same(theirs.conditioning_mask, request.conditioning_mask)
+            ):
+                return other
+        return None
 
     # -- one batched decoding step ----------------------------------------------------------------
 
@@ -549,6 +587,13 @@ class DecodeEngine:
             self.state.move(move)
         self.state.free(last)
         self._complete(job, error, codes)
+
+
+def _same(mine: torch.Tensor | None, theirs: torch.Tensor | None) -> bool:
+    """Both absent, or the same values (the same tensor, often: takes share their conditioning)."""
+    if mine is None or theirs is None:
+        return mine is theirs
+    return mine is theirs or (mine.device == theirs.device and torch.equal(mine, theirs))
 
 
 def _close_if_alive(engine: weakref.ref[DecodeEngine]) -> None:

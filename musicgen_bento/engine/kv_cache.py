@@ -68,14 +68,18 @@ class KVCache:
         self.cross_keys, self.cross_values, self.cross_bias = keys, values, bias
         self.cross_positions = cross_positions
 
-    def move(self, move: Move, used: int) -> None:
-        """Copies slot `move.source`'s rows (their first `used` positions) into slot `move.target`'s."""
-        source, target = rows_of(move.source), rows_of(move.target)
-        self.self_kv[:, target, :, :, :used] = self.self_kv[:, source, :, :, :used]
+    def copy_rows(self, source: slice, target: slice, positions: int) -> None:
+        """Copies rows `source`'s first `positions` self-attention positions and their
+        cross-attention into rows `target` (a request moving slots, a prefill shared)."""
+        self.self_kv[:, target, :, :, :positions] = self.self_kv[:, source, :, :, :positions]
         if self.has_cross:
             self.cross_keys[:, target] = self.cross_keys[:, source]
             self.cross_values[:, target] = self.cross_values[:, source]
             self.cross_bias[target] = self.cross_bias[source]
+
+    def move(self, move: Move, used: int) -> None:
+        """Copies slot `move.source`'s rows (their first `used` positions) into slot `move.target`'s."""
+        self.copy_rows(rows_of(move.source), rows_of(move.target), used)
 
 
 # A bfloat16 cache on a CPU must measure clearly faster than float32's: a near tie is not worth

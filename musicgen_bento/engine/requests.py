@@ -132,6 +132,7 @@ class EngineStats:
     request_steps: int = 0  # requests decoded in those steps, summed
     steps_by_batch: dict[int, int] = field(default_factory=dict)  # batch size -> steps at that size
     admitted: int = 0
+    prefills_shared: int = 0  # admitted requests whose prefill was copied from a twin's (`DecodeEngine`)
     canceled: int = 0  # requests that left before their end because their caller gave up
     decoding: int = 0  # requests in a slot now
     waiting: int = 0  # requests queued for a slot now

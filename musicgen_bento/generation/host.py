@@ -113,6 +113,7 @@ class ModelHost:
             decoding=stats.decoding,
             waiting=stats.waiting,
             steps=stats.steps,
+            prefills_shared=stats.prefills_shared,
             graphs="on" if stats.graphs.on else "off",
             graphs_reason=stats.graphs.reason,
             batch_invariant=stats.invariance.holds,

@@ -41,6 +41,7 @@ def test_orchestrator_command_line_serves_health(melody_server: Server) -> None:
             "decoding": 0,
             "waiting": 0,
             "steps": 0,
+            "prefills_shared": 0,
             "graphs": "off",
             "graphs_reason": "off: not a CUDA device",
             "batch_invariant": True,

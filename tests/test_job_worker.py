@@ -44,6 +44,9 @@ class GatedGenerator:
     def next_arrival(self) -> int:
         return next(self._tickets)
 
+    def text_tokens(self, prompt: str) -> int:
+        return len(prompt.split()) + 1
+
     def generate(
         self,
         request: GenerationRequest,

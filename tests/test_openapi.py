@@ -10,6 +10,12 @@ from typing import Any
 import httpx
 import pytest
 import schemathesis
+
+# Imported here, at collection, rather than by `from_url` inside the test: pytest rewrites
+# schemathesis's modules as it imports them (schemathesis is a pytest plugin), and compiling this
+# one twenty minutes into a CI run once failed inside CPython 3.11's parser ("SystemError: AST
+# constructor recursion depth mismatch").
+import schemathesis.specs.openapi.schemas
 from hypothesis import HealthCheck, given, settings
 from openapi_spec_validator import validate
 from schemathesis.specs.openapi.checks import positive_data_acceptance

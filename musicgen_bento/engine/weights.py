@@ -315,7 +315,9 @@ def release_replaced_weights(model: Any, replaced: bool) -> None:
         for module in model.modules():
             for tensors in (module._parameters, module._buffers):
                 for name, tensor in tensors.items():
-                    if tensor is None or not any(start <= tensor.data_ptr() < end for start, end in mapped):
+                    if tensor is None or tensor.device.type != "cpu":
+                        continue
+                    if not any(start <= tensor.data_ptr() < end for start, end in mapped):
                         continue
                     if isinstance(tensor, torch.nn.Parameter):
                         tensor.data = tensor.data.clone()  # the same parameter: what holds it sees the copy

@@ -58,9 +58,13 @@ def in_memory_generator(
 
     device = str(model.device)
     info = ModelInfo(f"bench-{description}", f"random weights, {description}", "text", 32000, 1, "none", Path("."))
-    # Quantized as the service does: the form chosen first, then handed to the engine.
-    fc1 = model.decoder.model.decoder.layers[0].fc1.weight
-    weights = choose_layout(torch.device(device), model.dtype, fc1, quantize) if quantize else None
+    # Quantized as the service does: the form chosen first, then handed to the engine. A model an
+    # earlier engine already packed or quantized (a bench's later rounds) has no dense weight left;
+    # the engine then keeps the form it finds.
+    fc1 = model.decoder.model.decoder.layers[0].fc1
+    weights = None
+    if quantize and isinstance(fc1, torch.nn.Linear):
+        weights = choose_layout(torch.device(device), model.dtype, fc1.weight, quantize)
     generator = MusicGenGenerator(
         info, device, model.dtype, 30.0, 18.0, engine=engine, batch_slots=slots, weights=weights
     )

@@ -4,13 +4,15 @@ and cancel. Random weights make the content noise; the structure is what is chec
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Callable
 
 import pytest
 import torch
 
 from musicgen_bento.audio.clip import AudioClip
 from musicgen_bento.errors import GenerationCanceled
-from musicgen_bento.generation.generator import MusicGenGenerator
+from musicgen_bento.generation.generator import MusicGenGenerator, SharedEncodings
 from musicgen_bento.generation.params import GenerationParams, GenerationRequest
 from musicgen_bento.generation.windows import Window, plan_windows
 from musicgen_bento.models.store import find
@@ -173,3 +175,80 @@ def test_concurrent_calls_are_safe_and_each_keeps_its_own_parameters(text_genera
     on_threads(seeds)
     for seed, audio in expected.items():
         assert torch.equal(results[seed], audio)
+
+
+def _held_at_once(
+    shared: SharedEncodings, clip: AudioClip, encode: Callable[[], torch.Tensor], calls: int, all_asked: threading.Event
+) -> list[torch.Tensor | RuntimeError]:
+    """`calls` threads asking `shared` to encode `clip` at once (each asks before the next starts,
+    as the takes of a request do within milliseconds while the first encodes for about a second);
+    `all_asked` is set once all have asked. Their results, in no particular order."""
+    results: list[torch.Tensor | RuntimeError] = []
+
+    def ask() -> None:
+        try:
+            results.append(shared.encode(clip, encode))
+        except RuntimeError as error:
+            results.append(error)
+
+    threads = [threading.Thread(target=ask) for _ in range(calls)]
+    for asked, thread in enumerate(threads, start=1):
+        thread.start()
+        deadline = time.monotonic() + 5
+        while sum(encoding.users for encoding in shared._encodings.values()) < asked:
+            assert time.monotonic() < deadline, "a call never asked"
+            time.sleep(0.001)
+    all_asked.set()
+    for thread in threads:
+        thread.join()
+    return results
+
+
+def test_calls_handed_one_prompt_clip_at_once_encode_it_once() -> None:
+    shared, clip = SharedEncodings(), _tone(0.1)
+    encoded: list[int] = []
+    all_asked = threading.Event()
+
+    def encode() -> torch.Tensor:
+        encoded.append(1)
+        all_asked.wait(5)
+        return torch.arange(8).view(4, 2)
+
+    results = _held_at_once(shared, clip, encode, 3, all_asked)
+    assert len(encoded) == 1
+    assert len(results) == 3 and all(result is results[0] for result in results)
+    # Forgotten once no call holds it: a later request with the same clip encodes again.
+    assert shared._encodings == {}
+    shared.encode(clip, encode)
+    assert len(encoded) == 2
+
+
+def test_clips_with_equal_samples_are_encoded_each() -> None:
+    shared = SharedEncodings()
+    encoded: list[int] = []
+
+    def encode() -> torch.Tensor:
+        encoded.append(1)
+        return torch.zeros(4, 2)
+
+    shared.encode(_tone(0.1), encode)
+    shared.encode(_tone(0.1), encode)
+    assert len(encoded) == 2
+
+
+def test_when_the_first_encoding_fails_the_others_encode_for_themselves() -> None:
+    shared, clip = SharedEncodings(), _tone(0.1)
+    attempts: list[int] = []
+    all_asked = threading.Event()
+
+    def encode() -> torch.Tensor:
+        attempts.append(1)
+        if len(attempts) == 1:
+            all_asked.wait(5)
+            raise RuntimeError("the codec failed")
+        return torch.ones(4, 2)
+
+    results = _held_at_once(shared, clip, encode, 3, all_asked)
+    assert len(attempts) == 3
+    assert sum(isinstance(result, RuntimeError) for result in results) == 1
+    assert shared._encodings == {}

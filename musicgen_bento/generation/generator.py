@@ -15,11 +15,13 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
 
-from ..audio.clip import smooth_join
+from ..audio.clip import AudioClip, smooth_join
 from ..engine import CachePrecision, DecodeEngine, EngineStats, FramesFn, GraphsStatus, StepReport, WeightLayout
 from ..models.store import ModelInfo, load
 from .backends import DecodeBackend, EngineBackend, TransformersBackend, WindowInputs
@@ -80,6 +82,7 @@ class MusicGenGenerator:
         # Fast tokenizers are not safe to call from several threads at once.
         self._processor_lock = threading.Lock()
         self._arrivals = itertools.count()
+        self._prompt_codes = SharedEncodings()
 
     @property
     def name(self) -> str:
@@ -232,7 +235,9 @@ class MusicGenGenerator:
             prompt_audio = prompt[:, prompt.shape[1] - prompt_frames * hop :]
         total_samples = round(params.duration_s * self.sample_rate)
         with torch.inference_mode():
-            prompt_codes = None if prompt_audio is None else codec.encode(prompt_audio)
+            prompt_codes = None
+            if prompt_audio is not None and request.audio_prompt is not None:
+                prompt_codes = self._prompt_codes.encode(request.audio_prompt, partial(codec.encode, prompt_audio))
             with backend.seeded(seed) as rng:
                 if on_audio is not None:
                     streamed = _Streamed(self, prompt_codes, prompt_audio, total_samples, on_audio)
@@ -390,3 +395,53 @@ class _Streamed:
         # As `generate` joins the new music to the prompt, on the first chunk.
         assert self._prompt_audio is not None
         return smooth_join(self._prompt_audio, after, reference_end, self._sample_rate)
+
+
+@dataclass
+class _Encoding:
+    """One prompt's codec tokens, once its first caller has them (`SharedEncodings`)."""
+
+    clip: AudioClip  # held, so that no other clip gets its id() while it is shared
+    users: int = 0
+    codes: torch.Tensor | None = None
+    ready: threading.Event = field(default_factory=threading.Event)
+
+
+class SharedEncodings:
+    """Encodes an audio prompt once for the calls that are handed the same clip at the same time.
+
+    The takes of one request are: each is a `generate` call on a thread of its own, started
+    together, all with the request's one prompt clip. Encoding it with the codec costs about a
+    second of one core on a CPU (10 s of audio), and each take paid it. The first call for a clip
+    encodes it; the others wait for its tokens (which nothing modifies). Once no call holds the
+    clip it is forgotten, so a later request with equal audio encodes again: clips are told apart
+    by identity, never by comparing samples. Should the first call fail, the others encode for
+    themselves.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._encodings: dict[int, _Encoding] = {}
+
+    def encode(self, clip: AudioClip, encode: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """The tokens `encode()` gives for `clip`, computed by the first of the calls holding it."""
+        with self._lock:
+            encoding = self._encodings.get(id(clip))
+            first = encoding is None
+            if encoding is None:
+                encoding = self._encodings[id(clip)] = _Encoding(clip)
+            encoding.users += 1
+        try:
+            if first:
+                try:
+                    encoding.codes = encode()
+                finally:
+                    encoding.ready.set()
+            else:
+                encoding.ready.wait()
+            return encoding.codes if encoding.codes is not None else encode()
+        finally:
+            with self._lock:
+                encoding.users -= 1
+                if not encoding.users:
+                    del self._encodings[id(clip)]

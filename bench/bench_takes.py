@@ -3,7 +3,7 @@ takes) against N `/continue` calls at once that differ only in their text (N pre
 `bentoml serve` over HTTP, at a real decoder shape (random weights: only the timing means anything).
 
 Both decode N requests of the same source together, so the difference is what the takes share:
-their prompt's prefill (and nothing else: each take still encodes its text and its source). The
+their source's encoding by the codec and their prompt's prefill (each take still encodes its text). The
 two phases alternate for `--rounds` rounds on the same server; `/health`'s
 `engine.prefills_shared` shows how many prefills were copied.
 

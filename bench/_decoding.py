@@ -52,7 +52,8 @@ def in_memory_generator(
     `quantize`: the static engine's decoder weights in int8."""
     import torch
 
-    from musicgen_bento.engine import choose_layout
+    from musicgen_bento.engine.weights import choose_layout
+    from musicgen_bento.generation.backends import EngineBackend, backend_named
     from musicgen_bento.generation.generator import MusicGenGenerator
     from musicgen_bento.models.store import ModelInfo
 
@@ -65,9 +66,8 @@ def in_memory_generator(
     weights = None
     if quantize and isinstance(fc1, torch.nn.Linear):
         weights = choose_layout(torch.device(device), model.dtype, fc1.weight, quantize)
-    generator = MusicGenGenerator(
-        info, device, model.dtype, 30.0, 18.0, engine=engine, batch_slots=slots, weights=weights
-    )
+    backend = EngineBackend(slots, weights=weights) if engine == "static" else backend_named(engine)
+    generator = MusicGenGenerator(info, device, model.dtype, 30.0, 18.0, backend)
     # The benchmark's model is built in memory, so it is handed over instead of loaded.
     generator.use_model(model, processor)
     return generator

@@ -13,6 +13,7 @@ import torch
 
 from musicgen_bento.engine import DecodeEngine, DecodeRequest, Sampling
 from musicgen_bento.engine.invariance import find_min_rows
+from musicgen_bento.engine.sampler import SamplingParams
 from musicgen_bento.models.tiny import build_real_shape_model
 
 
@@ -65,14 +66,16 @@ class LogitsTap:
 
     def __init__(self, engine: DecodeEngine) -> None:
         self.by_generator: dict[torch.Generator, list[torch.Tensor]] = {}
-        choose = engine.sampler.choose
+        sampler = engine.runner.sampler
+        choose = sampler.choose
 
-        def tapped(logits: torch.Tensor, first: int, samplings: list[Sampling], generators: list[Any]) -> torch.Tensor:
-            for offset, generator in enumerate(generators):
+        def tapped(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+            for offset, generator in enumerate(params.generators):
+                assert generator is not None
                 self.by_generator.setdefault(generator, []).append(logits[offset].clone())
-            return choose(logits, first, samplings, generators)
+            return choose(logits, params)
 
-        engine.sampler.choose = tapped  # type: ignore[method-assign]
+        sampler.choose = tapped  # type: ignore[method-assign]
 
 
 @pytest.fixture(scope="module", params=[torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])

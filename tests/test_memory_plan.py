@@ -9,19 +9,21 @@ import httpx
 import pytest
 import torch
 
-from musicgen_bento.engine import DecodeEngine, WeightLayout
+from musicgen_bento.engine import DecodeEngine, DecoderShape, WeightLayout
 from musicgen_bento.engine.kv_cache import CROSS_BUCKET, round_up
-from musicgen_bento.engine.memory_plan import MIB, DecoderDims, cache_bytes_per_slot, plan_memory
-from musicgen_bento.engine.weights import INT8_BYTES_PER_CHANNEL, INT8_BYTES_PER_WEIGHT, Int8Linear, JointPart
-from musicgen_bento.errors import MemoryBudgetError
-from musicgen_bento.generation.memory import (
+from musicgen_bento.engine.memory_plan import (
+    MIB,
     PLANNED_TEXT_TOKENS,
-    cache_precision_for,
+    cache_bytes_per_slot,
     int8_linear_weights,
     plan_for,
+    plan_memory,
     weights_layout_for,
 )
-from musicgen_bento.models.store import DecoderShape, decoder_shape, find
+from musicgen_bento.engine.weights import INT8_BYTES_PER_CHANNEL, INT8_BYTES_PER_WEIGHT, Int8Linear, JointPart
+from musicgen_bento.errors import MemoryBudgetError
+from musicgen_bento.generation.backends import Budget, TransformersBackend
+from musicgen_bento.models.store import decoder_shape, find
 from musicgen_bento.models.tiny import build_tiny_model
 
 from .conftest import TINY_TEXT
@@ -64,8 +66,7 @@ def test_a_large_budget_keeps_the_slots_asked_for() -> None:
 def test_small_text_model_plans_cross_attention_too() -> None:
     plan = _plan(SMALL, 6000)
     assert plan.positions == 1536 and plan.cross_positions == 256
-    dims = DecoderDims(24, 1024, 4096, 4, 2048)
-    assert plan.cache_mib_per_slot * MIB == cache_bytes_per_slot(dims, 1536, 256, 2)
+    assert plan.cache_mib_per_slot * MIB == cache_bytes_per_slot(SMALL, 1536, 256, 2)
     assert plan.slots == 8
 
 
@@ -77,10 +78,13 @@ def test_the_plan_reserves_caches_in_the_precision_the_engine_holds_them() -> No
     assert mixed.cache_mib_per_slot == float32.cache_mib_per_slot and mixed.weights_mib == bfloat16.weights_mib
 
 
-def test_the_transformers_engine_plans_its_own_cache_in_the_weights_precision() -> None:
-    for dtype in (torch.float32, torch.bfloat16):
-        chosen = cache_precision_for(SMALL, device="cpu", dtype=dtype, static=False, slots=1)
-        assert chosen.dtype == dtype
+def test_the_transformers_engine_plans_one_cache_of_its_own_in_the_weights_precision() -> None:
+    plans = {
+        dtype: TransformersBackend().plan(SMALL, Budget("cpu", dtype, 64000, 30.0, is_melody=False))
+        for dtype in (torch.float32, torch.bfloat16)
+    }
+    assert plans[torch.float32].cache_mib_per_slot == pytest.approx(2 * plans[torch.bfloat16].cache_mib_per_slot)
+    assert plans[torch.float32].slots == plans[torch.bfloat16].slots == 1
 
 
 INT8 = WeightLayout(True, "int8 (planned)", int8=True)
@@ -126,7 +130,7 @@ def test_the_int8_plan_counts_the_bytes_the_engine_holds(kind: str) -> None:
         codebooks=config.num_codebooks,
         vocab=config.vocab_size,
     )
-    layout = weights_layout_for(shape, device="cpu", dtype=torch.float32, static=True, quantize=True)
+    layout = weights_layout_for(shape, device="cpu", dtype=torch.float32, quantize=True)
     assert layout is not None and layout.int8, layout
     engine = DecodeEngine(model, "cpu", 1, weights=layout)
     try:
@@ -142,11 +146,12 @@ def test_the_int8_plan_counts_the_bytes_the_engine_holds(kind: str) -> None:
 
 
 def test_the_weights_form_is_chosen_for_the_static_engine_only() -> None:
-    assert weights_layout_for(SMALL, device="cpu", dtype=torch.float32, static=False, quantize=True) is None
-    dense = weights_layout_for(SMALL, device="cpu", dtype=torch.float32, static=True, quantize=False)
-    assert dense is not None and dense.form == "dense"
-    on_cuda = weights_layout_for(SMALL, device="cuda:0", dtype=torch.float16, static=True, quantize=True)
-    assert on_cuda is not None and on_cuda.form == "dense" and "is for CPUs" in on_cuda.reason
+    held_as_loaded = TransformersBackend().plan(SMALL, Budget("cpu", torch.float32, 64000, 30.0, is_melody=False))
+    assert held_as_loaded.weights_mib == held_as_loaded.loading_mib
+    dense = weights_layout_for(SMALL, device="cpu", dtype=torch.float32, quantize=False)
+    assert dense.form == "dense"
+    on_cuda = weights_layout_for(SMALL, device="cuda:0", dtype=torch.float16, quantize=True)
+    assert on_cuda.form == "dense" and "is for CPUs" in on_cuda.reason
 
 
 def test_a_budget_below_the_weights_is_refused_naming_the_setting() -> None:
@@ -158,11 +163,10 @@ def test_a_budget_below_the_weights_is_refused_naming_the_setting() -> None:
 
 
 def test_the_arithmetic_counts_every_slot_it_grants() -> None:
-    dims = DecoderDims(layers=2, hidden=64, ffn=128, codebooks=4, vocab=2048)
     common = {
         "budget_source": "test",
         "weights_bytes": 100 * MIB,
-        "dims": dims,
+        "shape": DecoderShape(layers=2, hidden=64, ffn=128, heads=2, codebooks=4, vocab=2048),
         "requested_slots": 8,
         "positions": 1024,
         "cross_positions": 0,
@@ -199,10 +203,9 @@ def test_health_reports_the_plan_and_the_measured_peak(start_server: Any, tiny_m
     info = find(tiny_models["text"])
     assert info is not None
     shape = decoder_shape(info)
-    dims = DecoderDims(shape.layers, shape.hidden, shape.ffn, shape.codebooks, shape.vocab)
     held = torch.empty(0, dtype=getattr(torch, body["engine"]["attention"])).element_size()
     cross = round_up(PLANNED_TEXT_TOKENS, CROSS_BUCKET)
-    held_mib = cache_bytes_per_slot(dims, memory["cache_positions"], cross, held) / MIB
+    held_mib = cache_bytes_per_slot(shape, memory["cache_positions"], cross, held) / MIB
     assert memory["cache_mb_per_slot"] == round(held_mib, 1)
     assert memory["peak_mb"] > memory["weights_mb"], "a measured peak: at least the process around the weights"
     engine = body["engine"]

@@ -5,11 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from musicgen_bento.engine import kv_cache
+from musicgen_bento.engine import DecoderShape, kv_cache
 from musicgen_bento.engine.kv_cache import choose_cache_precision
 from musicgen_bento.generation import device
 from musicgen_bento.generation.device import bfloat16_time_ratio, pick_precision
-from musicgen_bento.models.store import DecoderShape
 
 SMALL = DecoderShape(hidden=1024, ffn=4096, layers=24, heads=16)
 

@@ -22,8 +22,9 @@ import anyio
 import anyio.to_thread
 
 from ..errors import GenerationCanceled
-from ..generation.host import Generator, ModelHost
+from ..generation.host import ModelHost
 from ..generation.params import CancelFn
+from ..generation.protocol import Generator
 from ..metrics import ServiceMetrics
 
 logger = logging.getLogger("musicgen_bento")

@@ -30,8 +30,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from ..errors import GenerationCanceled, InputTooLarge, MusicGenError
-from ..generation.host import Generator, ModelHost
+from ..generation.host import ModelHost
 from ..generation.params import CancelFn
+from ..generation.protocol import Generator
 from ..jobs.events import JobEvent
 from ..jobs.service import JobService
 from ..render import RenderedTake, RenderPlan, StreamedRender, prepare_stream

@@ -1,29 +1,44 @@
-"""The step-batched decoding engine: concurrent requests share the device step by step."""
+"""The step-batched decoding engine: concurrent requests share the device step by step.
+
+Its public names are here; the layers above use the engine through them only.
+"""
 
 from .core import DecodeEngine
-from .kv_cache import choose_cache_precision
-from .requests import (
-    CachePrecision,
-    DecodeRequest,
-    EngineStats,
-    FramesFn,
-    GraphsStatus,
-    Sampling,
-    StepReport,
-    WeightLayout,
+from .cuda_graphs import GraphsStatus
+from .delay_pattern import delay_steps
+from .invariance import BatchInvariance
+from .kv_cache import CachePrecision
+from .memory_plan import (
+    MIB,
+    PLANNED_TEXT_TOKENS,
+    DecoderShape,
+    MemoryPlan,
+    cache_precision_for,
+    plan_for,
+    weights_layout_for,
 )
-from .weights import choose_layout
+from .requests import DecodeRequest, FramesFn, Sampling, StepFn
+from .stats import EngineStats, StepReport
+from .weights import WeightLayout
 
 __all__ = [
+    "MIB",
+    "PLANNED_TEXT_TOKENS",
+    "BatchInvariance",
     "CachePrecision",
     "DecodeEngine",
     "DecodeRequest",
+    "DecoderShape",
     "EngineStats",
     "FramesFn",
     "GraphsStatus",
+    "MemoryPlan",
     "Sampling",
+    "StepFn",
     "StepReport",
     "WeightLayout",
-    "choose_cache_precision",
-    "choose_layout",
+    "cache_precision_for",
+    "delay_steps",
+    "plan_for",
+    "weights_layout_for",
 ]

@@ -1,13 +1,14 @@
 """The running batch's per-request tensors, reached by slot index: each request's tokens so far
-and delay pattern, its next position, its sampling parameters, and its two rows' inputs to the
-next step. Every per-slot tensor is registered in one place, so moving a request to another slot
-(`move`) and adding a sampling option touch one list."""
+and delay pattern, its next position, its sampling parameters (handed to the sampler per step),
+and its two rows' inputs to the next step. Every per-slot tensor is registered in one place, so
+moving a request to another slot (`move`) and adding a sampling option touch one list."""
 
 from __future__ import annotations
 
 import torch
 
 from .requests import Sampling
+from .sampler import SamplingParams
 from .scheduler import Move
 
 
@@ -83,6 +84,24 @@ class BatchState:
         self.top_k_on[slot] = sampling.top_k_limit is not None
         # transformers compares cumulative probabilities with the float32 value of (1 - top_p).
         self.top_p_limit[slot] = 1.0 - sampling.top_p if sampling.top_p_limit is not None else -1.0
+
+    def sampling(
+        self, first: int, samplings: list[Sampling], generators: list[torch.Generator | None]
+    ) -> SamplingParams:
+        """The sampling parameters of the slots from `first` on, one per entry of `samplings`."""
+        span = slice(first, first + len(samplings))
+        return SamplingParams(
+            cfg=self.cfg[span],
+            guided=self.guided[span],
+            greedy=self.greedy[span],
+            temperature=self.temperature[span],
+            top_k=self.top_k[span],
+            top_k_on=self.top_k_on[span],
+            top_p_limit=self.top_p_limit[span],
+            noise=self.noise[span],
+            samplings=tuple(samplings),
+            generators=tuple(generators),
+        )
 
     def move(self, move: Move) -> None:
         """The request in slot `move.source` now lives in slot `move.target`: its tensors follow it."""

@@ -5,16 +5,23 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
-
-from .requests import GraphsStatus
 
 logger = logging.getLogger("musicgen_bento")
 
 # The decoding step's forward: (rows, attention length, cross length) -> logits.
 Forward = Callable[[int, int, int], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class GraphsStatus:
+    """Whether decoding steps replay captured CUDA graphs, and why (for health and the log)."""
+
+    on: bool
+    reason: str
 
 
 def padded_rows(rows: int, max_rows: int) -> int:

@@ -8,6 +8,13 @@ from typing import Any
 import torch
 
 
+def delay_steps(model: Any) -> int:
+    """How many steps after a frame's first codebook its last one is decoded: codebook k is delayed
+    by k steps (k // 2 per channel for stereo)."""
+    config = model.decoder.config
+    return int(config.num_codebooks) // int(config.audio_channels) - 1
+
+
 class DelayPattern:
     """The delay pattern of one model's decoder (audiocraft's pattern provider, in transformers' terms)."""
 
@@ -18,7 +25,7 @@ class DelayPattern:
         self.codebooks = int(config.num_codebooks)
         self.audio_channels = int(config.audio_channels)
         # The last codebook of the last frame arrives this many steps after the first.
-        self.delay_steps = self.codebooks // self.audio_channels - 1
+        self.delay_steps = delay_steps(model)
 
     def length(self, frames: int) -> int:
         """Decoding positions for `frames` frames: the start token, the frames and the delay."""

@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
-
-from .requests import BatchInvariance
 
 logger = logging.getLogger("musicgen_bento")
 
@@ -28,6 +27,15 @@ logger = logging.getLogger("musicgen_bento")
 # two rows, repeated): the outputs, first dimension `rows`. Kernels do not look at the values, so
 # repeating one pair checks every place in the batch at once.
 Probe = Callable[[int], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class BatchInvariance:
+    """The rows a step computes at least, and whether that makes every row independent of the batch."""
+
+    min_rows: int
+    holds: bool
+    reason: str
 
 
 def find_min_rows(probes: Sequence[tuple[str, Probe]], max_rows: int) -> BatchInvariance:

@@ -6,12 +6,25 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from .requests import CachePrecision
 from .scheduler import Move
+
+
+@dataclass(frozen=True)
+class CachePrecision:
+    """The attention caches' precision (and so attention's), and why (`kv_cache.choose_cache_precision`)."""
+
+    dtype: torch.dtype
+    reason: str
+
+    @property
+    def name(self) -> str:
+        return str(self.dtype).removeprefix("torch.")
+
 
 # Capacities grow in these steps, so the slices a step takes (and the graphs captured on CUDA)
 # have few distinct shapes.

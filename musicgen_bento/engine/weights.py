@@ -28,13 +28,29 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import itertools
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from .requests import WeightLayout
+
+@dataclass(frozen=True)
+class WeightLayout:
+    """How the decoder's linear weights are held for its products, and why (`weights`): dense;
+    packed for oneDNN; or quantized to int8. Packed and int8 replace the model's linear modules."""
+
+    packed: bool  # the model's linear modules replaced by products holding their weights otherwise
+    reason: str
+    packed_for_rows: int = 0  # the row count oneDNN's layout was chosen for (0: dense or int8)
+    int8: bool = False  # weight-only int8 (MUSICGEN_QUANTIZE=int8) rather than oneDNN's layout
+
+    @property
+    def form(self) -> str:
+        """`dense`, `packed` or `int8`, as `/health` shows it."""
+        return "int8" if self.int8 else "packed" if self.packed else "dense"
+
 
 # oneDNN packs a weight for a row count, and the layout decides which kernel multiplies it. Tried in
 # this order, the first whose products equal `F.linear`'s wins. On an AVX-512 BF16 CPU without AMX,

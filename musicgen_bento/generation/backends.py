@@ -1,6 +1,11 @@
 """The two ways a window's tokens are decoded, behind one small protocol: the step-batched
 engine (concurrent requests share the device), or transformers' own `generate()` (one request
-at a time, in arrival order)."""
+at a time, in arrival order).
+
+The backend is chosen once (`MUSICGEN_ENGINE`, `backend_named`) as an object that the model's
+host plans with before the weights load (what it will hold, and so the memory plan) and that the
+generator starts on the loaded model.
+"""
 
 from __future__ import annotations
 
@@ -17,11 +22,17 @@ from ..engine import (
     CachePrecision,
     DecodeEngine,
     DecodeRequest,
+    DecoderShape,
     EngineStats,
     FramesFn,
     GraphsStatus,
+    MemoryPlan,
     StepReport,
     WeightLayout,
+    cache_precision_for,
+    delay_steps,
+    plan_for,
+    weights_layout_for,
 )
 from .params import GenerationParams, StepWatcher
 
@@ -37,12 +48,37 @@ class WindowInputs:
     new_frames: int
 
 
+@dataclass(frozen=True)
+class Budget:
+    """What a backend plans its memory for: the device, the weights' precision, the budget
+    (`MUSICGEN_MAX_MEMORY_MB`, 0: what the device has free) and the window it decodes."""
+
+    device: str
+    dtype: torch.dtype
+    max_memory_mb: int
+    window_s: float
+    is_melody: bool
+
+
 class DecodeBackend(Protocol):
     """Decodes windows of codes for the generator."""
+
+    name: str  # as MUSICGEN_ENGINE and /health name it
 
     @property
     def concurrency(self) -> int:
         """How many generations decode at once."""
+
+    def plan(self, shape: DecoderShape, budget: Budget) -> MemoryPlan:
+        """Chooses what the backend will hold for this decoder (before its weights load) and the
+        memory plan for it; raises `MemoryBudgetError` when it cannot fit."""
+
+    def start(self, model: Any, device: str) -> None:
+        """Starts decoding with a loaded model (once)."""
+
+    @property
+    def delay_steps(self) -> int:
+        """Steps a window decodes beyond its frames (the delay pattern's); once started."""
 
     def seeded(self, seed: int) -> contextlib.AbstractContextManager[torch.Generator | None]:
         """Holds what one generation needs across its windows: its random generator (None when
@@ -71,6 +107,19 @@ class DecodeBackend(Protocol):
     def close(self) -> None: ...
 
 
+ENGINES: tuple[str, ...] = ("static", "transformers")
+
+
+def backend_named(name: str, slots: int = 8, quantize: bool = False) -> DecodeBackend:
+    """The backend `MUSICGEN_ENGINE=name` chooses: the static engine with up to `slots` requests
+    decoding together (int8 weights where `quantize`), or transformers' `generate()`."""
+    if name == "static":
+        return EngineBackend(slots, quantize=quantize)
+    if name == "transformers":
+        return TransformersBackend()
+    raise ValueError(f"engine must be one of {', '.join(ENGINES)}; got {name!r}")
+
+
 # How many completed frames a streaming request collects before the engine copies them to the
 # host for its caller (0.1 s of music): often enough for the codec's chunks, rare enough that the
 # copies (a device synchronisation on CUDA) cost nothing measurable.
@@ -78,31 +127,71 @@ _STREAM_FRAMES = 5
 
 
 class EngineBackend:
-    """The static-cache engine: up to `slots` generations decode together, admitted by arrival."""
+    """The static-cache engine: up to `slots` generations decode together, admitted by arrival.
 
-    def __init__(
-        self,
-        model: Any,
-        device: str,
-        slots: int,
-        cache_positions: tuple[int, int] | None = None,
-        attention: CachePrecision | None = None,
-        weights: WeightLayout | None = None,
-    ) -> None:
-        self.engine = DecodeEngine(
-            model, device, slots, cache_positions=cache_positions, attention=attention, weights=weights
-        )
-        self._device = device
+    Planned, it allocates the plan's cache and holds its weights as the plan counted them;
+    unplanned (benchmarks, tests), the engine chooses and its cache grows as requests need.
+    `weights` fixes the weights' form without a plan.
+    """
+
+    name = "static"
+
+    def __init__(self, slots: int = 8, *, quantize: bool = False, weights: WeightLayout | None = None) -> None:
+        self.slots = slots
+        self._quantize = quantize
+        self._weights = weights
+        self._attention: CachePrecision | None = None
+        self._cache_positions: tuple[int, int] | None = None
+        self._engine: DecodeEngine | None = None
 
     @property
     def concurrency(self) -> int:
-        return self.engine.slots
+        return self.slots
+
+    @property
+    def engine(self) -> DecodeEngine:
+        if self._engine is None:
+            raise RuntimeError("the engine starts with the model: load it first")
+        return self._engine
+
+    def plan(self, shape: DecoderShape, budget: Budget) -> MemoryPlan:
+        self._attention = cache_precision_for(shape, device=budget.device, dtype=budget.dtype, slots=self.slots)
+        self._weights = weights_layout_for(shape, device=budget.device, dtype=budget.dtype, quantize=self._quantize)
+        memory = plan_for(
+            shape,
+            device=budget.device,
+            dtype=budget.dtype,
+            cache_dtype=self._attention.dtype,
+            max_memory_mb=budget.max_memory_mb,
+            requested_slots=self.slots,
+            window_s=budget.window_s,
+            is_melody=budget.is_melody,
+            weights=self._weights,
+        )
+        self.slots = memory.slots
+        self._cache_positions = (memory.positions, memory.cross_positions)
+        return memory
+
+    def start(self, model: Any, device: str) -> None:
+        self._engine = DecodeEngine(
+            model,
+            device,
+            self.slots,
+            cache_positions=self._cache_positions,
+            attention=self._attention,
+            quantize=self._quantize,
+            weights=self._weights,
+        )
+
+    @property
+    def delay_steps(self) -> int:
+        return self.engine.delay_steps
 
     @contextlib.contextmanager
     def seeded(self, seed: int) -> Iterator[torch.Generator | None]:
         # Each request draws from its own generator, seeded as transformers' global one would be,
         # so both backends give the same tokens on the CPU.
-        rng = torch.Generator(device=self._device)
+        rng = torch.Generator(device=self.engine.device)
         rng.manual_seed(seed)
         yield rng
 
@@ -138,22 +227,42 @@ class EngineBackend:
         self.engine.observer = observer
 
     def close(self) -> None:
-        self.engine.close()
+        if self._engine is not None:
+            self._engine.close()
 
 
 class TransformersBackend:
     """transformers' `generate()`, one generation at a time in arrival order, stopped where it
     hands its codes to the codec so that long generation stays in token space."""
 
+    name = "transformers"
     concurrency = 1
 
-    def __init__(self, model: Any, device: str) -> None:
-        self._model = model
-        self._device = device
+    def __init__(self) -> None:
+        self._model: Any = None
+        self._device = "cpu"
         self._turns = _FairLock()
+
+    def plan(self, shape: DecoderShape, budget: Budget) -> MemoryPlan:
+        # transformers keeps its own cache, in the weights' precision, for one generation at a time.
+        return plan_for(
+            shape,
+            device=budget.device,
+            dtype=budget.dtype,
+            cache_dtype=budget.dtype,
+            max_memory_mb=budget.max_memory_mb,
+            requested_slots=1,
+            window_s=budget.window_s,
+            is_melody=budget.is_melody,
+        )
+
+    def start(self, model: Any, device: str) -> None:
+        self._model, self._device = model, device
         _codes_of_generate.install(model)
-        config = model.config.decoder
-        self._delay_steps = config.num_codebooks // config.audio_channels - 1
+
+    @property
+    def delay_steps(self) -> int:
+        return delay_steps(self._model)
 
     @contextlib.contextmanager
     def seeded(self, seed: int) -> Iterator[torch.Generator | None]:
@@ -181,7 +290,7 @@ class TransformersBackend:
             with _codes_of_generate.capturing():
                 self._model.generate(
                     **inputs,
-                    max_new_tokens=window.new_frames + self._delay_steps,
+                    max_new_tokens=window.new_frames + self.delay_steps,
                     do_sample=sampled,
                     temperature=sampling.temperature if sampled else None,
                     top_k=sampling.top_k_limit if sampled else None,

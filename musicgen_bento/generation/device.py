@@ -9,8 +9,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from ..engine import DecoderShape
 from ..errors import ModelStoreError
-from ..models.store import DecoderShape
 
 DtypeName = Literal["float32", "float16", "bfloat16"]
 _DTYPES: dict[DtypeName, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}

@@ -22,25 +22,27 @@ from typing import Any
 import torch
 
 from ..audio.clip import AudioClip, smooth_join
-from ..engine import CachePrecision, DecodeEngine, EngineStats, FramesFn, GraphsStatus, StepReport, WeightLayout
+from ..engine import DecodeEngine, EngineStats, FramesFn, GraphsStatus, StepReport
 from ..models.store import ModelInfo, load
-from .backends import DecodeBackend, EngineBackend, TransformersBackend, WindowInputs
+from .backends import DecodeBackend, EngineBackend, WindowInputs
 from .codec import LEFT_CONTEXT_FRAMES, Codec, StreamingDecoder
 from .params import AudioFn, CancelFn, GenerationParams, GenerationRequest, GenerationResult, ProgressFn, StepWatcher
 from .windows import Window, melody_of_window, plan_windows
 
 logger = logging.getLogger("musicgen_bento")
 
-ENGINES: tuple[str, ...] = ("static", "transformers")
-
 
 class MusicGenGenerator:
     """Generates with one stored MusicGen checkpoint on one device.
 
     The model loads on first use (or when `load()` is called). `generate` may be called from
-    many threads at once. With the `static` engine (the default) up to `batch_slots` requests
-    decode together, joining and leaving the batch between steps, admitted in arrival order;
-    with `transformers` generations run one at a time, in arrival order.
+    many threads at once. With the static engine (the default backend) up to its slots' worth of
+    requests decode together, joining and leaving the batch between steps, admitted in arrival
+    order; with transformers' `generate()` generations run one at a time, in arrival order.
+
+    Args:
+        backend: how tokens are decoded (`backends.backend_named`), planned or not; the static
+            engine with 8 slots when omitted.
     """
 
     def __init__(
@@ -50,34 +52,17 @@ class MusicGenGenerator:
         dtype: torch.dtype,
         window_s: float,
         extend_stride_s: float,
-        engine: str = "static",
-        batch_slots: int = 8,
-        cache_positions: tuple[int, int] | None = None,
-        attention: CachePrecision | None = None,
-        weights: WeightLayout | None = None,
+        backend: DecodeBackend | None = None,
     ) -> None:
-        if engine not in ENGINES:
-            raise ValueError(f"engine must be one of {', '.join(ENGINES)}; got {engine!r}")
         self.info = info
         self.device = device
         self.dtype = dtype
         self.window_s = window_s
         self.extend_stride_s = extend_stride_s
-        self.engine = engine
-        self.batch_slots = batch_slots
-        # (self-attention, cross-attention) positions the engine's cache is allocated for at load
-        # (the memory plan); None: it grows as requests need.
-        self.cache_positions = cache_positions
-        # The static engine's attention caches' precision, as the memory plan reserved them; None: the
-        # engine chooses.
-        self.attention = attention
-        # How the static engine holds its decoder's linear weights (int8 where MUSICGEN_QUANTIZE=int8),
-        # as the memory plan counted them; None: the engine chooses.
-        self.weights = weights
+        self.backend = backend if backend is not None else EngineBackend()
         self._model: Any = None
         self._processor: Any = None
         self._codec: Codec | None = None
-        self._backend: DecodeBackend | None = None
         self._load_lock = threading.Lock()
         # Fast tokenizers are not safe to call from several threads at once.
         self._processor_lock = threading.Lock()
@@ -108,11 +93,15 @@ class MusicGenGenerator:
     @property
     def concurrency(self) -> int:
         """How many requests decode at once: the engine's slots, or 1 with transformers' `generate()`."""
-        return self.batch_slots if self.engine == "static" else 1
+        return self.backend.concurrency
+
+    @property
+    def engine_name(self) -> str:
+        return self.backend.name
 
     def engine_stats(self) -> EngineStats | None:
         """The decoding engine's counters (None with transformers' `generate()` or before loading)."""
-        return None if self._backend is None else self._backend.stats()
+        return self.backend.stats() if self._model is not None else None
 
     def check_graphs(self, duration_s: float) -> GraphsStatus:
         """The start-up check of the engine's CUDA graphs (see `DecodeEngine.check_graphs`) on a
@@ -159,33 +148,25 @@ class MusicGenGenerator:
                     self.info.tag,
                     self.device,
                     time.perf_counter() - started,
-                    self.engine,
+                    self.backend.name,
                 )
 
     def _install(self, model: Any, processor: Any) -> None:
         self._processor = processor
         codec_dtype = self.dtype
         if not self.device.startswith("cuda") and self.dtype != torch.float32:
-            # Decoding audio in bfloat16 adds noise at about 36 dB below the signal (measured against
-            # float32 at the real codec's shape), which is audible; in float32 the codec costs
-            # about 1.9 s of a 34 s CPU request (bench/profile_continue.py), 1.1 s more than in
-            # bfloat16.
+            # The codec decodes in float32 on a CPU: in bfloat16 it adds audible noise to the music
+            # (the benchmarks page has the measurement), and it is a small part of a request's time.
             model.audio_encoder.to(torch.float32)
             codec_dtype = torch.float32
         self._codec = Codec(model, self.device, codec_dtype)
-        if self.engine == "static":
-            self._backend = EngineBackend(
-                model, self.device, self.batch_slots, self.cache_positions, self.attention, self.weights
-            )
-        else:
-            self._backend = TransformersBackend(model, self.device)
+        self.backend.start(model, self.device)
         self._model = model
 
     def close(self) -> None:
         """Stops the decoding engine between two steps; later and unfinished generations raise
         `ShuttingDown`. Called when the service stops."""
-        if self._backend is not None:
-            self._backend.close()
+        self.backend.close()
 
     def next_arrival(self) -> int:
         """A ticket that ranks a request among all others on this generator (smaller is served first).
@@ -227,7 +208,7 @@ class MusicGenGenerator:
         windows = plan_windows(
             prompt_frames, new_frames, int(self.window_s * frame_rate), int(self.extend_stride_s * frame_rate)
         )
-        watcher = StepWatcher(sum(w.new_frames + self._delay_steps for w in windows), progress, should_cancel)
+        watcher = StepWatcher(sum(w.new_frames + backend.delay_steps for w in windows), progress, should_cancel)
         melody = request.melody.samples if request.melody is not None and self.is_melody else None
 
         prompt_audio = None
@@ -304,8 +285,7 @@ class MusicGenGenerator:
 
     def _loaded_backend(self) -> DecodeBackend:
         self.load()
-        assert self._backend is not None
-        return self._backend
+        return self.backend
 
     def _loaded_processor(self) -> Any:
         self.load()
@@ -315,14 +295,6 @@ class MusicGenGenerator:
         self.load()
         assert self._codec is not None
         return self._codec
-
-    @property
-    def _delay_steps(self) -> int:
-        # MusicGen's delay pattern offsets codebook k by k steps, so the last codebook of the
-        # last frame arrives codebooks-1 steps after the first.
-        self.load()
-        decoder = self._model.config.decoder
-        return decoder.num_codebooks // decoder.audio_channels - 1  # type: ignore[no-any-return]
 
     def text_tokens(self, prompt: str) -> int:
         """How many tokens the text encoder reads for `prompt` (its end token included)."""
@@ -411,8 +383,8 @@ class SharedEncodings:
     """Encodes an audio prompt once for the calls that are handed the same clip at the same time.
 
     The takes of one request are: each is a `generate` call on a thread of its own, started
-    together, all with the request's one prompt clip. Encoding it with the codec costs about a
-    second of one core on a CPU (10 s of audio), and each take paid it. The first call for a clip
+    together, all with the request's one prompt clip, and encoding a long prompt with the codec is
+    a noticeable part of a take's work on a CPU. The first call for a clip
     encodes it; the others wait for its tokens (which nothing modifies). Once no call holds the
     clip it is forgotten, so a later request with equal audio encodes again: clips are told apart
     by identity, never by comparing samples. Should the first call fail, the others encode for

@@ -13,17 +13,17 @@ from typing import Literal
 import torch
 
 from ..audio.clip import AudioClip
-from ..engine import StepReport
-from ..engine.memory_plan import MIB, MemoryPlan
+from ..engine import MIB, MemoryPlan, StepReport
 from ..errors import MusicGenError, NotReady
 from ..models.store import decoder_shape, resolve
 from ..schemas import EngineHealth, MemoryHealth, PrecisionHealth
 from ..settings import Settings
+from .backends import Budget, backend_named
 from .device import Precision, pick_device, pick_precision
 from .generator import MusicGenGenerator
-from .memory import cache_precision_for, plan_for, weights_layout_for
 from .mock import MockMusicGenGenerator
 from .params import GenerationParams, GenerationRequest
+from .protocol import Generator
 
 logger = logging.getLogger("musicgen_bento")
 
@@ -31,7 +31,6 @@ Status = Literal["loading", "ready", "error"]
 
 # Seconds of music the start-up check of CUDA graphs decodes at least (twice: eager, replayed).
 _GRAPH_CHECK_S = 1.0
-Generator = MusicGenGenerator | MockMusicGenGenerator
 
 
 @dataclass(frozen=True)
@@ -102,11 +101,9 @@ class ModelHost:
         generator = self.ready_generator()
         if generator is None:
             return None
-        if isinstance(generator, MockMusicGenGenerator):
-            return EngineHealth(kind="mock", slots=generator.concurrency)
         stats = generator.engine_stats()
         if stats is None:
-            return EngineHealth(kind="transformers", slots=1)
+            return EngineHealth(kind=generator.engine_name, slots=generator.concurrency)  # type: ignore[arg-type]
         return EngineHealth(
             kind="static",
             slots=generator.concurrency,
@@ -166,81 +163,65 @@ class ModelHost:
         return GenerationRequest(params, audio_prompt=silence, melody=silence if generator.is_melody else None)
 
     def _prepare(self) -> None:
-        settings = self.settings
         try:
-            self._device = pick_device(settings.gpu_id)
-            self._set(detail=f"resolving {settings.model} in the model store")
-            info = resolve(settings.model, settings.allow_download, progress=lambda line: self._set(detail=line))
-            self._set(detail=f"choosing the precision of {info.tag} on {self._device}")
-            shape = decoder_shape(info)
-            precision = pick_precision(self._device, settings.dtype, shape)
-            logger.info("%s runs in %s (%s)", info.tag, precision.name, precision.reason)
-            static = settings.engine == "static"
-            requested_slots = settings.batch_slots if static else 1
-            attention = cache_precision_for(
-                shape, device=self._device, dtype=precision.dtype, static=static, slots=requested_slots
-            )
-            weights = weights_layout_for(
-                shape, device=self._device, dtype=precision.dtype, static=static, quantize=settings.quantize == "int8"
-            )
-            plan = plan_for(
-                shape,
-                device=self._device,
-                dtype=precision.dtype,
-                cache_dtype=attention.dtype,
-                max_memory_mb=settings.max_memory_mb,
-                requested_slots=requested_slots,
-                window_s=settings.window_s,
-                is_melody=info.kind == "melody",
-                weights=weights,
-            )
-            logger.info("memory plan: %s", plan.describe())
-            self._set(
-                licence=info.licence, precision=precision, plan=plan, detail=f"loading {info.tag} onto {self._device}"
-            )
-            generator = MusicGenGenerator(
-                info,
-                self._device,
-                precision.dtype,
-                settings.window_s,
-                settings.extend_stride_s,
-                engine=settings.engine,
-                batch_slots=plan.slots if static else settings.batch_slots,
-                cache_positions=(plan.positions, plan.cross_positions) if static else None,
-                attention=attention if static else None,
-                weights=weights,
-            )
-            generator.load()
-            if self._on_step is not None:
-                generator.observe_steps(self._on_step)
-            if settings.warmup_s > 0:
-                self._set(detail="warming up")
-                generator.generate(self._warmup_request(generator))
-            # On CUDA, replayed graphs must give the eager steps' codes before any request trusts
-            # them, even with the warm-up turned off; a failure turns them off and the node serves
-            # eagerly. Without graphs (CPUs) this decodes nothing.
-            self._set(detail="checking CUDA graphs against eager decoding")
-            graphs = generator.check_graphs(max(settings.warmup_s, _GRAPH_CHECK_S))
-            logger.info("decoding steps: CUDA graphs %s", graphs.reason)
-            self._peak_memory_mb = peak = _peak_memory_mb(self._device)
-            if peak > plan.budget_mib:
-                logger.warning(
-                    "measured peak memory %.0f MiB exceeds the budget of %.0f MiB (%s): the plan's margin is too "
-                    "small for this node; lower MUSICGEN_BATCH_SLOTS or raise MUSICGEN_MAX_MEMORY_MB",
-                    peak,
-                    plan.budget_mib,
-                    plan.budget_source,
-                )
-            else:
-                logger.info("measured peak memory after warm-up: %.0f of %.0f MiB planned", peak, plan.total_mib)
+            generator = self._load()
             self._set(status="ready", detail=None, generator=generator)
-            logger.info("model %s ready on %s", info.tag, self._device)
+            logger.info("model %s ready on %s", generator.name, self._device)
         except MusicGenError as error:
-            logger.error("model %s failed to load: %s", settings.model, error.message)
+            logger.error("model %s failed to load: %s", self.settings.model, error.message)
             self._set(status="error", detail=error.message)
         except Exception as error:  # a load can fail in many ways; health must say so, not hang in loading
-            logger.exception("model %s failed to load", settings.model)
+            logger.exception("model %s failed to load", self.settings.model)
             self._set(status="error", detail=f"{type(error).__name__}: {error}")
+
+    def _load(self) -> MusicGenGenerator:
+        """Resolves, plans, loads, warms up and checks the model; health follows each stage."""
+        settings = self.settings
+        self._device = pick_device(settings.gpu_id)
+        self._set(detail=f"resolving {settings.model} in the model store")
+        info = resolve(settings.model, settings.allow_download, progress=lambda line: self._set(detail=line))
+        self._set(detail=f"choosing the precision of {info.tag} on {self._device}")
+        shape = decoder_shape(info)
+        precision = pick_precision(self._device, settings.dtype, shape)
+        logger.info("%s runs in %s (%s)", info.tag, precision.name, precision.reason)
+        backend = backend_named(settings.engine, settings.batch_slots, quantize=settings.quantize == "int8")
+        budget = Budget(self._device, precision.dtype, settings.max_memory_mb, settings.window_s, info.kind == "melody")
+        plan = backend.plan(shape, budget)
+        logger.info("memory plan: %s", plan.describe())
+        self._set(
+            licence=info.licence, precision=precision, plan=plan, detail=f"loading {info.tag} onto {self._device}"
+        )
+        generator = MusicGenGenerator(
+            info, self._device, precision.dtype, settings.window_s, settings.extend_stride_s, backend
+        )
+        generator.load()
+        if self._on_step is not None:
+            generator.observe_steps(self._on_step)
+        if settings.warmup_s > 0:
+            self._set(detail="warming up")
+            generator.generate(self._warmup_request(generator))
+        # On CUDA, replayed graphs must give the eager steps' codes before any request trusts
+        # them, even with the warm-up turned off; a failure turns them off and the node serves
+        # eagerly. Without graphs (CPUs) this decodes nothing.
+        self._set(detail="checking CUDA graphs against eager decoding")
+        graphs = generator.check_graphs(max(settings.warmup_s, _GRAPH_CHECK_S))
+        logger.info("decoding steps: CUDA graphs %s", graphs.reason)
+        self._check_peak(plan)
+        return generator
+
+    def _check_peak(self, plan: MemoryPlan) -> None:
+        """Measures the peak memory after warm-up, and warns when it passed the budget."""
+        self._peak_memory_mb = peak = _peak_memory_mb(self._device)
+        if peak > plan.budget_mib:
+            logger.warning(
+                "measured peak memory %.0f MiB exceeds the budget of %.0f MiB (%s): the plan's margin is too "
+                "small for this node; lower MUSICGEN_BATCH_SLOTS or raise MUSICGEN_MAX_MEMORY_MB",
+                peak,
+                plan.budget_mib,
+                plan.budget_source,
+            )
+        else:
+            logger.info("measured peak memory after warm-up: %.0f of %.0f MiB planned", peak, plan.total_mib)
 
 
 def _peak_memory_mb(device: str) -> float:

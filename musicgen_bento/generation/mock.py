@@ -31,6 +31,7 @@ class MockMusicGenGenerator:
     device = "cpu"
     # Generation is a copy: nothing limits how many run at once but the threads given to them.
     concurrency = 8
+    engine_name = "mock"
 
     def __init__(self) -> None:
         self._arrivals = itertools.count()
@@ -41,9 +42,6 @@ class MockMusicGenGenerator:
     def engine_stats(self) -> None:
         """No decoding engine."""
         return None
-
-    def load(self) -> None:
-        """Nothing to load."""
 
     def close(self) -> None:
         """Nothing to stop."""

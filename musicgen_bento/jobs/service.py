@@ -13,7 +13,8 @@ from pathlib import Path
 
 from ..audio.files import MEDIA_TYPES
 from ..errors import Conflict, JobNotFound
-from ..generation.host import Generator, ModelHost
+from ..generation.host import ModelHost
+from ..generation.protocol import Generator
 from ..render import RenderPlan, check_inputs, check_model, check_plan
 from ..schemas import GenerateRequest, JobAccepted, JobResult, JobView
 from ..settings import Settings

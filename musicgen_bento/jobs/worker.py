@@ -10,7 +10,8 @@ import uuid
 from dataclasses import dataclass, field
 
 from ..errors import GenerationCanceled, MusicGenError
-from ..generation.host import Generator, ModelHost
+from ..generation.host import ModelHost
+from ..generation.protocol import Generator
 from ..metrics import ServiceMetrics
 from ..render import RenderPlan, render
 from ..schemas import GenerateRequest

@@ -19,7 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..engine import DecoderShape
 from ..errors import ModelStoreError
+from .tiny import TINY_NAMES, save_tiny_model
 
 logger = logging.getLogger("musicgen_bento")
 
@@ -206,8 +208,6 @@ def import_model(source: str, name: str | None = None, progress: ProgressCallbac
 
 def create_tiny(kind: str) -> ModelInfo:
     """Builds a tiny random-weight model of `kind` ('text' or 'melody') and stores it."""
-    from .tiny import TINY_NAMES, save_tiny_model
-
     if kind not in TINY_NAMES:
         raise ModelStoreError(f"kind must be one of {', '.join(TINY_NAMES)}; got {kind!r}")
     with tempfile.TemporaryDirectory(prefix="musicgen-tiny-") as scratch:
@@ -222,7 +222,6 @@ def resolve(model_ref: str, allow_download: bool, progress: ProgressCallback | N
     found = find(model_ref)
     if found is not None:
         return found
-    from .tiny import TINY_NAMES
 
     tiny_kinds = {name: kind for kind, name in TINY_NAMES.items()}
     if model_ref.strip().lower() in tiny_kinds:
@@ -241,23 +240,6 @@ def resolve(model_ref: str, allow_download: bool, progress: ProgressCallback | N
             f"import it first with `musicgen-bento models import {model_ref}`"
         )
     return import_model(model_ref, progress=progress)
-
-
-@dataclass(frozen=True)
-class DecoderShape:
-    """A stored checkpoint's decoder dimensions, and its parameters in all (text encoder, codec
-    and decoder), read without loading the weights."""
-
-    hidden: int
-    ffn: int
-    layers: int
-    heads: int
-    codebooks: int = 4
-    vocab: int = 2048
-    parameters: int = 0
-    sample_rate: int = 32000
-    frame_rate: float = 50.0
-    melody_prefix: int = 0  # melody models: chroma frames the decoder reads before the text's
 
 
 def decoder_shape(info: ModelInfo) -> DecoderShape:

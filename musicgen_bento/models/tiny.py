@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from .store import DecoderShape
+from ..engine import DecoderShape
 
 ModelKind = Literal["text", "melody", "stereo"]
 

@@ -23,10 +23,10 @@ from ..audio.clip import AudioClip, to_model_format
 from ..audio.files import FileTags, audio_file_duration_s, read_audio, write_audio
 from ..audio.loudness import normalize
 from ..audio.paths import InputLimits, resolve_input_path
+from ..engine import PLANNED_TEXT_TOKENS
 from ..errors import InvalidInput, InvalidParameter
-from ..generation.host import Generator
-from ..generation.memory import PLANNED_TEXT_TOKENS
 from ..generation.params import CancelFn, GenerationParams, GenerationRequest, GenerationResult, ProgressFn
+from ..generation.protocol import Generator
 from ..schemas import (
     DEFAULT_DURATION_S,
     MIN_DURATION_S,

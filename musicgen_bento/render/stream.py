@@ -17,8 +17,8 @@ import torch
 from ..audio.clip import AudioClip
 from ..audio.files import StreamedWav
 from ..errors import InvalidParameter
-from ..generation.host import Generator
 from ..generation.params import CancelFn, GenerationParams, GenerationRequest
+from ..generation.protocol import Generator
 from ..schemas import Provenance
 from ..settings import Settings
 from .pipeline import RenderedTake, RenderPlan, _inputs, _provenance, _tags, _takes, check_model, check_plan

@@ -13,6 +13,7 @@ from typing import Any
 
 import bentoml
 
+from musicgen_bento.api.endpoints import CONTINUE, GENERATE, HEALTH, JOB_CANCEL, JOB_STATUS, bentoml_api, check_served
 from musicgen_bento.api.errors import answers_errors
 from musicgen_bento.api.middleware import ReadableErrorsMiddleware
 from musicgen_bento.api.routes import HttpRoutes
@@ -23,7 +24,6 @@ from musicgen_bento.schemas import (
     HealthResponse,
     JobAccepted,
     JobView,
-    Take,
 )
 from musicgen_bento.settings import Settings
 
@@ -37,7 +37,7 @@ with bentoml.importing():
     from musicgen_bento.jobs.worker import JobWorker
     from musicgen_bento.metrics import ServiceMetrics, use_own_metrics_directory
     from musicgen_bento.parent_watch import exit_with_parent
-    from musicgen_bento.render import RenderPlan, input_limits, render
+    from musicgen_bento.render import RenderPlan, input_limits, render, result_of
 
 logger = logging.getLogger("musicgen_bento")
 # BentoML's logging shows WARNING and above from other libraries; the service's own INFO lines (the
@@ -46,7 +46,9 @@ logger.setLevel(logging.INFO)
 SETTINGS = Settings.from_env()
 use_own_metrics_directory()
 
-# BentoML's API methods answer POST only; health, job status, audio and cancel need GET and DELETE.
+# BentoML's API methods answer POST only, with JSON: the other routes (GET and DELETE, streams,
+# uploads, the playground) are a Starlette app mounted beside them. Every route is declared in
+# `musicgen_bento.api.endpoints`.
 http_routes = HttpRoutes()
 
 
@@ -99,7 +101,7 @@ class MusicGen:
         self.jobs.queue.close()
         self.uploads.stop_sweeping()
 
-    @bentoml.api(route="/continue", input_spec=ContinueRequest, output_spec=ContinueResponse)
+    @bentoml_api(CONTINUE)
     @answers_errors
     async def continue_(self, ctx: bentoml.Context, **fields: Any) -> ContinueResponse:
         """Continue the music in a file on the server's disk; returns the path of a new file.
@@ -108,7 +110,7 @@ class MusicGen:
         disconnects is canceled at the engine's next step and writes nothing.
         """
         started = time.perf_counter()
-        plan = RenderPlan.of_continue(ContinueRequest.model_construct(**fields), self.settings)
+        plan = RenderPlan.of(ContinueRequest.model_construct(**fields), self.settings)
         rendered = await self.gate.run(
             "continue",
             lambda generator, arrival, client_gone: render(
@@ -116,24 +118,10 @@ class MusicGen:
             ),
             ctx.request.is_disconnected,
         )
-        first = rendered.first
-        return ContinueResponse(
-            audio_path=str(first.path),
-            duration_s=first.duration_s,
-            sample_rate=rendered.sample_rate,
-            channels=first.channels,
-            prompt_start_s=rendered.prompt_start_s or 0.0,
-            prompt_duration_s=rendered.prompt_duration_s or 0.0,
-            seed=first.seed,
-            model=rendered.model,
-            provenance=first.provenance,
-            takes=[
-                Take(audio_path=str(take.path), seed=take.seed, duration_s=take.duration_s) for take in rendered.takes
-            ],
-            elapsed_s=round(time.perf_counter() - started, 3),
-        )
+        elapsed_s = round(time.perf_counter() - started, 3)
+        return ContinueResponse.model_validate({**dict(result_of(rendered)), "elapsed_s": elapsed_s})
 
-    @bentoml.api(route="/generate", input_spec=GenerateRequest, output_spec=JobAccepted)
+    @bentoml_api(GENERATE)
     @answers_errors
     def generate(self, ctx: bentoml.Context, **fields: Any) -> JobAccepted:
         """Queue a generation job; answers 202 at once with the job's id and where to poll it."""
@@ -142,19 +130,19 @@ class MusicGen:
         ctx.response.headers["Location"] = accepted.status_url
         return accepted
 
-    @bentoml.api(route="/jobs/status")
+    @bentoml_api(JOB_STATUS)
     @answers_errors
     def job_status(self, job_id: str) -> JobView:
         """The same answer as GET /jobs/{job_id}, for `bentoml.SyncHTTPClient`."""
         return self.jobs.view(job_id)
 
-    @bentoml.api(route="/jobs/cancel")
+    @bentoml_api(JOB_CANCEL)
     @answers_errors
     def cancel_job(self, job_id: str) -> JobView:
         """The same as DELETE /jobs/{job_id}, for `bentoml.SyncHTTPClient`."""
         return self.jobs.cancel(job_id)
 
-    @bentoml.api(route="/health")
+    @bentoml_api(HEALTH)
     def health(self) -> HealthResponse:
         """The same answer as GET /health, for `bentoml.SyncHTTPClient(...).health()`."""
         return self.health_report()
@@ -184,3 +172,4 @@ class MusicGen:
 
 # `@bentoml.service` makes MusicGen a bentoml.Service; the stacked decorators hide that from mypy.
 MusicGen.add_asgi_middleware(ReadableErrorsMiddleware)  # type: ignore[attr-defined]
+check_served({api.route for api in MusicGen.apis.values()})  # type: ignore[attr-defined]

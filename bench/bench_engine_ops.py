@@ -84,9 +84,9 @@ def engine_ops_per_step(model: Any, processor: Any, steps: int) -> tuple[float, 
     """Operations per step of the engine (guidance on, top-k sampling), and a middle step's counts."""
     import torch
 
-    from musicgen_bento.engine import DecodeEngine, DecodeRequest, Sampling
+    from musicgen_bento.engine import DecodeEngine, DecodeRequest, EngineOptions, Sampling
 
-    engine = DecodeEngine(model, str(model.device), slots=1, use_cuda_graphs=False)
+    engine = DecodeEngine(model, str(model.device), slots=1, options=EngineOptions(use_cuda_graphs=False))
     step = engine.runner.step
     per_step: list[collections.Counter[str]] = []
 

@@ -47,7 +47,7 @@ def main() -> None:
         generator = MusicGenGenerator(
             info, device, pick_dtype(device, "auto"), settings.window_s, settings.extend_stride_s
         )
-        plan = RenderPlan.of_continue(ContinueRequest(**body), settings)  # type: ignore[arg-type]
+        plan = RenderPlan.of(ContinueRequest(**body), settings)  # type: ignore[arg-type]
 
         def direct() -> None:
             render(plan, generator, settings)

@@ -70,7 +70,7 @@ def main() -> None:
 
     import torch
 
-    from musicgen_bento.engine.core import DecodeEngine
+    from musicgen_bento.engine import DecodeEngine, EngineOptions
     from musicgen_bento.models.tiny import build_real_shape_model
 
     def build() -> tuple[dict[str, Any], Any]:
@@ -82,7 +82,9 @@ def main() -> None:
     slots = max(args.batches)
 
     def engine_for(name: str) -> Any:
-        return on_fresh_thread(lambda: DecodeEngine(models[name], "cpu", slots, pack_weights=name == "packed"))
+        return on_fresh_thread(
+            lambda: DecodeEngine(models[name], "cpu", slots, EngineOptions(pack_weights=name == "packed"))
+        )
 
     def decode(name: str, batch: int, frames: int) -> tuple[float, int, list[Any]]:
         engine = engine_for(name)
@@ -92,7 +94,7 @@ def main() -> None:
             engine.close()
 
     layout = engine_for("packed")
-    print(f"{args.shape} in bfloat16 on {hardware('cpu')}; {layout.decoder.layout.reason}", flush=True)
+    print(f"{args.shape} in bfloat16 on {hardware('cpu')}; {layout.runner.decoder.layout.reason}", flush=True)
     layout.close()
     for batch in args.batches:
         per_step: dict[str, list[float]] = {name: [] for name in models}

@@ -30,7 +30,7 @@ def main() -> None:
 
     import torch
 
-    from musicgen_bento.engine import DecodeEngine, DecodeRequest, Sampling
+    from musicgen_bento.engine import DecodeEngine, DecodeRequest, EngineOptions, Sampling
     from musicgen_bento.generation.device import pick_precision
     from musicgen_bento.models.tiny import build_real_shape_model, real_decoder_shape
 
@@ -46,7 +46,10 @@ def main() -> None:
     model, processor = build_real_shape_model("musicgen-small")
     reduced = copy.deepcopy(model).to(dtype)
     print(f"musicgen-small shape, float32 against {name} ({reason}), greedy, {args.frames} frames")
-    engines = {"float32": DecodeEngine(model, "cpu", 1), name: DecodeEngine(reduced, "cpu", 1, quantize=args.int8)}
+    engines = {
+        "float32": DecodeEngine(model, "cpu", 1),
+        name: DecodeEngine(reduced, "cpu", 1, EngineOptions(quantize=args.int8)),
+    }
     print(f"  {name} engine: weights {engines[name].stats().weights.reason}")
     print(f"  {name} engine: attention caches in {engines[name].stats().attention.reason}")
     greedy = Sampling(cfg_coef=3.0, temperature=0.0)

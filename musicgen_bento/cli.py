@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .errors import MusicGenError
-from .settings import Settings, SettingsError, setting_specs
+from .settings import Settings, SettingsError, setting_specs, settings_table
 
 SERVICE = "service:MusicGen"
 
@@ -116,6 +116,11 @@ def models_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def print_settings(args: argparse.Namespace) -> int:
+    print(settings_table(), end="")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="musicgen-bento", description="Serve Meta's MusicGen over HTTP.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -135,6 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.set_defaults(run=models_create_tiny)
     lister = model_commands.add_parser("list", help="List the MusicGen models in the store.")
     lister.set_defaults(run=models_list)
+    settings = commands.add_parser(
+        "settings", help="Print every setting (variable, flag, default) as a Markdown table."
+    )
+    settings.set_defaults(run=lambda args: print(settings_table(), end="") or 0)
     return parser
 
 

@@ -31,13 +31,15 @@ class MusicGenError(Exception):
 
 
 class InvalidParameter(MusicGenError):
-    """A request value out of the range the server's settings allow (the same status as a schema violation)."""
+    """A field missing, of the wrong type or out of range (the schema's or this server's limits); an unknown
+    field; a body that is not valid JSON."""
 
     status_code = 400
 
 
 class InvalidInput(MusicGenError):
-    """A source file that cannot be used: a directory, a device, empty, truncated or not audio."""
+    """A source file that cannot be used: a directory, a device, empty, truncated, not audio, shorter than one
+    codec frame."""
 
     status_code = 422
 
@@ -49,7 +51,7 @@ class InputNotFound(MusicGenError):
 
 
 class InputForbidden(MusicGenError):
-    """A path in the request lies outside the allowed input directories."""
+    """A path in the request lies outside the allowed input directories (MUSICGEN_INPUT_ROOTS)."""
 
     status_code = 403
 
@@ -88,6 +90,12 @@ class JobNotFound(MusicGenError):
     status_code = 404
 
 
+class NoSuchFile(MusicGenError):
+    """No page or file of the service has this name."""
+
+    status_code = 404
+
+
 class Conflict(MusicGenError):
     """The request clashes with the state of a job: audio of an unfinished job, a reused idempotency key."""
 
@@ -101,13 +109,14 @@ class QueueFull(RetryLater):
 
 
 class UnsupportedMediaType(MusicGenError):
-    """A request body that is not JSON: the API's POST routes take JSON only."""
+    """A body of another media type than the route takes: JSON (multipart form data for uploads)."""
 
     status_code = 415
 
 
 class OutputFull(MusicGenError):
-    """The output directory's filesystem is full (or its quota or a file size limit reached)."""
+    """The output directory's filesystem is full (or its quota or a file size limit reached); nothing was
+    written."""
 
     status_code = 507
 

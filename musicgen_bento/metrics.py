@@ -14,6 +14,7 @@ import shutil
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from .engine import StepReport
 
@@ -55,27 +56,28 @@ class ServiceMetrics:
         import prometheus_client as prometheus
 
         sizes = tuple(float(size) for size in range(1, min(batch_slots, _MAX_BATCH_BUCKETS) + 1))
-        self._decoding = prometheus.Gauge(
-            "musicgen_engine_requests_decoding",
-            "Requests holding a decoding slot now.",
-            multiprocess_mode="livesum",
+
+        def gauge(name: str, text: str) -> Any:
+            return prometheus.Gauge(name, text, multiprocess_mode="livesum")
+
+        self._decoding = gauge("musicgen_engine_requests_decoding", "Requests holding a decoding slot now.")
+        self._waiting = gauge(
+            "musicgen_engine_requests_waiting", "Requests queued in the engine for a free decoding slot now."
         )
-        self._waiting = prometheus.Gauge(
-            "musicgen_engine_requests_waiting",
-            "Requests queued in the engine for a free decoding slot now.",
-            multiprocess_mode="livesum",
+        self._steps_per_second = gauge(
+            "musicgen_engine_steps_per_second",
+            "Decoding steps per second over the last second of decoding (0 when idle).",
         )
+        self._jobs_queued = gauge(
+            "musicgen_jobs_queued", "Jobs waiting in the queue (all replicas' queue when it is shared through Redis)."
+        )
+        self._jobs_running = gauge("musicgen_jobs_running", "Jobs this replica is running now.")
         self._batch = prometheus.Histogram(
             "musicgen_engine_batch_size",
             "Requests decoded together, one observation per decoding step (batch occupancy).",
             buckets=sizes,
         )
         self._steps = prometheus.Counter("musicgen_engine_steps", "Batched decoding steps run.")
-        self._steps_per_second = prometheus.Gauge(
-            "musicgen_engine_steps_per_second",
-            "Decoding steps per second over the last second of decoding (0 when idle).",
-            multiprocess_mode="livesum",
-        )
         self._canceled = prometheus.Counter(
             "musicgen_engine_requests_canceled",
             "Requests that left the engine before their end: a job canceled, a client gone.",
@@ -85,14 +87,6 @@ class ServiceMetrics:
             "Seconds from a request's arrival to its written file, for requests that succeeded.",
             labelnames=("kind",),
             buckets=_GENERATION_BUCKETS,
-        )
-        self._jobs_queued = prometheus.Gauge(
-            "musicgen_jobs_queued",
-            "Jobs waiting in the queue (all replicas' queue when it is shared through Redis).",
-            multiprocess_mode="livesum",
-        )
-        self._jobs_running = prometheus.Gauge(
-            "musicgen_jobs_running", "Jobs this replica is running now.", multiprocess_mode="livesum"
         )
         self._lock = threading.Lock()
         self._canceled_seen = 0

@@ -75,7 +75,23 @@ class GenerationOptions(BaseModel):
     )
 
 
-class ContinueRequest(GenerationOptions):
+class SourcePrompt(GenerationOptions):
+    """Where the audio prompt lies in a source to continue (`audio_path`, or a job's `continue_from`)."""
+
+    prompt_duration_s: Annotated[float, Field(ge=MIN_DURATION_S)] | None = Field(
+        None,
+        description="Seconds of the source used as the audio prompt, at its END unless prompt_start_s says where "
+        "(at least 0.02, one codec frame); a shorter source is used whole. Omitted: 10, or the longest prompt "
+        "the window allows where that is lower.",
+    )
+    prompt_start_s: Annotated[float, Field(ge=0)] | None = Field(
+        None,
+        description="Where the audio prompt starts in the source, in seconds from its beginning: the new music "
+        'continues from the prompt\'s end ("continue from the chorus"). Omitted: the prompt is the end of the source.',
+    )
+
+
+class ContinueRequest(SourcePrompt):
     """Body of POST /continue."""
 
     audio_path: str = Field(
@@ -83,16 +99,6 @@ class ContinueRequest(GenerationOptions):
         min_length=1,
         pattern=SERVER_PATH_PATTERN,
         description="Absolute path of the source audio on the server's disk (wav, mp3, flac or ogg).",
-    )
-    prompt_duration_s: Annotated[float, Field(ge=MIN_DURATION_S)] | None = Field(
-        None,
-        description="Seconds at the END of the source used as the audio prompt (at least 0.02, one codec frame); "
-        "a shorter source is used whole. Omitted: 10, or the longest prompt the window allows where that is lower.",
-    )
-    prompt_start_s: Annotated[float, Field(ge=0)] | None = Field(
-        None,
-        description="Where the audio prompt starts in the source, in seconds from its beginning: the new music "
-        'continues from the prompt\'s end ("continue from the chorus"). Omitted: the prompt is the end of the source.',
     )
     include_source: bool = Field(
         False, description="Output the source (up to the prompt's end) followed by the new music."
@@ -127,19 +133,30 @@ class JobTake(Take):
     audio_url: str = Field(description="GET this for the take's audio, from any replica.")
 
 
-class ContinueResponse(BaseModel):
-    """Body of a successful POST /continue."""
+class RenderResult(BaseModel):
+    """What a generation wrote: its file (the first take's), what it holds, and where it came from."""
 
     audio_path: str = Field(description="Absolute path of the new file in the output directory.")
     duration_s: float = Field(description="Length of that file in seconds.")
     sample_rate: int
     channels: int
-    prompt_start_s: float = Field(description="Where the audio prompt started in the source, in seconds.")
-    prompt_duration_s: float = Field(description="Seconds of the source actually used as the prompt.")
+    prompt_start_s: float | None = Field(
+        None, description="Where the audio prompt started in the source, in seconds; null without a source."
+    )
+    prompt_duration_s: float | None = Field(
+        None, description="Seconds of the source actually used as the prompt; null without a source."
+    )
     seed: int = Field(description="Seed used; send it back to reproduce the result.")
     model: str
     provenance: Provenance = Field(description="What the file's metadata says about where it came from.")
     takes: list[Take] = Field(description="Every take, the first being the one the fields above describe.")
+
+
+class ContinueResponse(RenderResult):
+    """Body of a successful POST /continue."""
+
+    prompt_start_s: float = Field(description="Where the audio prompt started in the source, in seconds.")
+    prompt_duration_s: float = Field(description="Seconds of the source actually used as the prompt.")
     elapsed_s: float = Field(description="Seconds the server spent on the request.")
 
 
@@ -259,7 +276,7 @@ class UploadResponse(BaseModel):
 JobStatusField = Literal["queued", "running", "succeeded", "failed", "canceled"]
 
 
-class GenerateRequest(GenerationOptions):
+class GenerateRequest(SourcePrompt):
     """Body of POST /generate: an asynchronous job."""
 
     prompt: str = Field(
@@ -283,22 +300,20 @@ class GenerateRequest(GenerationOptions):
         pattern=SERVER_PATH_PATTERN,
         description="An audio file on the server's disk to continue, with /continue's semantics.",
     )
-    prompt_duration_s: Annotated[float, Field(ge=MIN_DURATION_S)] | None = Field(
-        None,
-        description="With continue_from: seconds at the end of that file used as the audio prompt (at least 0.02). "
-        "Omitted: 10, or the longest prompt the window allows where that is lower.",
-    )
-    prompt_start_s: Annotated[float, Field(ge=0)] | None = Field(
-        None,
-        description="Where the audio prompt starts in the continue_from file, in seconds from its beginning: the "
-        "new music continues from the prompt's end. Omitted: the prompt is the end of the file.",
-    )
     idempotency_key: str | None = Field(
         None,
         min_length=1,
         max_length=200,
         description="Submitting the same key again returns the first job instead of queueing another.",
     )
+
+
+class JobIdRequest(BaseModel):
+    """Body of POST /jobs/status and POST /jobs/cancel."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    job_id: str = Field(description="The id POST /generate answered.")
 
 
 class JobAccepted(BaseModel):

@@ -233,7 +233,7 @@ class Settings(BaseSettings):
             risks.append(
                 "MUSICGEN_INPUT_ROOTS is empty: a request may use any audio file this process can read as its "
                 "source, and with include_source copy it into the output directory. On a server that clients "
-                "share, set it to the directories their files are in (README: Deploying, a hardened configuration)"
+                "share, set it to the directories their files are in (docs/deploying.md: a hardened configuration)"
             )
         return risks
 
@@ -305,3 +305,26 @@ def setting_specs() -> list[dict[str, Any]]:
         }
         for name, field in Settings.model_fields.items()
     ]
+
+
+def _shown_default(default: Any) -> str:
+    if isinstance(default, bool):
+        return "`true`" if default else "`false`"
+    if default in ("", ()):
+        return "empty"
+    if isinstance(default, Path):
+        return f"`./{default}`"
+    if isinstance(default, float) and default.is_integer():
+        return f"`{int(default)}`"
+    return f"`{default}`"
+
+
+def settings_table() -> str:
+    """Every setting as a Markdown table (variable, flag, default, meaning): the settings page's
+    table is this one, so that it cannot drift from the declarations."""
+    rows = ["| variable | flag | default | meaning |", "|---|---|---|---|"]
+    for spec in setting_specs():
+        flag = f"`{spec['flag']}` / `--no-{spec['flag'][2:]}`" if spec["is_bool"] else f"`{spec['flag']}`"
+        meaning = str(spec["help"]).replace("|", "\\|")
+        rows.append(f"| `{spec['env']}` | {flag} | {_shown_default(spec['default'])} | {meaning} |")
+    return "\n".join(rows) + "\n"

@@ -20,11 +20,11 @@ import pytest
 import torch
 
 from musicgen_bento.audio.clip import AudioClip
-from musicgen_bento.engine import DecodeEngine, DecodeRequest, Sampling
+from musicgen_bento.engine import DecodeEngine, DecodeRequest, EngineOptions, Sampling
 from musicgen_bento.errors import GenerationCanceled, ShuttingDown
 from musicgen_bento.generation.backends import backend_named
 from musicgen_bento.generation.generator import MusicGenGenerator
-from musicgen_bento.generation.params import GenerationParams, GenerationRequest
+from musicgen_bento.generation.params import GenerationHooks, GenerationParams, GenerationRequest
 from musicgen_bento.models.store import find
 from musicgen_bento.models.tiny import build_tiny_model
 
@@ -53,7 +53,7 @@ class Tiny:
         self.dtype = dtype
         self.model, self.processor = build_tiny_model(kind)  # type: ignore[arg-type]
         self.model.to(dtype)
-        self.engine = DecodeEngine(self.model, "cpu", slots, pad_rows=pad_rows)
+        self.engine = DecodeEngine(self.model, "cpu", slots, EngineOptions(pad_rows=pad_rows))
         self._captured: list[torch.Tensor] = []
         decode = self.model.audio_encoder.decode
 
@@ -416,11 +416,11 @@ def test_the_model_keeps_one_copy_of_the_weights_the_engine_joins() -> None:
     first = DecodeEngine(model, "cpu", 1)
     second = DecodeEngine(model, "cpu", 1)
     for engine in (first, second):
-        joint = engine.decoder.qkv[0].weight
+        joint = engine.runner.decoder.qkv[0].weight
         assert joint.untyped_storage().data_ptr() == attention.q_proj.weight.untyped_storage().data_ptr()
         assert torch.equal(joint, torch.cat(before))
-    assert second.decoder.codebook_heads.weight.data_ptr() == model.decoder.lm_heads[0].weight.data_ptr()
-    assert second.decoder.embedding.data_ptr() == model.decoder.model.decoder.embed_tokens[0].weight.data_ptr()
+    assert second.runner.decoder.codebook_heads.weight.data_ptr() == model.decoder.lm_heads[0].weight.data_ptr()
+    assert second.runner.decoder.embedding.data_ptr() == model.decoder.model.decoder.embed_tokens[0].weight.data_ptr()
     first.close()
     second.close()
 
@@ -430,7 +430,7 @@ def test_a_decoding_step_traces_as_one_graph(tiny: Tiny) -> None:
     traces it whole, as one graph with no breaks, which is what CUDA graph capture needs too."""
     import torch._dynamo
 
-    decoder = tiny.engine.decoder
+    decoder = tiny.engine.runner.decoder
     forward = decoder.step
     reports: list[Any] = []
 
@@ -481,7 +481,9 @@ def test_both_engines_give_the_same_audio_across_windows(
     request = GenerationRequest(params, audio_prompt=prompt, melody=prompt if kind == "melody" else None)
     steps: dict[str, list[tuple[int, int]]] = {"static": [], "transformers": []}
     results = {
-        engine: generators[kind, engine].generate(request, progress=lambda d, t, e=engine: steps[e].append((d, t)))
+        engine: generators[kind, engine].generate(
+            request, GenerationHooks(progress=lambda d, t, e=engine: steps[e].append((d, t)))
+        )
         for engine in ("static", "transformers")
     }
     assert results["static"].audio.shape == (channels, int(2.5 * SAMPLE_RATE))
@@ -503,7 +505,7 @@ def test_streamed_audio_is_the_audio_within_float_rounding(
     generator = generators[kind, engine]
     whole = generator.generate(request).audio
     chunks: list[torch.Tensor] = []
-    streamed = generator.generate(request, on_audio=chunks.append)
+    streamed = generator.generate(request, GenerationHooks(on_audio=chunks.append))
     assert len(chunks) > 1
     assert torch.equal(torch.cat(chunks, dim=1), streamed.audio)
     assert streamed.audio.shape == whole.shape

@@ -12,7 +12,7 @@ import warnings
 import pytest
 import torch
 
-from musicgen_bento.engine import DecodeEngine, DecodeRequest, Sampling
+from musicgen_bento.engine import DecodeEngine, DecodeRequest, EngineOptions, Sampling
 from musicgen_bento.models.tiny import build_tiny_model
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -29,7 +29,7 @@ REQUESTS = [
 
 def _engine(kind: str, graphs: bool) -> tuple[DecodeEngine, object]:
     model, processor = build_tiny_model(kind)  # type: ignore[arg-type]
-    return DecodeEngine(model.to(DEVICE), DEVICE, slots=4, use_cuda_graphs=graphs), processor
+    return DecodeEngine(model.to(DEVICE), DEVICE, slots=4, options=EngineOptions(use_cuda_graphs=graphs)), processor
 
 
 def _request(engine: DecodeEngine, processor: object, kind: str, index: int) -> DecodeRequest:
@@ -69,7 +69,7 @@ def test_captured_steps_give_the_eager_steps_tokens(kind: str) -> None:
     captured, _ = _engine(kind, graphs=True)
     expected = _decode_together(eager, _requests(eager, processor, kind))
     got = _decode_together(captured, _requests(captured, processor, kind))
-    assert captured.graphs.enabled, "graph capture failed and the engine fell back to eager steps (see the log)"
+    assert captured.runner.graphs.enabled, "graph capture failed and the engine fell back to eager steps (see the log)"
     assert captured.stats().graph_steps, "no step was replayed from a graph"
     assert sorted(got) == sorted(expected) == list(range(len(REQUESTS)))
     for index in expected:

@@ -13,7 +13,7 @@ import torch
 from musicgen_bento.audio.clip import AudioClip
 from musicgen_bento.errors import GenerationCanceled
 from musicgen_bento.generation.generator import MusicGenGenerator, SharedEncodings
-from musicgen_bento.generation.params import GenerationParams, GenerationRequest
+from musicgen_bento.generation.params import GenerationHooks, GenerationParams, GenerationRequest
 from musicgen_bento.generation.windows import Window, plan_windows
 from musicgen_bento.models.store import find
 
@@ -112,7 +112,7 @@ def test_windows_stitch_to_the_exact_length(tiny_models: dict[str, str]) -> None
     steps: list[tuple[int, int]] = []
     params = GenerationParams(duration_s=4.5, seed=2)
     result = generator.generate(
-        GenerationRequest(params, audio_prompt=_tone(1.0)), progress=lambda d, t: steps.append((d, t))
+        GenerationRequest(params, audio_prompt=_tone(1.0)), GenerationHooks(progress=lambda d, t: steps.append((d, t)))
     )
     assert result.audio.shape == (1, 4.5 * SAMPLE_RATE)
     total = steps[-1][1]
@@ -123,7 +123,8 @@ def test_windows_stitch_to_the_exact_length(tiny_models: dict[str, str]) -> None
 def test_progress_counts_every_step_and_ends_complete(text_generator: MusicGenGenerator) -> None:
     steps: list[tuple[int, int]] = []
     text_generator.generate(
-        GenerationRequest(GenerationParams(duration_s=1.0, seed=0)), progress=lambda d, t: steps.append((d, t))
+        GenerationRequest(GenerationParams(duration_s=1.0, seed=0)),
+        GenerationHooks(progress=lambda d, t: steps.append((d, t))),
     )
     assert steps[0][0] == 1
     assert steps[-1][0] == steps[-1][1] == 50 + 3
@@ -135,8 +136,7 @@ def test_cancel_stops_generation_at_the_next_step(text_generator: MusicGenGenera
     with pytest.raises(GenerationCanceled):
         text_generator.generate(
             GenerationRequest(GenerationParams(duration_s=5.0, seed=0)),
-            progress=lambda d, t: steps.append(d),
-            should_cancel=lambda: len(steps) >= 10,
+            GenerationHooks(progress=lambda d, t: steps.append(d), should_cancel=lambda: len(steps) >= 10),
         )
     assert len(steps) == 10
 

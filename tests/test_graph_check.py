@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import torch
 
-from musicgen_bento.engine import DecodeEngine, DecodeRequest, Sampling
+from musicgen_bento.engine import DecodeEngine, DecodeRequest, EngineOptions, Sampling
 from musicgen_bento.engine.cuda_graphs import CudaGraphs
 from musicgen_bento.models.tiny import build_tiny_model
 
@@ -59,7 +59,7 @@ def _engine(graphs: type[CudaGraphs] | None) -> tuple[DecodeEngine, Any]:
     model, processor = build_tiny_model("text")
     if graphs is None:
         return DecodeEngine(model, "cpu", slots=2), processor
-    return DecodeEngine(model, "cpu", slots=2, graphs=graphs), processor
+    return DecodeEngine(model, "cpu", slots=2, options=EngineOptions(graphs=graphs)), processor
 
 
 def _request(engine: DecodeEngine, processor: Any, text: str, frames: int, sampling: Sampling) -> DecodeRequest:
@@ -96,7 +96,7 @@ def test_graphs_that_replay_the_eager_steps_stay_on(eager_codes: torch.Tensor) -
     status = engine.check_graphs(_request(engine, processor, "check", 20, GREEDY))
     assert status.on and status.reason.startswith("on: replayed steps gave the eager steps' codes")
     assert engine.stats().graphs == status
-    graphs = engine.graphs
+    graphs = engine.runner.graphs
     assert isinstance(graphs, _Pretend) and graphs.replays > 0
     replays = graphs.replays
     assert torch.equal(_served_codes(engine, processor), eager_codes)
@@ -119,7 +119,7 @@ def test_replayed_steps_that_differ_turn_graphs_off_for_good(eager_codes: torch.
     status = engine.check_graphs(_request(engine, processor, "check", 20, GREEDY))
     assert not status.on
     assert "replayed steps gave other codes than eager ones at start-up (first at frame" in status.reason
-    graphs = engine.graphs
+    graphs = engine.runner.graphs
     assert isinstance(graphs, _WrongReplay)
     replays = graphs.replays
     assert torch.equal(_served_codes(engine, processor), eager_codes), "served eagerly, so right"

@@ -96,8 +96,8 @@ def _request(engine: DecodeEngine, processor: Any, text: str, prompt_frames: int
 
 def test_a_requests_logits_are_the_same_bit_for_bit_batched_and_alone(wide: tuple[DecodeEngine, Any]) -> None:
     engine, processor = wide
-    if not engine.invariance.holds:
-        pytest.xfail(f"this machine's kernels: {engine.invariance.reason}")
+    if not engine.runner.invariance.holds:
+        pytest.xfail(f"this machine's kernels: {engine.runner.invariance.reason}")
     tap = LogitsTap(engine)
     cases = [("rock", 40, 1), ("jazz piano", 10, 2), ("ambient pads", 70, 3), ("drums", 25, 4)]
     batched = [_request(engine, processor, *case) for case in cases]

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from musicgen_bento.errors import GenerationCanceled
-from musicgen_bento.generation.params import CancelFn, GenerationRequest, GenerationResult, ProgressFn
+from musicgen_bento.generation.params import NO_HOOKS, GenerationHooks, GenerationRequest, GenerationResult
 from musicgen_bento.jobs.model import Job, JobQueue, JobStatus
 from musicgen_bento.jobs.worker import JobWorker
 from musicgen_bento.settings import Settings
@@ -47,20 +47,14 @@ class GatedGenerator:
     def text_tokens(self, prompt: str) -> int:
         return len(prompt.split()) + 1
 
-    def generate(
-        self,
-        request: GenerationRequest,
-        progress: ProgressFn | None = None,
-        should_cancel: CancelFn | None = None,
-        arrival: int | None = None,
-    ) -> GenerationResult:
+    def generate(self, request: GenerationRequest, hooks: GenerationHooks = NO_HOOKS) -> GenerationResult:
         with self._lock:
             self.running += 1
             self.peak = max(self.peak, self.running)
-            self.arrivals.append(arrival)
+            self.arrivals.append(hooks.arrival)
         try:
             while not self.gate.wait(0.01):
-                if should_cancel is not None and should_cancel():
+                if hooks.should_cancel is not None and hooks.should_cancel():
                     raise GenerationCanceled("canceled")
             frames = round(request.params.duration_s * self.sample_rate)
             return GenerationResult(torch.zeros(1, frames), self.sample_rate, request.params.seed or 0)

@@ -9,7 +9,7 @@ import httpx
 import pytest
 import torch
 
-from musicgen_bento.engine import DecodeEngine, DecoderShape, WeightLayout
+from musicgen_bento.engine import DecodeEngine, DecoderShape, EngineOptions, WeightLayout
 from musicgen_bento.engine.kv_cache import CROSS_BUCKET, round_up
 from musicgen_bento.engine.memory_plan import (
     MIB,
@@ -132,7 +132,7 @@ def test_the_int8_plan_counts_the_bytes_the_engine_holds(kind: str) -> None:
     )
     layout = weights_layout_for(shape, device="cpu", dtype=torch.float32, quantize=True)
     assert layout is not None and layout.int8, layout
-    engine = DecodeEngine(model, "cpu", 1, weights=layout)
+    engine = DecodeEngine(model, "cpu", 1, EngineOptions(weights=layout))
     try:
         assert engine.stats().weights is layout
         modules = list(model.decoder.modules())

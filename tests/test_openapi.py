@@ -20,6 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from openapi_spec_validator import validate
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
+from musicgen_bento.api.client import MusicGenClient
+
 from .conftest import TINY_TEXT, Server, write_tone
 
 
@@ -123,3 +125,58 @@ def test_omitted_durations_mean_the_limits_where_they_are_lower(server: Server, 
 def test_the_documented_limits_are_the_servers(document: dict[str, Any]) -> None:
     duration = document["components"]["schemas"]["ContinueRequest"]["properties"]["duration_s"]
     assert {"type": "number", "minimum": 0.02, "maximum": 2.0} in duration["anyOf"]
+
+
+@pytest.mark.parametrize(
+    ("schema", "field", "omitted"),
+    [
+        ("ContinueRequest", "duration_s", 2.0),  # MUSICGEN_MAX_DURATION_S, below the usual 10
+        ("ContinueRequest", "prompt_duration_s", 3.0),  # MUSICGEN_WINDOW_S - 1
+        ("GenerateRequest", "duration_s", 2.0),  # MUSICGEN_MAX_JOB_DURATION_S
+        ("ContinueStreamRequest", "duration_s", 2.0),
+    ],
+    ids=["continue", "prompt", "job", "stream"],
+)
+def test_the_document_says_what_an_omitted_duration_means_here(
+    document: dict[str, Any], schema: str, field: str, omitted: float
+) -> None:
+    assert document["components"]["schemas"][schema]["properties"][field]["default"] == omitted
+
+
+def test_no_documented_default_lies_outside_its_bounds(document: dict[str, Any]) -> None:
+    outside = []
+    for name, schema in document["components"]["schemas"].items():
+        for field, described in schema.get("properties", {}).items():
+            default = described.get("default")
+            if isinstance(default, bool) or not isinstance(default, int | float):
+                continue
+            for branch in described.get("anyOf", [described]):
+                if branch.get("type") in ("number", "integer") and not (
+                    branch.get("minimum", default) <= default <= branch.get("maximum", default)
+                ):
+                    outside.append(f"{name}.{field}: {default} outside {branch}")
+    assert not outside
+
+
+def test_a_job_with_no_duration_makes_this_servers_default(server: Server) -> None:
+    with MusicGenClient(server.url) as client:
+        accepted = client.submit(prompt="omitted duration", seed=1)
+        done = client.wait(accepted.job_id, timeout_s=120)
+    assert done.status == "succeeded", done.error
+    assert done.result is not None and done.result.duration_s == pytest.approx(2.0, abs=0.01)
+
+
+def test_every_declared_route_is_served_and_documented(document: dict[str, Any]) -> None:
+    from musicgen_bento.api.endpoints import ENDPOINTS
+
+    for endpoint in ENDPOINTS:
+        operation = document["paths"][endpoint.path][endpoint.method.lower()]
+        statuses = {str(endpoint.answer.status)} | {str(error.status_code) for error in endpoint.all_refusals}
+        assert set(operation["responses"]) == statuses, endpoint.name
+
+
+def test_a_bentoml_method_that_is_not_declared_stops_the_service_at_start_up() -> None:
+    from musicgen_bento.api.endpoints import check_served
+
+    with pytest.raises(RuntimeError, match="declares"):
+        check_served({"/continue", "/generate", "/jobs/status", "/jobs/cancel", "/health", "/undeclared"})

@@ -100,7 +100,7 @@ def test_a_bfloat16_generator_on_a_cpu_keeps_its_codec_in_float32(tiny_models: d
     result = generator.generate(request)
     assert result.audio.dtype == torch.float32 and result.audio.shape[0] == info.channels
     assert result.audio.isfinite().all()
-    assert generator.decode_engine is not None and generator.decode_engine.decoder.dtype == torch.bfloat16
+    assert generator.decode_engine is not None and generator.decode_engine.runner.decoder.dtype == torch.bfloat16
     codec_weights = {p.dtype for p in generator.decode_engine.model.audio_encoder.parameters()}
     assert codec_weights == {torch.float32}
     generator.close()

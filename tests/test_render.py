@@ -62,13 +62,13 @@ def test_a_source_under_one_frame_names_the_source() -> None:
 
 def test_omitted_durations_resolve_against_the_limits() -> None:
     low = Settings(max_duration_s=4.0, max_job_duration_s=6.0, window_s=5.0, extend_stride_s=2.0)
-    plan = RenderPlan.of_continue(ContinueRequest(audio_path="/a.wav"), low)
+    plan = RenderPlan.of(ContinueRequest(audio_path="/a.wav"), low)
     assert (plan.duration_s, plan.prompt_duration_s) == (4.0, 4.0)
-    job = RenderPlan.of_job(GenerateRequest(prompt="x"), low)
+    job = RenderPlan.of(GenerateRequest(prompt="x"), low)
     assert job.duration_s == 6.0
-    roomy = RenderPlan.of_continue(ContinueRequest(audio_path="/a.wav"), Settings())
+    roomy = RenderPlan.of(ContinueRequest(audio_path="/a.wav"), Settings())
     assert (roomy.duration_s, roomy.prompt_duration_s) == (10.0, 10.0)
-    given = RenderPlan.of_continue(ContinueRequest(audio_path="/a.wav", duration_s=2.5, prompt_duration_s=1.0), low)
+    given = RenderPlan.of(ContinueRequest(audio_path="/a.wav", duration_s=2.5, prompt_duration_s=1.0), low)
     assert (given.duration_s, given.prompt_duration_s) == (2.5, 1.0)
 
 
@@ -78,7 +78,7 @@ def test_a_request_answers_with_all_its_takes_or_writes_nothing(
     settings = Settings(mock=True, output_dir=tmp_path / "out", warmup_s=0.0)
     generator = MockMusicGenGenerator()
     source = write_tone(tmp_path / "source.wav", seconds=1.0)
-    plan = RenderPlan.of_continue(ContinueRequest(audio_path=str(source), duration_s=0.5, takes=3), settings)
+    plan = RenderPlan.of(ContinueRequest(audio_path=str(source), duration_s=0.5, takes=3), settings)
     real_write = sf.SoundFile.write
     writes: list[int] = []
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 from transformers import AutoProcessor, MusicgenForConditionalGeneration
 
-from musicgen_bento.engine import DecodeEngine, DecodeRequest, Sampling, weights
+from musicgen_bento.engine import DecodeEngine, DecodeRequest, EngineOptions, Sampling, weights
 from musicgen_bento.engine.memory_plan import MIB
 from musicgen_bento.engine.weights import Int8Linear, JointPart, PackedLinear, choose_layout
 from musicgen_bento.models.tiny import build_real_shape_model, build_tiny_model, save_tiny_model
@@ -103,7 +103,7 @@ def test_a_layout_whose_products_differ_gives_way_to_the_next(monkeypatch: pytes
 
     monkeypatch.setattr(PackedLinear, "forward", differ_from_32_rows)
     model, processor = _bfloat16_model("text")
-    dense = DecodeEngine(copy.deepcopy(model), "cpu", 4, pack_weights=False)
+    dense = DecodeEngine(copy.deepcopy(model), "cpu", 4, EngineOptions(pack_weights=False))
     engine = DecodeEngine(model, "cpu", 4)
     try:
         layout = engine.stats().weights
@@ -155,8 +155,10 @@ def test_packing_leaves_one_copy_of_every_linear_weight(kind: str) -> None:
         assert (before - after) * 2 == dense_bytes
         # q, k and v of a layer share one packed product, as the codebooks' heads do.
         attention = model.decoder.model.decoder.layers[0].self_attn
-        assert attention.q_proj.joint is attention.k_proj.joint is attention.v_proj.joint is engine.decoder.qkv[0]
-        assert {head.joint for head in model.decoder.lm_heads} == {engine.decoder.codebook_heads}
+        assert (
+            attention.q_proj.joint is attention.k_proj.joint is attention.v_proj.joint is engine.runner.decoder.qkv[0]
+        )
+        assert {head.joint for head in model.decoder.lm_heads} == {engine.runner.decoder.codebook_heads}
     finally:
         engine.close()
 
@@ -175,7 +177,7 @@ def test_a_packed_model_generates_what_it_generated_before() -> None:
     second = DecodeEngine(model, "cpu", 1)  # finds the model packed and reuses its products
     try:
         assert torch.equal(generate(), before)
-        assert second.decoder.qkv[0] is first.decoder.qkv[0]
+        assert second.runner.decoder.qkv[0] is first.runner.decoder.qkv[0]
         assert second.stats().weights.reason == "packed for oneDNN by an earlier engine on this model"
     finally:
         first.close()
@@ -187,7 +189,7 @@ def test_a_packed_model_generates_what_it_generated_before() -> None:
 def test_packed_and_dense_engines_give_the_same_tokens_batched(kind: str) -> None:
     model, processor = _bfloat16_model(kind)
     engines = {
-        "dense": DecodeEngine(copy.deepcopy(model), "cpu", 4, pack_weights=False),
+        "dense": DecodeEngine(copy.deepcopy(model), "cpu", 4, EngineOptions(pack_weights=False)),
         "packed": DecodeEngine(model, "cpu", 4),
     }
     assert [engine.stats().weights.packed for engine in engines.values()] == [False, True]
@@ -262,7 +264,7 @@ def test_an_int8_kernel_that_fails_keeps_the_weights_dense(monkeypatch: pytest.M
 
     monkeypatch.setattr(Int8Linear, "forward", refuse)
     model, _ = build_tiny_model("text")
-    engine = DecodeEngine(model, "cpu", 1, quantize=True)
+    engine = DecodeEngine(model, "cpu", 1, EngineOptions(quantize=True))
     try:
         assert engine.stats().weights.form == "dense"
         assert engine.stats().weights.reason.endswith("failed: NotImplementedError: no int8 kernel for this CPU")
@@ -276,15 +278,15 @@ def test_int8_engines_decode_each_request_as_alone_and_free_the_float_weights(ki
     model, processor = build_tiny_model(kind)  # type: ignore[arg-type]
     float_weights = sum(p.numel() for module in _linears(model) for p in module.parameters() if p.dim() == 2)
     before = sum(p.numel() for p in model.decoder.parameters())
-    engine = DecodeEngine(model, "cpu", 4, quantize=True)
+    engine = DecodeEngine(model, "cpu", 4, EngineOptions(quantize=True))
     try:
         assert engine.stats().weights.form == "int8"
-        assert engine.invariance.holds, engine.invariance.reason
+        assert engine.runner.invariance.holds, engine.runner.invariance.reason
         # Every linear weight is held in int8 now; the float ones are gone from the model.
         assert not any(isinstance(module, torch.nn.Linear) for module in _linears(model))
         assert before - sum(p.numel() for p in model.decoder.parameters()) == float_weights
         attention = model.decoder.model.decoder.layers[0].self_attn
-        assert isinstance(attention.q_proj.joint, Int8Linear) and attention.q_proj.joint is engine.decoder.qkv[0]
+        assert isinstance(attention.q_proj.joint, Int8Linear) and attention.q_proj.joint is engine.runner.decoder.qkv[0]
         together = _decode_together(engine, processor, kind, torch.float32)
         alone = [_decode_together(engine, processor, kind, torch.float32, only=index)[0] for index in range(4)]
         for index, (batched, single) in enumerate(zip(together, alone, strict=True)):
@@ -302,7 +304,7 @@ def test_quantized_float_weights_go_back_to_the_operating_system() -> None:
     float_bytes = sum(p.numel() * p.element_size() for module in _linears(model) for p in module.parameters())
     weights.release_replaced_weights(model, False)  # what earlier tests freed is not this test's to count
     before = psutil.Process().memory_info().rss
-    engine = DecodeEngine(model, "cpu", 1, quantize=True)
+    engine = DecodeEngine(model, "cpu", 1, EngineOptions(quantize=True))
     try:
         assert engine.stats().weights.form == "int8", engine.stats().weights.reason
         returned = before - psutil.Process().memory_info().rss
@@ -322,7 +324,7 @@ def test_int8_weights_let_the_checkpoints_memory_map_go(tmp_path: Path, quantize
         return [line for line in Path("/proc/self/maps").read_text().splitlines() if str(directory) in line]
 
     assert mapped(), "the checkpoint is memory-mapped as loaded (what this test is about)"
-    engine = DecodeEngine(model, "cpu", 1, quantize=quantize)
+    engine = DecodeEngine(model, "cpu", 1, EngineOptions(quantize=quantize))
     try:
         assert engine.stats().weights.form == ("int8" if quantize else "dense")
         assert bool(mapped()) is not quantize
@@ -335,12 +337,12 @@ def test_int8_weights_let_the_checkpoints_memory_map_go(tmp_path: Path, quantize
 
 def test_a_second_engine_finds_the_model_in_int8(monkeypatch: pytest.MonkeyPatch) -> None:
     model, processor = build_tiny_model("text")
-    first = DecodeEngine(model, "cpu", 1, quantize=True)
+    first = DecodeEngine(model, "cpu", 1, EngineOptions(quantize=True))
     monkeypatch.setattr(weights, "int8_products_differ", lambda weight: pytest.fail("checked again"))
     second = DecodeEngine(model, "cpu", 1)
     try:
         assert second.stats().weights.reason == "int8: quantized by an earlier engine on this model"
-        assert second.decoder.qkv[0] is first.decoder.qkv[0]
+        assert second.runner.decoder.qkv[0] is first.runner.decoder.qkv[0]
         inputs = dict(processor(text=["lo fi"], padding=True, return_tensors="pt"))
         with torch.inference_mode():  # the model's own generate() runs on the int8 modules
             assert model.generate(**inputs, max_new_tokens=8, do_sample=False).shape[-1] > 0

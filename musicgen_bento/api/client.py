@@ -14,7 +14,7 @@ with MusicGenClient("http://localhost:3000") as client:
 
 from __future__ import annotations
 
-import json
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,6 +23,7 @@ from types import TracebackType
 from typing import Any
 
 import httpx
+from httpx_sse import EventSource
 
 from ..jobs.model import JobStatus
 from ..schemas import ContinueResponse, HealthResponse, JobAccepted, JobView
@@ -105,20 +106,6 @@ class JobEventMessage:
     data: dict[str, Any]
 
 
-def parse_server_sent_events(lines: Iterator[str]) -> Iterator[JobEventMessage]:
-    """Server-Sent Events from a stream's lines (comments and the retry field skipped)."""
-    fields: dict[str, str] = {}
-    for line in lines:
-        if not line:
-            if "data" in fields:
-                yield JobEventMessage(fields.get("id", ""), fields.get("event", "message"), json.loads(fields["data"]))
-            fields = {}
-        elif not line.startswith(":"):
-            name, _, value = line.partition(":")
-            value = value.removeprefix(" ")
-            fields[name] = fields[name] + "\n" + value if name == "data" and name in fields else value
-
-
 class MusicGenClient:
     """Talks to one musicgen-bento server."""
 
@@ -153,7 +140,7 @@ class MusicGenClient:
         return HealthResponse.model_validate(self._call("GET", "/health").json())
 
     def continue_(self, audio_path: str | Path, **options: Any) -> ContinueResponse:
-        """POST /continue: blocks until the new file is written; see the README for the options."""
+        """POST /continue: blocks until the new file is written; the options are its body's fields (docs/api.md)."""
         body = {"audio_path": str(audio_path), **options}
         return ContinueResponse.model_validate(self._call("POST", "/continue", json=body).json())
 
@@ -179,21 +166,17 @@ class MusicGenClient:
         """The job's view once it has finished (succeeded, failed or canceled); raises TimeoutError.
 
         Follows the job's events, whose last one carries the finished view: the server says when
-        the job ends, at once, and answers nothing meanwhile. Polling costs the node: eight
-        clients asking every 0.2 s for eight jobs decoding together made the batch take 27.4-28.9 s
-        against 25.0-25.8 s following events (musicgen-small shape, two CPU cores). Where the
-        stream breaks off early (a proxy cutting it), it polls every `poll_s` until the deadline.
-        The deadline is checked as the stream speaks: progress a few times a second while the job
-        runs, a keep-alive at least every 15 s while it is queued, so a timeout can come that much
-        late.
+        the job ends, at once, and answers nothing meanwhile, where clients polling a batch of jobs
+        slow the node that decodes them (the benchmarks page has the measurement). Where the stream
+        breaks off early (a proxy cutting it), it polls every `poll_s` until the deadline.
         """
         deadline = time.monotonic() + timeout_s
         try:
-            for message in parse_server_sent_events(self._event_lines(job_id, None, deadline)):
+            for message in self._events(job_id, None, deadline):
                 if message.event == "result":
                     return JobView.model_validate(message.data)
-        except httpx.TransportError:
-            pass  # the stream broke off: poll instead
+        except (httpx.TransportError, httpx.StreamError):
+            pass  # the stream broke off, or the deadline closed it: poll instead
         while True:
             view = self.status(job_id)
             if JobStatus(view.status).finished:
@@ -205,23 +188,29 @@ class MusicGenClient:
     def events(self, job_id: str, last_event_id: str | None = None) -> Iterator[JobEventMessage]:
         """GET /jobs/{job_id}/events: the job's events as they happen, ending with its `result`
         event (whose data is the finished job's view). Give `last_event_id` to resume after it."""
-        yield from parse_server_sent_events(self._event_lines(job_id, last_event_id))
+        yield from self._events(job_id, last_event_id)
 
-    def _event_lines(self, job_id: str, last_event_id: str | None, deadline: float | None = None) -> Iterator[str]:
-        """The lines of the job's event stream, keep-alive comments included (a quiet stream
-        carries one every few seconds), ending early once `deadline` (monotonic) has passed."""
-        headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
+    def _events(
+        self, job_id: str, last_event_id: str | None, deadline: float | None = None
+    ) -> Iterator[JobEventMessage]:
+        """The job's events, parsed by `httpx-sse`; the stream is closed at `deadline` (monotonic),
+        which ends the iteration with `httpx.StreamError` or a transport error."""
+        headers = {"Accept": "text/event-stream", **({"Last-Event-ID": last_event_id} if last_event_id else {})}
         request = self._http.build_request("GET", f"/jobs/{job_id}/events", headers=headers)
         response = self._http.send(request, stream=True)
+        closer = None if deadline is None else threading.Timer(max(0.0, deadline - time.monotonic()), response.close)
         try:
             if response.is_error:
                 response.read()
                 self._raise_for(response)
-            for line in response.iter_lines():
-                yield line
-                if deadline is not None and time.monotonic() >= deadline:
-                    return
+            if closer is not None:
+                closer.start()
+            for event in EventSource(response).iter_sse():
+                if event.data:  # the stream's first message sets the reconnection delay only
+                    yield JobEventMessage(event.id, event.event, event.json())
         finally:
+            if closer is not None:
+                closer.cancel()
             response.close()
 
     def download(self, job_id: str, path: str | Path, take: int = 0) -> Path:

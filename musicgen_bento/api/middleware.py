@@ -9,6 +9,7 @@ from typing import Any
 from starlette.responses import JSONResponse
 
 from ..errors import UnsupportedMediaType
+from .endpoints import ENDPOINTS
 from .errors import describe_validation_errors, error_response
 
 
@@ -52,15 +53,17 @@ class ReadableErrorsMiddleware:
 
 
 # POST routes whose bodies are not JSON; they check their own media type.
-_NOT_JSON_ROUTES = {"/uploads"}
+_NOT_JSON_ROUTES = {
+    endpoint.path for endpoint in ENDPOINTS if endpoint.method == "POST" and endpoint.body == "multipart"
+}
 
 
 def _refuse_non_json_body(scope: dict[str, Any]) -> JSONResponse | None:
     """A 415 for a POST whose body is declared as anything but JSON, before BentoML parses it.
 
-    Every POST route but /uploads takes a JSON body. BentoML would otherwise parse form and multipart bodies
-    itself, and a malformed one (no boundary, a 5,000-digit number, thousands of fields) fails in
-    its parser with a 500. A POST with no content type is taken as JSON, as BentoML does.
+    Every POST route but the multipart ones (uploads) takes a JSON body. BentoML would otherwise
+    parse form and multipart bodies itself, and a malformed one (no boundary, a 5,000-digit number,
+    thousands of fields) fails in its parser with a 500. A POST with no content type is taken as JSON, as BentoML does.
     """
     if scope.get("method") != "POST" or scope.get("path") in _NOT_JSON_ROUTES:
         return None

@@ -1,32 +1,28 @@
-"""The OpenAPI document served at `/docs.json`: every route the service answers, with every answer.
+"""The OpenAPI 3.1 document served at `/docs.json`, made from the declared endpoints (`endpoints`)
+and the pydantic models their bodies and answers are validated with, so it lists every route the
+service answers with every answer it gives.
 
 BentoML generates a document for its `@bentoml.api` methods only, drops `null` from optional
-fields (`queue_position` is declared an integer, yet is null once a job runs), declares 3.0.2 while
-writing 3.1's numeric `exclusiveMinimum`, and knows nothing of the GET/DELETE routes or of the
-service's own error answers. This module writes the service's routes from the same pydantic models
-the routes validate with (JSON Schema 2020-12, which is OpenAPI 3.1's dialect) and keeps BentoML's
-infrastructure routes (`/healthz`, `/livez`, `/readyz`, `/metrics`) as BentoML describes them.
+fields, declares 3.0.2 while writing 3.1's numeric `exclusiveMinimum`, and knows nothing of the
+other routes or of the service's error answers. pydantic writes JSON Schema 2020-12, OpenAPI 3.1's
+dialect. BentoML's infrastructure routes (`/healthz`, `/livez`, `/readyz`, `/metrics`) are kept
+as BentoML describes them. The limits that come from settings are written in, so that every
+request the document allows is one this server accepts.
 """
 
 from __future__ import annotations
 
 import copy
+import inspect
 from typing import Any
 
 from pydantic import BaseModel
 
-from ..render.stream import STREAMABLE_NORMALIZATION
-from ..schemas import (
-    MAX_TAKES,
-    ContinueRequest,
-    ContinueResponse,
-    GenerateRequest,
-    HealthResponse,
-    JobAccepted,
-    JobView,
-    UploadResponse,
-)
+from ..errors import MusicGenError, RetryLater
+from ..render import duration_limits
+from ..schemas import GenerationOptions
 from ..settings import Settings
+from .endpoints import ENDPOINTS, Answer, Endpoint, Parameter
 
 _ERROR_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -42,335 +38,19 @@ _ERROR_SCHEMA: dict[str, Any] = {
         },
     },
 }
-
-_STATUS_TEXT = {
-    400: "A field missing, of the wrong type or out of range; an unknown field; a body that is not valid JSON.",
-    403: "A path outside the allowed input directories (MUSICGEN_INPUT_ROOTS).",
-    404: "No file at a path in the request; an unknown or expired job id.",
-    409: "The audio of a job that has not succeeded; an idempotency key reused for another request.",
-    413: "A source file over the size or duration limit.",
-    415: "A body that is not JSON (send Content-Type: application/json).",
-    422: "A source file that cannot be used: a directory, empty, truncated, not audio, a symlink loop, "
-    "shorter than one codec frame.",
-    503: "The model is loading or failed to load, the job queue is full, the server is stopping, or the output "
-    "directory cannot be written; Retry-After says when to try again.",
-    507: "The output directory is full; nothing was written.",
-}
-
 _RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer"}}}
-_JOB_ID = {
-    "name": "job_id",
-    "in": "path",
-    "required": True,
-    "description": "The id POST /generate answered.",
-    "schema": {"type": "string"},
-}
-
-
-_TAKE = {
-    "name": "take",
-    "in": "query",
-    "required": False,
-    "description": "Which take's audio: 0 (the default) to takes - 1.",
-    "schema": {"type": "integer", "minimum": 0, "maximum": MAX_TAKES - 1, "default": 0},
-}
-
-
-_STREAM_HEADERS = {
-    "X-Audio-Path": "Where the complete file is put in the output directory once the stream ends.",
-    "X-Seed": "The seed used.",
-    "X-Sample-Rate": "Samples per second.",
-    "X-Channels": "Audio channels.",
-    "X-Duration-S": "Seconds of audio in the file (the source's first with include_source).",
-}
-
-
-class _Document:
-    """Builds the paths and the component schemas they refer to."""
-
-    def __init__(self) -> None:
-        self.schemas: dict[str, Any] = {"Error": _ERROR_SCHEMA}
-
-    def ref(self, model: type[BaseModel], mode: str) -> dict[str, str]:
-        generated = model.model_json_schema(ref_template="#/components/schemas/{model}", mode=mode)  # type: ignore[arg-type]
-        self.schemas.update(generated.pop("$defs", {}))
-        self.schemas[model.__name__] = generated
-        return {"$ref": f"#/components/schemas/{model.__name__}"}
-
-    def json_body(self, schema: dict[str, Any]) -> dict[str, Any]:
-        return {"required": True, "content": {"application/json": {"schema": schema}}}
-
-    def answers(self, success: dict[int, dict[str, Any]], errors: list[int]) -> dict[str, Any]:
-        responses: dict[str, Any] = {str(status): answer for status, answer in success.items()}
-        for status in errors:
-            answer: dict[str, Any] = {
-                "description": _STATUS_TEXT[status],
-                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
-            }
-            if status == 503:
-                answer["headers"] = _RETRY_AFTER
-            responses[str(status)] = answer
-        return responses
-
-    def ok(self, model: type[BaseModel], description: str = "Success.") -> dict[str, Any]:
-        return {
-            "description": description,
-            "content": {"application/json": {"schema": self.ref(model, "serialization")}},
-        }
-
-
-def _declare_limits(schemas: dict[str, Any], settings: Settings) -> None:
-    """Writes the limits that come from settings into the request schemas, so that every request
-    the document allows is one the service accepts."""
-    limits = {
-        "ContinueRequest": {"duration_s": settings.max_duration_s, "prompt_duration_s": settings.max_prompt_s},
-        "GenerateRequest": {"duration_s": settings.max_job_duration_s, "prompt_duration_s": settings.max_prompt_s},
-    }
-    for model, maxima in limits.items():
-        for field, maximum in maxima.items():
-            schema = schemas[model]["properties"][field]
-            # An optional number is `anyOf: [number, null]`; the bound belongs to the number.
-            for branch in schema.get("anyOf", [schema]):
-                if branch.get("type") == "number":
-                    branch["maximum"] = maximum
-    # A stream: /continue's body, with what a stream can carry (see render/stream.py).
-    stream = copy.deepcopy(schemas["ContinueRequest"])
-    stream["title"] = "ContinueStreamRequest"
-    stream["description"] = "Body of POST /continue/stream: /continue's, for one take in WAV, leveled as generated."
-    stream["properties"]["output_format"]["enum"] = ["wav"]
-    stream["properties"]["normalization"]["enum"] = list(STREAMABLE_NORMALIZATION)
-    stream["properties"]["takes"]["maximum"] = 1
-    schemas["ContinueStreamRequest"] = stream
-    # Where a prompt starts means something only in a file to continue: a number there needs a
-    # continue_from path (a key present but null is not one).
-    schemas["GenerateRequest"]["allOf"] = [
-        {
-            "if": {"required": ["prompt_start_s"], "properties": {"prompt_start_s": {"type": "number"}}},
-            "then": {"required": ["continue_from"], "properties": {"continue_from": {"type": "string"}}},
-        }
-    ]
-    # A job needs something to start from: a prompt that is not blank, a melody or music to continue.
-    schemas["GenerateRequest"]["anyOf"] = [
-        {"required": ["prompt"], "properties": {"prompt": {"pattern": r"\S"}}},
-        {"required": ["melody_path"], "properties": {"melody_path": {"type": "string"}}},
-        {"required": ["continue_from"], "properties": {"continue_from": {"type": "string"}}},
-    ]
+_INFRASTRUCTURE = ("/healthz", "/livez", "/readyz", "/metrics")
 
 
 def openapi_document(bentoml_document: dict[str, Any], title: str, version: str, settings: Settings) -> dict[str, Any]:
     """The service's OpenAPI 3.1 document; `bentoml_document` is BentoML's, for its infrastructure routes."""
-    doc = _Document()
-    job_id_body = doc.json_body(
-        {
-            "type": "object",
-            "required": ["job_id"],
-            "additionalProperties": False,
-            "properties": {"job_id": {"type": "string"}},
-        }
-    )
-    source_errors = [400, 403, 404, 413, 415, 422, 503]
-    paths: dict[str, Any] = {
-        "/continue": {
-            "post": {
-                "operationId": "continue_",
-                "summary": "Continue the music in a file on the server's disk; answers with the new file's path.",
-                "requestBody": doc.json_body(doc.ref(ContinueRequest, "validation")),
-                "responses": doc.answers({200: doc.ok(ContinueResponse)}, [*source_errors, 507]),
-            }
-        },
-        "/continue/stream": {
-            "post": {
-                "operationId": "continue_stream",
-                "summary": "Continue the music in a file on the server's disk; answers with the new file, streamed.",
-                "description": "The same body and refusals as /continue (every refusal comes before the first byte, as "
-                "JSON). Streams a 16-bit PCM WAV file whose header already holds the final length, then its audio as "
-                "the codec decodes it; the complete stream equals the file named in X-Audio-Path. A stream carries "
-                "one take, in wav, leveled by 'clip' or 'none'. A client that disconnects cancels the generation.",
-                "requestBody": doc.json_body({"$ref": "#/components/schemas/ContinueStreamRequest"}),
-                "responses": doc.answers(
-                    {
-                        200: {
-                            "description": "The WAV file, streamed (Content-Length is its full size).",
-                            "content": {"audio/wav": {"schema": {"type": "string", "format": "binary"}}},
-                            "headers": {
-                                name: {"description": description, "schema": {"type": "string"}}
-                                for name, description in _STREAM_HEADERS.items()
-                            },
-                        }
-                    },
-                    [*source_errors, 507],
-                ),
-            }
-        },
-        "/uploads": {
-            "post": {
-                "operationId": "upload",
-                "summary": "Store an audio file for later requests (for clients that share no disk with the server).",
-                "description": "Multipart form data with the file in the field `file` (wav, flac, ogg or mp3). It is "
-                "checked as a source file is and answered with a path that works as audio_path, melody_path and "
-                "continue_from until it expires (MUSICGEN_UPLOAD_TTL_S). Past MUSICGEN_MAX_INPUT_MB: 413.",
-                "requestBody": {
-                    "required": True,
-                    "content": {
-                        "multipart/form-data": {
-                            "schema": {
-                                "type": "object",
-                                "required": ["file"],
-                                "properties": {"file": {"type": "string", "format": "binary"}},
-                            }
-                        }
-                    },
-                },
-                "responses": doc.answers(
-                    {201: {**doc.ok(UploadResponse, "Stored."), "description": "Stored."}}, [400, 413, 415, 422, 507]
-                ),
-            }
-        },
-        "/playground": {
-            "get": {
-                "operationId": "get_playground",
-                "summary": "A page to try the service in a browser: prompt, upload, continue (streamed), jobs.",
-                "responses": {
-                    "200": {"description": "The page.", "content": {"text/html": {"schema": {"type": "string"}}}}
-                },
-            }
-        },
-        "/playground/{asset}": {
-            "get": {
-                "operationId": "get_playground_asset",
-                "summary": "The playground's stylesheet and script.",
-                "parameters": [
-                    {
-                        "name": "asset",
-                        "in": "path",
-                        "required": True,
-                        "schema": {"type": "string", "enum": ["playground.css", "playground.js"]},
-                    }
-                ],
-                "responses": {
-                    "200": {
-                        "description": "The file.",
-                        "content": {
-                            "text/css": {"schema": {"type": "string"}},
-                            "text/javascript": {"schema": {"type": "string"}},
-                        },
-                    },
-                    "404": {
-                        "description": "No such file.",
-                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
-                    },
-                },
-            }
-        },
-        "/generate": {
-            "post": {
-                "operationId": "generate",
-                "summary": "Queue a generation job; answers 202 at once with its id and where to follow it.",
-                "requestBody": doc.json_body(doc.ref(GenerateRequest, "validation")),
-                "responses": doc.answers(
-                    {
-                        202: {
-                            **doc.ok(JobAccepted, "Queued (or answered from the cache, status succeeded)."),
-                            "headers": {"Location": {"description": "The job's URL.", "schema": {"type": "string"}}},
-                        }
-                    },
-                    [*source_errors, 409],
-                ),
-            }
-        },
-        "/jobs/{job_id}": {
-            "get": {
-                "operationId": "get_job",
-                "summary": "A job's status, progress and result.",
-                "parameters": [_JOB_ID],
-                "responses": doc.answers({200: doc.ok(JobView)}, [404]),
-            },
-            "delete": {
-                "operationId": "delete_job",
-                "summary": "Cancel a queued job, or stop a running one at its next decoding step.",
-                "parameters": [_JOB_ID],
-                "responses": doc.answers({200: doc.ok(JobView)}, [404]),
-            },
-        },
-        "/jobs/{job_id}/events": {
-            "get": {
-                "operationId": "get_job_events",
-                "summary": "A job's events as they happen (Server-Sent Events): status, progress, then its result.",
-                "description": "Events: `status` at each change of status (data: the job as GET /jobs/{job_id} shows "
-                "it), `progress` while it runs (data: job_id, progress; at most 4 a second), and a final `result` "
-                "(data: the job's view, with its result or error), after which the stream ends. Each event has an id; "
-                "a client that reconnects with Last-Event-ID (or ?last_event_id=) gets only later events.",
-                "parameters": [
-                    _JOB_ID,
-                    {
-                        "name": "Last-Event-ID",
-                        "in": "header",
-                        "required": False,
-                        "description": "The id of the last event received, to resume after it.",
-                        "schema": {"type": "string"},
-                    },
-                ],
-                "responses": doc.answers(
-                    {
-                        200: {
-                            "description": "The event stream.",
-                            "content": {"text/event-stream": {"schema": {"type": "string"}}},
-                        }
-                    },
-                    [404],
-                ),
-            }
-        },
-        "/jobs/{job_id}/audio": {
-            "get": {
-                "operationId": "get_job_audio",
-                "summary": "A succeeded job's audio (of one of its takes), from any replica.",
-                "parameters": [_JOB_ID, _TAKE],
-                "responses": doc.answers(
-                    {
-                        200: {
-                            "description": "The audio file, in the job's output format.",
-                            "content": {
-                                media: {"schema": {"type": "string", "format": "binary"}}
-                                for media in ("audio/wav", "audio/flac", "audio/ogg", "audio/mpeg")
-                            },
-                        }
-                    },
-                    [400, 404, 409],
-                ),
-            }
-        },
-        "/jobs/status": {
-            "post": {
-                "operationId": "job_status",
-                "summary": "The same as GET /jobs/{job_id}, for bentoml.SyncHTTPClient.",
-                "requestBody": job_id_body,
-                "responses": doc.answers({200: doc.ok(JobView)}, [400, 404, 415]),
-            }
-        },
-        "/jobs/cancel": {
-            "post": {
-                "operationId": "cancel_job",
-                "summary": "The same as DELETE /jobs/{job_id}, for bentoml.SyncHTTPClient.",
-                "requestBody": job_id_body,
-                "responses": doc.answers({200: doc.ok(JobView)}, [400, 404, 415]),
-            }
-        },
-        "/health": {
-            method: {
-                "operationId": f"health_{method}",
-                "summary": "What an orchestrator polls until the model is ready: loading, ready or error.",
-                "responses": doc.answers({200: doc.ok(HealthResponse)}, [415] if method == "post" else []),
-            }
-            for method in ("get", "post")
-        },
-    }
-    infrastructure = {
-        path: copy.deepcopy(item)
-        for path, item in bentoml_document.get("paths", {}).items()
-        if path in ("/healthz", "/livez", "/readyz", "/metrics")
-    }
-    _declare_limits(doc.schemas, settings)
+    document = _Document(settings)
+    paths: dict[str, Any] = {}
+    for endpoint in ENDPOINTS:
+        paths.setdefault(endpoint.path, {})[endpoint.method.lower()] = document.operation(endpoint)
+    for path, item in bentoml_document.get("paths", {}).items():
+        if path in _INFRASTRUCTURE:
+            paths[path] = copy.deepcopy(item)
     return {
         "openapi": "3.1.0",
         "info": {
@@ -378,6 +58,121 @@ def openapi_document(bentoml_document: dict[str, Any], title: str, version: str,
             "version": version,
             "description": bentoml_document.get("info", {}).get("description", ""),
         },
-        "paths": {**paths, **infrastructure},
-        "components": {"schemas": doc.schemas},
+        "paths": paths,
+        "components": {"schemas": document.schemas},
     }
+
+
+class _Document:
+    """Builds the operations and the component schemas they refer to."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.schemas: dict[str, Any] = {"Error": _ERROR_SCHEMA}
+
+    def operation(self, endpoint: Endpoint) -> dict[str, Any]:
+        operation: dict[str, Any] = {"operationId": endpoint.name, "summary": endpoint.summary}
+        if endpoint.description:
+            operation["description"] = endpoint.description
+        if endpoint.parameters:
+            operation["parameters"] = [_parameter(parameter) for parameter in endpoint.parameters]
+        if endpoint.body is not None:
+            operation["requestBody"] = {"required": True, "content": self._body(endpoint)}
+        operation["responses"] = {str(endpoint.answer.status): self._answer(endpoint.answer)}
+        operation["responses"].update(_refusals(endpoint.all_refusals))
+        return operation
+
+    def _body(self, endpoint: Endpoint) -> dict[str, Any]:
+        if endpoint.body == "multipart":
+            form = {
+                "type": "object",
+                "required": ["file"],
+                "properties": {"file": {"type": "string", "format": "binary"}},
+            }
+            return {"multipart/form-data": {"schema": form}}
+        assert endpoint.body is not None
+        reference = self._reference(endpoint.body, "validation")
+        self.schemas[endpoint.body.__name__].update(endpoint.body_rules)
+        if endpoint.body_bounds:
+            reference = self._bounded(endpoint, endpoint.body.__name__)
+        return {"application/json": {"schema": reference}}
+
+    def _answer(self, answer: Answer) -> dict[str, Any]:
+        described: dict[str, Any] = {"description": answer.description}
+        if answer.model is not None:
+            described["content"] = {"application/json": {"schema": self._reference(answer.model, "serialization")}}
+        else:
+            described["content"] = {media: {"schema": _media_schema(media)} for media in answer.media}
+        if answer.headers:
+            described["headers"] = {
+                name: {"description": text, "schema": {"type": "string"}} for name, text in answer.headers.items()
+            }
+        return described
+
+    def _reference(self, model: type[BaseModel], mode: str) -> dict[str, str]:
+        name = model.__name__
+        if name not in self.schemas:
+            generated = model.model_json_schema(ref_template="#/components/schemas/{model}", mode=mode)  # type: ignore[arg-type]
+            for nested, schema in generated.pop("$defs", {}).items():
+                self.schemas.setdefault(nested, schema)
+            self.schemas[name] = self._with_limits(model, generated)
+        return {"$ref": f"#/components/schemas/{name}"}
+
+    def _bounded(self, endpoint: Endpoint, base: str) -> dict[str, str]:
+        """A copy of the body's schema with the route's narrower bounds, named for the route."""
+        name = "".join(part.capitalize() for part in endpoint.name.split("_")) + "Request"
+        schema = copy.deepcopy(self.schemas[base])
+        schema["title"] = name
+        schema["description"] = f"Body of {endpoint.method} {endpoint.path}: {base}'s, within its bounds."
+        for field, bounds in endpoint.body_bounds.items():
+            schema["properties"][field].update(bounds)
+        self.schemas[name] = schema
+        return {"$ref": f"#/components/schemas/{name}"}
+
+    def _with_limits(self, model: type[BaseModel], schema: dict[str, Any]) -> dict[str, Any]:
+        """`schema` with this server's limits and the value an omitted field takes under them."""
+        if not issubclass(model, GenerationOptions):
+            return schema
+        for field, limit in duration_limits(model, self.settings).items():
+            described = schema["properties"][field]
+            # An optional number is `anyOf: [number, null]`; the bound belongs to the number.
+            for branch in described.get("anyOf", [described]):
+                if branch.get("type") == "number":
+                    branch["maximum"] = limit.maximum
+            described["default"] = limit.default
+        return schema
+
+
+def _refusals(refusals: tuple[type[MusicGenError], ...]) -> dict[str, Any]:
+    """Each status the refusals answer with, described by the error classes' own docstrings."""
+    answers: dict[str, Any] = {}
+    for refusal in sorted(refusals, key=lambda error: error.status_code):
+        status = str(refusal.status_code)
+        answer = answers.setdefault(
+            status,
+            {"description": "", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+        )
+        answer["description"] = f"{answer['description']} {_described(refusal)}".strip()
+        if issubclass(refusal, RetryLater):
+            answer["headers"] = _RETRY_AFTER
+    return answers
+
+
+def _described(error: type[MusicGenError]) -> str:
+    return " ".join(inspect.cleandoc(error.__doc__ or error.__name__).split())
+
+
+def _parameter(parameter: Parameter) -> dict[str, Any]:
+    return {
+        "name": parameter.name,
+        "in": parameter.where,
+        "required": parameter.where == "path",
+        "description": parameter.description,
+        "schema": dict(parameter.schema),
+    }
+
+
+def _media_schema(media: str) -> dict[str, str]:
+    if media == "application/json":
+        return {"type": "object"}
+    return {"type": "string"} if media.startswith("text/") else {"type": "string", "format": "binary"}

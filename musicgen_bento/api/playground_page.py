@@ -10,7 +10,10 @@ from functools import cache
 from importlib import resources
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
+
+from ..errors import NoSuchFile
+from .errors import error_response
 
 _ASSETS = {
     "index.html": "text/html; charset=utf-8",
@@ -37,14 +40,18 @@ def _asset(name: str) -> Response:
     )
 
 
-async def get_playground(request: Request) -> Response:
+# The files the page loads beside itself.
+ASSET_NAMES = tuple(name for name in _ASSETS if name != "index.html")
+
+
+async def get_playground(service: object, request: Request) -> Response:
     """GET /playground: the page."""
     return _asset("index.html")
 
 
-async def get_playground_asset(request: Request) -> Response:
+async def get_playground_asset(service: object, request: Request) -> Response:
     """GET /playground/{asset}: its stylesheet and script."""
     name = request.path_params["asset"]
-    if name not in _ASSETS or name == "index.html":
-        return JSONResponse({"error": f"the playground has no file {name[:100]!r}"}, status_code=404)
+    if name not in ASSET_NAMES:
+        return error_response(NoSuchFile(f"the playground has no file {name[:100]!r}", field="asset"))
     return _asset(name)

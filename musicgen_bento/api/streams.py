@@ -11,8 +11,9 @@ The generation runs on a thread from the same gate as `/continue` (the same slot
 order); its chunks cross to the event loop through a queue. A client that disconnects stops the
 generation at the engine's next step, and its file is never put in place.
 
-Job events come from `jobs.events`; an unknown job is a 404 before the stream starts. A quiet
-stream carries a comment every few seconds, so proxies and browsers keep it open.
+Job events come from `jobs.events`; an unknown job is a 404 before the stream starts. They are
+framed as Server-Sent Events by `sse-starlette`; a quiet stream carries a comment every few
+seconds, so proxies and browsers keep it open.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
 from pydantic import ValidationError
+from sse_starlette import EventSourceResponse, JSONServerSentEvent, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -33,10 +35,10 @@ from ..errors import GenerationCanceled, InputTooLarge, MusicGenError
 from ..generation.host import ModelHost
 from ..generation.params import CancelFn
 from ..generation.protocol import Generator
-from ..jobs.events import JobEvent
+from ..jobs.events import KEEP_ALIVE_S, JobEvent
 from ..jobs.service import JobService
-from ..render import RenderedTake, RenderPlan, StreamedRender, prepare_stream
-from ..schemas import ContinueRequest
+from ..render import RenderedTake, RenderPlan, StreamedRender, prepare_stream, result_of
+from ..schemas import ContinueRequest, RenderResult
 from ..settings import Settings
 from .admission import GenerationGate
 from .errors import describe_validation_errors, error_response, response_for
@@ -69,39 +71,49 @@ async def job_events(service: StreamingService, request: Request) -> Response:
         return response_for("job_events", error)
     last_event_id = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
     events = service.jobs.followers.follow(job_id, last_event_id)
-    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    return StreamingResponse(_server_sent(events), media_type="text/event-stream", headers=headers)
+    # Lines end in a bare newline, as most SSE servers write them (the library's default is CRLF).
+    return EventSourceResponse(_server_sent(events), headers={"Cache-Control": "no-cache"}, ping=KEEP_ALIVE_S, sep="\n")
 
 
-async def _server_sent(events: AsyncIterator[JobEvent | None]) -> AsyncIterator[str]:
-    yield f"retry: {_RECONNECT_MS}\n\n"
+async def _server_sent(events: AsyncIterator[JobEvent | None]) -> AsyncIterator[ServerSentEvent]:
+    yield ServerSentEvent(retry=_RECONNECT_MS, sep="\n")
     async for event in events:
-        if event is None:
-            yield ": keep-alive\n\n"
+        if event is None:  # the follower heard nothing for a while
+            yield ServerSentEvent(comment="keep-alive", sep="\n")
         else:
-            yield f"id: {event.id}\nevent: {event.name}\ndata: {json.dumps(event.data)}\n\n"
+            yield JSONServerSentEvent(event.data, id=event.id, event=event.name, sep="\n")
 
 
 async def continue_stream(service: StreamingService, request: Request) -> Response:
     """POST /continue/stream: `/continue`'s body, answered with the WAV file as it is made."""
     try:
-        plan = RenderPlan.of_continue(await _continue_request(request), service.settings)
+        plan = RenderPlan.of(await _continue_request(request), service.settings)
         generator = service.host.generator()
         stream: StreamedRender = await run_in_threadpool(prepare_stream, plan, generator, service.settings)
     except _Refused as refused:
         return refused.response
     except Exception as error:  # MusicGenErrors become their 4xx/5xx; anything else a generic 500
         return response_for("continue_stream", error)
-    headers = {
-        "Content-Length": str(stream.content_length),
-        "X-Audio-Path": str(stream.wav.path),
-        "X-Seed": str(stream.provenance.seed),
-        "X-Sample-Rate": str(stream.sample_rate),
-        "X-Channels": str(generator.channels),
-        "X-Duration-S": f"{stream.wav.frames / stream.sample_rate:g}",
-        "Cache-Control": "no-store",
-    }
-    return StreamingResponse(_audio(service.gate, stream), media_type="audio/wav", headers=headers)
+    headers = {**stream_headers(result_of(stream.rendered)), "Content-Length": str(stream.content_length)}
+    return StreamingResponse(
+        _audio(service.gate, stream), media_type="audio/wav", headers={**headers, "Cache-Control": "no-store"}
+    )
+
+
+# What a stream's answer says in its headers before its body, from the file it will be.
+STREAM_HEADERS = {
+    "X-Audio-Path": "Where the complete file is put in the output directory once the stream ends.",
+    "X-Seed": "The seed used.",
+    "X-Sample-Rate": "Samples per second.",
+    "X-Channels": "Audio channels.",
+    "X-Duration-S": "Seconds of audio in the file (the source's first with include_source).",
+}
+
+
+def stream_headers(result: RenderResult) -> dict[str, str]:
+    """`STREAM_HEADERS` for the file a stream makes."""
+    values = (result.audio_path, result.seed, result.sample_rate, result.channels, f"{result.duration_s:g}")
+    return {name: str(value) for name, value in zip(STREAM_HEADERS, values, strict=True)}
 
 
 async def _audio(gate: GenerationGate, stream: StreamedRender) -> AsyncIterator[bytes]:

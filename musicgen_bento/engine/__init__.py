@@ -7,7 +7,6 @@ from .core import DecodeEngine
 from .cuda_graphs import GraphsStatus
 from .delay_pattern import delay_steps
 from .invariance import BatchInvariance
-from .kv_cache import CachePrecision
 from .memory_plan import (
     MIB,
     PLANNED_TEXT_TOKENS,
@@ -17,6 +16,8 @@ from .memory_plan import (
     plan_for,
     weights_layout_for,
 )
+from .options import EngineOptions
+from .precision import Precision
 from .requests import DecodeRequest, FramesFn, Sampling, StepFn
 from .stats import EngineStats, StepReport
 from .weights import WeightLayout
@@ -25,14 +26,15 @@ __all__ = [
     "MIB",
     "PLANNED_TEXT_TOKENS",
     "BatchInvariance",
-    "CachePrecision",
     "DecodeEngine",
     "DecodeRequest",
     "DecoderShape",
+    "EngineOptions",
     "EngineStats",
     "FramesFn",
     "GraphsStatus",
     "MemoryPlan",
+    "Precision",
     "Sampling",
     "StepFn",
     "StepReport",

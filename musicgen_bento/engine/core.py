@@ -21,7 +21,7 @@ its own loop instead of `generate()`, re-using the model's modules and weights:
   batched tensor operations with per-slot parameters; nothing waits for the device per step.
   Sampling draws exponential noise from each request's own `torch.Generator` and takes
   argmax(probs / noise): on the CPU this is exactly what `torch.multinomial` does, so a request
-  reproduces transformers' `generate()` token for token with the same seed (see `README.md`).
+  reproduces transformers' `generate()` token for token with the same seed (see docs/engine.md).
 - **CUDA graphs.** On CUDA each step's forward is captured once per (rows, length, text length)
   bucket and replayed; everywhere else it runs eagerly.
 
@@ -50,17 +50,14 @@ from typing import Any
 import torch
 
 from ..errors import ShuttingDown
-from .cuda_graphs import CudaGraphs, GraphsStatus
-from .decoder import Decoder
-from .invariance import BatchInvariance
-from .kv_cache import CachePrecision
+from .cuda_graphs import GraphsStatus
+from .options import DEFAULT_OPTIONS, EngineOptions
 from .request_state import RequestState
 from .requests import DecodeRequest, FramesFn, StepFn
-from .runner import GraphsFactory, ModelRunner
+from .runner import ModelRunner
 from .scheduler import Scheduler
 from .stats import EngineStats, StepReport
 from .threads import claim_cores
-from .weights import WeightLayout
 
 logger = logging.getLogger("musicgen_bento")
 
@@ -77,53 +74,17 @@ class DecodeEngine:
         model: a loaded `MusicgenForConditionalGeneration` or `MusicgenMelodyForConditionalGeneration`.
         device: where the model lives (`cpu` or `cuda:N`).
         slots: how many requests decode together at most.
-        use_cuda_graphs: capture each decoding step as a CUDA graph (CUDA devices only).
-        cache_positions: (self-attention, cross-attention) positions to allocate the cache for
-            now, as a memory plan sized it; without, it grows as requests need.
-        pad_rows: compute each step for a power-of-two number of rows, the extra ones free slots,
-            as captured graphs do (default: when graphs are used). On a CPU this checks that free
-            rows change no request's tokens.
-        pack_weights: let the decoder pack its weights for oneDNN where that is checked to give the
-            same values (CPUs in bfloat16; see `weights`); False keeps them dense (comparisons).
-        attention: the attention caches' precision, as the memory plan reserved them; without, the
-            engine chooses it (`kv_cache.choose_cache_precision`).
-        quantize: quantize the decoder's linear weights to int8 (CPUs; `weights`), where PyTorch's
-            int8 kernel checks out here.
-        weights: how to hold the decoder's linear weights, as the memory plan counted them (chosen
-            with `weights.choose_layout`); without, the decoder chooses as `pack_weights` and
-            `quantize` say.
+        options: how it holds and runs the model (`EngineOptions`).
     """
 
-    def __init__(
-        self,
-        model: Any,
-        device: str,
-        slots: int,
-        use_cuda_graphs: bool = True,
-        pad_rows: bool | None = None,
-        graphs: GraphsFactory = CudaGraphs,
-        cache_positions: tuple[int, int] | None = None,
-        pack_weights: bool = True,
-        attention: CachePrecision | None = None,
-        quantize: bool = False,
-        weights: WeightLayout | None = None,
-    ) -> None:
+    def __init__(self, model: Any, device: str, slots: int, options: EngineOptions = DEFAULT_OPTIONS) -> None:
         self.model = model
         self.device = torch.device(device)
         self.slots = slots
-        self.runner = ModelRunner(
-            model,
-            self.device,
-            slots,
-            graphs=graphs,
-            pad_rows=pad_rows,
-            pack_weights=pack_weights,
-            attention=attention,
-            quantize=quantize,
-            weights=weights,
-        )
-        if not use_cuda_graphs:
-            self.graphs.turn_off("turned off (use_cuda_graphs=False)")
+        self.runner = ModelRunner(model, self.device, slots, options)
+        self.delay_steps = self.runner.pattern.delay_steps
+        if not options.use_cuda_graphs:
+            self.runner.graphs.turn_off("turned off (use_cuda_graphs=False)")
         self.scheduler: Scheduler[RequestState] = Scheduler(slots)
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
@@ -136,9 +97,9 @@ class DecodeEngine:
         # A daemon thread still inside a torch operation when the interpreter finalises takes the
         # process down with "terminate called without an active exception" (exit status 134).
         atexit.register(_close_if_alive, weakref.ref(self))
-        if cache_positions is not None:
+        if options.cache_positions is not None:
             # The memory plan's cache, allocated now: a node's memory does not grow with its load.
-            self.runner.reserve(*cache_positions)
+            self.runner.reserve(*options.cache_positions)
         # Started now, not with the first request: on a CPU it claims the cores (`threads`) before
         # any request's thread computes, which would otherwise keep its own team of threads.
         self._running = threading.Event()
@@ -146,38 +107,12 @@ class DecodeEngine:
             self._ensure_worker()
         self._running.wait()
 
-    # -- what the runner holds, as callers and health see it ----------------------------------------
-
-    @property
-    def decoder(self) -> Decoder:
-        return self.runner.decoder
-
-    @property
-    def graphs(self) -> CudaGraphs:
-        return self.runner.graphs
-
-    @property
-    def invariance(self) -> BatchInvariance:
-        return self.runner.invariance
-
-    @property
-    def attention(self) -> CachePrecision:
-        return self.runner.attention
-
-    @property
-    def is_melody(self) -> bool:
-        return self.runner.is_melody
-
-    @property
-    def delay_steps(self) -> int:
-        return self.runner.pattern.delay_steps
-
     # -- the public calls ------------------------------------------------------------------------
 
     def encode_conditioning(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The two conditioning rows (conditional, unconditional) of one request (see `Decoder`);
         runs on the calling thread."""
-        return self.decoder.encode_conditioning(inputs)
+        return self.runner.decoder.encode_conditioning(inputs)
 
     def decode(
         self,
@@ -220,7 +155,7 @@ class DecodeEngine:
         graphs (CPUs, turned off) it decodes nothing."""
         if not request.sampling.greedy:
             raise ValueError("the graph check compares greedy decodes: give it temperature 0")
-        graphs = self.graphs
+        graphs = self.runner.graphs
         if not graphs.enabled:
             return graphs.status()
         graphs.paused = True
@@ -245,8 +180,9 @@ class DecodeEngine:
 
     def stats(self) -> EngineStats:
         """A copy of the engine's counters."""
+        runner = self.runner
         with self._lock:
-            counters = self.runner.counters
+            counters = runner.counters
             return EngineStats(
                 steps=self._stats.steps,
                 request_steps=self._stats.request_steps,
@@ -259,10 +195,10 @@ class DecodeEngine:
                 graph_steps=counters.graph_steps,
                 padded_rows=counters.padded_rows,
                 threads=self._stats.threads,
-                graphs=self.graphs.status(),
-                invariance=self.invariance,
-                weights=self.decoder.layout,
-                attention=self.attention,
+                graphs=runner.graphs.status(),
+                invariance=runner.invariance,
+                weights=runner.decoder.layout,
+                attention=runner.attention,
             )
 
     @property

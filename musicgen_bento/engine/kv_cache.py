@@ -6,25 +6,12 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from .precision import Precision
 from .scheduler import Move
-
-
-@dataclass(frozen=True)
-class CachePrecision:
-    """The attention caches' precision (and so attention's), and why (`kv_cache.choose_cache_precision`)."""
-
-    dtype: torch.dtype
-    reason: str
-
-    @property
-    def name(self) -> str:
-        return str(self.dtype).removeprefix("torch.")
-
 
 # Capacities grow in these steps, so the slices a step takes (and the graphs captured on CUDA)
 # have few distinct shapes.
@@ -108,20 +95,19 @@ _measured_ratios: dict[tuple[int, int, int], float] = {}
 
 def choose_cache_precision(
     weights: torch.dtype, device: torch.device, heads: int, head_dim: int, rows: int
-) -> CachePrecision:
+) -> Precision:
     """The precision of the attention caches, and so of a decoding step's attention, and why.
 
     GPUs attend in the weights' precision, as do float32 CPUs. With bfloat16 weights on a CPU it
-    depends on the CPU's kernels for one query against many keys, so it is measured: on an
-    AVX-512 BF16 CPU without AMX bfloat16 ran two to three times slower than float32 (16 rows over
-    768 positions: 16.2 ms a layer against 7.9), on an AMX CPU 3.4 times faster (1.2 ms against
-    4.1). Either way keys and values are computed in the weights' precision, so a float32 cache
-    changes no value the bfloat16 projections produce, and a bfloat16 one rounds none.
+    depends on the CPU's kernels for one query against many keys, so it is measured: bfloat16 has
+    run several times slower than float32 on AVX-512 BF16 CPUs without AMX, and several times
+    faster on AMX CPUs. Either way keys and values are computed in the weights' precision, so a
+    float32 cache changes no value the bfloat16 projections produce, and a bfloat16 one rounds none.
     """
     if device.type == "cuda":
-        return CachePrecision(weights, "the weights' precision: GPUs attend in it")
+        return Precision(weights, "the weights' precision: GPUs attend in it")
     if weights != torch.bfloat16:
-        return CachePrecision(torch.float32, f"float32: the weights are {str(weights).removeprefix('torch.')}")
+        return Precision(torch.float32, f"float32: the weights are {str(weights).removeprefix('torch.')}")
     key = (heads, head_dim, rows)
     if key not in _measured_ratios:
         _measured_ratios[key] = bfloat16_attention_time_ratio(heads, head_dim, rows)
@@ -131,8 +117,8 @@ def choose_cache_precision(
         "in bfloat16"
     )
     if ratio < _BFLOAT16_ATTENDS_BELOW:
-        return CachePrecision(torch.bfloat16, f"bfloat16: {measured}")
-    return CachePrecision(torch.float32, f"float32: {measured}")
+        return Precision(torch.bfloat16, f"bfloat16: {measured}")
+    return Precision(torch.float32, f"float32: {measured}")
 
 
 def bfloat16_attention_time_ratio(heads: int, head_dim: int, rows: int, rounds: int = 3) -> float:

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import MemoryBudgetError
-from .kv_cache import CAPACITY_STEP, CROSS_BUCKET, CachePrecision, choose_cache_precision, round_up
+from .kv_cache import CAPACITY_STEP, CROSS_BUCKET, choose_cache_precision, round_up
+from .precision import Precision
 from .weights import INT8_BYTES_PER_CHANNEL, INT8_BYTES_PER_WEIGHT, WeightLayout, choose_layout
 
 MIB = 1 << 20
@@ -173,7 +174,7 @@ def free_memory_mib(device: str) -> float:
     return float(psutil.virtual_memory().available) / MIB
 
 
-def cache_precision_for(shape: DecoderShape, *, device: str, dtype: torch.dtype, slots: int) -> CachePrecision:
+def cache_precision_for(shape: DecoderShape, *, device: str, dtype: torch.dtype, slots: int) -> Precision:
     """The engine's attention caches' precision for `slots` slots of this decoder (see
     `kv_cache.choose_cache_precision`), chosen before the plan so that the plan reserves it."""
     return choose_cache_precision(dtype, torch.device(device), shape.heads, shape.hidden // shape.heads, 2 * slots)

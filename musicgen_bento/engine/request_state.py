@@ -20,7 +20,7 @@ class RequestState:
     order: tuple[int, ...]
     max_length: int  # 1 (start token) + prompt frames + new frames + delay steps
     prefix: int  # melody models: the conditioning prefix's length in the cache
-    cross_len: int  # text models: the conditioning's length
+    cross_positions: int  # text models: the conditioning's length
     channel: RequestChannel = field(default_factory=RequestChannel)
     next_token: int = 0  # index of the token the next step produces (0: not prefilled yet)
     error: BaseException | None = None  # set when its prefill or a step failed
@@ -42,10 +42,6 @@ class RequestState:
         # Before its prefill it already counts for what the next step reads of it once prefilled:
         # the prefill decides the first token, so the step writes the one after the known tokens.
         return self.prefix + max(self.next_token, self.known + 1)
-
-    @property
-    def cross_positions(self) -> int:
-        return self.cross_len
 
     @property
     def used(self) -> int:

@@ -11,23 +11,23 @@ threads, so it is tested by driving it with a scheduler's plans directly.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from .batch_state import BatchState
-from .cuda_graphs import CudaGraphs, padded_rows
+from .cuda_graphs import padded_rows
 from .decoder import Decoder
 from .delay_pattern import DelayPattern
 from .invariance import find_min_rows
-from .kv_cache import CROSS_BUCKET, CachePrecision, KVCache, choose_cache_precision, round_up, rows_of
+from .kv_cache import CROSS_BUCKET, KVCache, choose_cache_precision, round_up, rows_of
+from .options import DEFAULT_OPTIONS, EngineOptions
 from .request_state import RequestState
 from .requests import DecodeRequest
 from .sampler import Sampler
 from .scheduler import Leave, StepPlan
-from .weights import WeightLayout
 
 logger = logging.getLogger("musicgen_bento")
 
@@ -35,8 +35,6 @@ logger = logging.getLogger("musicgen_bento")
 # captured graphs) take few distinct shapes.
 _CPU_LENGTH_BUCKET = 64
 _CUDA_LENGTH_BUCKET = 256
-
-GraphsFactory = Callable[[Callable[[int, int, int], torch.Tensor], torch.device, int], CudaGraphs]
 
 
 @dataclass
@@ -52,30 +50,18 @@ class RunnerCounters:
 class ModelRunner:
     """Prefill, step, token acceptance, stream hand-off and a request's end, over `slots` slots.
 
-    The arguments are `DecodeEngine`'s (see there); `graphs` builds the CUDA graphs (a test's seam).
+    The arguments are `DecodeEngine`'s (see there).
     """
 
-    def __init__(
-        self,
-        model: Any,
-        device: torch.device,
-        slots: int,
-        *,
-        graphs: GraphsFactory = CudaGraphs,
-        pad_rows: bool | None = None,
-        pack_weights: bool = True,
-        attention: CachePrecision | None = None,
-        quantize: bool = False,
-        weights: WeightLayout | None = None,
-    ) -> None:
+    def __init__(self, model: Any, device: torch.device, slots: int, options: EngineOptions = DEFAULT_OPTIONS) -> None:
         self.device = device
         self.slots = slots
-        self.decoder = Decoder(model, pack_weights, quantize, weights)
+        self.decoder = Decoder(model, options.pack_weights, options.quantize, options.weights)
         logger.info("decoding engine: weights %s", self.decoder.layout.reason)
         self.is_melody = self.decoder.is_melody
         self.pattern = DelayPattern(model, int(model.generation_config.decoder_start_token_id))
         self.codebooks, self.vocab = self.decoder.codebooks, self.decoder.vocab
-        self.attention = attention or choose_cache_precision(
+        self.attention = options.attention or choose_cache_precision(
             self.decoder.dtype, device, self.decoder.heads, self.decoder.head_dim, 2 * slots
         )
         logger.info("decoding engine: attention caches in %s", self.attention.reason)
@@ -90,12 +76,12 @@ class ModelRunner:
         )
         self.state = BatchState(slots, self.codebooks, self.vocab, self.pattern.start_token, device)
         self.sampler = Sampler()
-        self.graphs = graphs(self._forward, device, 2 * slots)
+        self.graphs = options.graphs(self._forward, device, 2 * slots)
         # Batching must not change a request's tokens; on some machines that needs each step to
         # compute a few rows more than a lone request has (see `invariance`).
         self.invariance = find_min_rows(self.decoder.row_probes(self.cache.dtype), 2 * slots)
         # None: pad while graphs are on (and during their check), as replayed steps are.
-        self._pad_rows = pad_rows
+        self._pad_rows = options.pad_rows
         self._length_bucket = _CUDA_LENGTH_BUCKET if device.type == "cuda" else _CPU_LENGTH_BUCKET
         self.counters = RunnerCounters()
 
@@ -107,7 +93,7 @@ class ModelRunner:
             order,
             max_length=self.pattern.length(request.prompt_frames + request.new_frames),
             prefix=conditioned if self.is_melody else 0,
-            cross_len=0 if self.is_melody else conditioned,
+            cross_positions=0 if self.is_melody else conditioned,
         )
 
     def reserve(self, positions: int, cross_positions: int) -> None:
@@ -169,7 +155,7 @@ class ModelRunner:
         """Fills `slot` with the request's start (its cache rows, its known tokens, its sampling)
         and chooses its first token; `decoding` is every request by slot, to find a twin."""
         request = req_state.request
-        self.reserve(req_state.prefix + req_state.max_length, req_state.cross_len)
+        self.reserve(req_state.prefix + req_state.max_length, req_state.cross_positions)
         rows = rows_of(slot)
         # The start token, the prompt and the delay pattern, built as transformers builds them.
         ids, pattern = self.pattern.build(request.prompt_codes, req_state.max_length, self.device)
@@ -211,7 +197,7 @@ class ModelRunner:
             decoder.fill_cross(self.cache, rows, req_states, request.conditioning_mask.to(self.device))
         length = hidden.shape[1]
         hidden = hidden + decoder.stack.embed_positions.weights[:length]
-        return decoder.prefill(self.cache, hidden, rows, req_state.cross_len)
+        return decoder.prefill(self.cache, hidden, rows, req_state.cross_positions)
 
     # -- one batched decoding step ------------------------------------------------------------------
 
@@ -286,7 +272,7 @@ def _twin_of(req_state: RequestState, decoding: Sequence[RequestState]) -> Reque
         theirs = other.request
         if (
             other.prefix == req_state.prefix
-            and other.cross_len == req_state.cross_len
+            and other.cross_positions == req_state.cross_positions
             and _same(other.prefill_ids, req_state.prefill_ids)
             and _same(theirs.conditioning, request.conditioning)
             and _same(theirs.conditioning_mask, request.conditioning_mask)

@@ -19,17 +19,17 @@ from typing import Generic, Protocol, TypeVar
 class Scheduled(Protocol):
     """What the scheduler reads of a request."""
 
+    cross_positions: int  # the cross-attention positions it attends over (text models; 0 otherwise)
+
     @property
     def leaving(self) -> bool:
-        """Whether it leaves before the next step: done, failed or canceled."""
+        """Whether it leaves before the next step: done, failed, or canceled (its caller gave up or
+        the engine is closing)."""
 
     @property
     def positions(self) -> int:
-        """The cache positions the next step attends over for it."""
-
-    @property
-    def cross_positions(self) -> int:
-        """The cross-attention positions it attends over (text models; 0 otherwise)."""
+        """The cache positions the next step attends over for it: where the step writes its next
+        token, and every one before."""
 
 
 T = TypeVar("T", bound=Scheduled)

@@ -8,7 +8,7 @@ import torch
 
 from .cuda_graphs import GraphsStatus
 from .invariance import BatchInvariance
-from .kv_cache import CachePrecision
+from .precision import Precision
 from .weights import WeightLayout
 
 
@@ -44,7 +44,7 @@ class EngineStats:
     graphs: GraphsStatus = field(default_factory=lambda: GraphsStatus(False, "off: not a CUDA device"))
     invariance: BatchInvariance = field(default_factory=lambda: BatchInvariance(2, False, "not checked"))
     weights: WeightLayout = field(default_factory=lambda: WeightLayout(False, "dense"))
-    attention: CachePrecision = field(default_factory=lambda: CachePrecision(torch.float32, "not chosen"))
+    attention: Precision = field(default_factory=lambda: Precision(torch.float32, "not chosen"))
 
     def count_step(self, batch: int) -> None:
         self.steps += 1

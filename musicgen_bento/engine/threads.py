@@ -3,14 +3,13 @@
 torch's CPU thread pool on Linux is GNU OpenMP, which keeps a team of worker threads for every
 thread that ever ran a parallel kernel, for as long as that thread lives. Once those workers
 outnumber the cores, GNU OpenMP stops letting them spin between kernels: each kernel then wakes a
-sleeping worker first. On two cores that wake-up cost 40–70 µs a kernel, against 5 µs for a
-decoding step's layer norm, and a musicgen-small step runs about 250 kernels: a batch-1 bfloat16
-step took 44.6 ms with one other thread's team alive and 28.5 ms without (`bench/bench_cpu_threads.py`).
-A service's request threads (the codec, the text encoder) live on between requests, each with a team.
+sleeping worker first, and that wake-up costs more than many of a decoding step's small kernels
+take (`bench/bench_cpu_threads.py` measures a step with and without another team alive). A
+service's request threads (the codec, the text encoder) live on between requests, each with a team.
 
 So on a CPU the engine's thread, started with the engine, claims the cores for itself, and every
-thread that starts computing after it computes on one core (it runs no parallel kernel, so it keeps no team): the
-codec and the text encoder of a request run single-threaded beside the engine. Threads that were
+thread that starts computing after it computes on one core (it runs no parallel kernel, so it
+keeps no team): the codec and the text encoder of a request run single-threaded beside the engine. Threads that were
 already computing keep their count (torch reads the process's default once per thread).
 """
 

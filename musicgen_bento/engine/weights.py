@@ -6,21 +6,21 @@ quantized to int8 for PyTorch's weight-only int8 kernel.
 `F.linear` in bfloat16 on a CPU goes through oneDNN, which reorders the weight into its blocked
 layout on every call; a decoding step reads every weight once, so the reorder is a large part of
 it. Packing once (what inductor's CPU freezing does: `mkldnn._reorder_linear_weight` and
-`mkldnn._linear_pointwise`) measured 1.2-2x faster on the step's products, 2 to 32 rows, on an
-AVX-512 BF16 CPU, with `F.linear`'s values bit for bit. Those ops are private to torch, so the
-choice checks itself where it runs: packed products must equal `F.linear`'s at several row counts,
-or the weights stay dense and `WeightLayout.reason` says why.
+`mkldnn._linear_pointwise`) removes that reorder, with `F.linear`'s values bit for bit
+(`bench/bench_packed_weights.py` compares the two). Those ops are private to torch, so the choice
+checks itself where it runs: packed products must equal `F.linear`'s at several row counts, or the
+weights stay dense and `WeightLayout.reason` says why.
 
 Packing replaces the model's own linear modules in the decoder (one copy of each weight in memory,
 as before); the modules keep computing what they did, so `generate()` and a second engine on the
 same model still work. Float32 stays dense: there MKL does the products, and oneDNN's packed
-float32 measured slower at 16 rows and changed results with the row count.
+float32 changed results with the row count.
 
 Int8 is the operator's choice, not `auto`'s: it changes the products (a step's tokens drift from
 float32's as bfloat16's do; `bench/bench_precision.py` measures it). It pays on CPUs without
-AVX-512, where bfloat16 has no fast kernels and float32 products read 4 bytes a weight: on an AVX2
-EPYC, musicgen-small's products at a lone request's 2 rows took 37 ms in int8 against 84-113 ms in
-float32 (at 16 rows they tie). On an AMX CPU packed bfloat16 is as fast at 2 rows and far faster at 16.
+AVX-512, where bfloat16 has no fast kernels and float32 products read 4 bytes a weight: there it
+reads a quarter of the bytes at a lone request's few rows. On an AMX CPU packed bfloat16 does as
+well at a few rows and far better at many (`bench/bench_cpu_products.py` compares every form).
 """
 
 from __future__ import annotations
@@ -53,11 +53,9 @@ class WeightLayout:
 
 
 # oneDNN packs a weight for a row count, and the layout decides which kernel multiplies it. Tried in
-# this order, the first whose products equal `F.linear`'s wins. On an AVX-512 BF16 CPU without AMX,
-# the layout for 16 rows gave F.linear's values, and changed the products' time by under 10 % from
-# 1 to 64 rows. On an AMX CPU its products differ from F.linear's from 32 rows on (another kernel
-# rounds them), while the layout for one row gives F.linear's values at every row count: the same
-# time at a step's 2-16 rows, a prefill's 1,000 rows about 1.5x slower.
+# this order, the first whose products equal `F.linear`'s wins: the layout for 16 rows suits a
+# step's row counts, but on AMX CPUs its products differ from F.linear's at larger row counts
+# (another kernel rounds them), where the layout for one row agrees at every count.
 _PACKING_ROWS = (16, 1)
 
 # Row counts the packed products are checked at against F.linear: a lone request, a few and a full
@@ -95,9 +93,8 @@ class PackedLinear(torch.nn.Module):
 
 
 # Rows up to which an int8 product runs PyTorch's weight-only int8 kernel. Its time grows with every
-# row (on an AVX2 EPYC, musicgen-small's products took 37 ms at 2 rows, about 155 at 16 and 321 at
-# 32, against float32's 84-113, 156-168 and 215: bench/bench_cpu_products.py), so more rows (a
-# prefill, up to a thousand) multiply by the weight dequantized to the activations' precision.
+# row, where float32's barely does (bench/bench_cpu_products.py), so more rows (a prefill, up to a
+# thousand) multiply by the weight dequantized to the activations' precision.
 _INT8_KERNEL_ROWS = 32
 
 

@@ -19,14 +19,15 @@ from typing import Any, Protocol
 import torch
 
 from ..engine import (
-    CachePrecision,
     DecodeEngine,
     DecodeRequest,
     DecoderShape,
+    EngineOptions,
     EngineStats,
     FramesFn,
     GraphsStatus,
     MemoryPlan,
+    Precision,
     StepReport,
     WeightLayout,
     cache_precision_for,
@@ -46,6 +47,19 @@ class WindowInputs:
     inputs: dict[str, torch.Tensor]
     prompt_codes: torch.Tensor | None
     new_frames: int
+
+
+@dataclass(frozen=True)
+class WindowCall:
+    """How one generation has a window decoded: its steps reported to `watcher` (which raises to
+    cancel), its tokens drawn from `rng` (None: torch's global generator, seeded by the backend),
+    its place among waiting requests (`order`, smaller first), and, where the backend can, its new
+    frames handed to `on_frames` as they are completed (the returned codes hold them all anyway)."""
+
+    watcher: StepWatcher
+    rng: torch.Generator | None
+    order: tuple[int, ...]
+    on_frames: FramesFn | None = None
 
 
 @dataclass(frozen=True)
@@ -84,18 +98,8 @@ class DecodeBackend(Protocol):
         """Holds what one generation needs across its windows: its random generator (None when
         the backend draws from torch's global one, seeded here), its turn on the device."""
 
-    def decode_window(
-        self,
-        window: WindowInputs,
-        watcher: StepWatcher,
-        rng: torch.Generator | None,
-        order: tuple[int, ...],
-        on_frames: FramesFn | None = None,
-    ) -> torch.Tensor:
-        """The window's codes, prompt included: (codebooks, prompt + new frames or more), on the CPU.
-
-        `on_frames`, where the backend can, receives the new frames as they are completed (the
-        returned codes hold them all in any case)."""
+    def decode_window(self, window: WindowInputs, call: WindowCall) -> torch.Tensor:
+        """The window's codes, prompt included: (codebooks, prompt + new frames or more), on the CPU."""
 
     def stats(self) -> EngineStats | None: ...
 
@@ -140,7 +144,7 @@ class EngineBackend:
         self.slots = slots
         self._quantize = quantize
         self._weights = weights
-        self._attention: CachePrecision | None = None
+        self._attention: Precision | None = None
         self._cache_positions: tuple[int, int] | None = None
         self._engine: DecodeEngine | None = None
 
@@ -173,15 +177,13 @@ class EngineBackend:
         return memory
 
     def start(self, model: Any, device: str) -> None:
-        self._engine = DecodeEngine(
-            model,
-            device,
-            self.slots,
+        options = EngineOptions(
+            quantize=self._quantize,
             cache_positions=self._cache_positions,
             attention=self._attention,
-            quantize=self._quantize,
             weights=self._weights,
         )
+        self._engine = DecodeEngine(model, device, self.slots, options)
 
     @property
     def delay_steps(self) -> int:
@@ -195,16 +197,9 @@ class EngineBackend:
         rng.manual_seed(seed)
         yield rng
 
-    def decode_window(
-        self,
-        window: WindowInputs,
-        watcher: StepWatcher,
-        rng: torch.Generator | None,
-        order: tuple[int, ...],
-        on_frames: FramesFn | None = None,
-    ) -> torch.Tensor:
-        request = self._request(window, rng, _STREAM_FRAMES if on_frames is not None else 0)
-        return self.engine.decode(request, order, on_step=watcher.step, on_frames=on_frames)
+    def decode_window(self, window: WindowInputs, call: WindowCall) -> torch.Tensor:
+        request = self._request(window, call.rng, _STREAM_FRAMES if call.on_frames is not None else 0)
+        return self.engine.decode(request, call.order, on_step=call.watcher.step, on_frames=call.on_frames)
 
     def _request(self, window: WindowInputs, rng: torch.Generator | None, stream_frames: int = 0) -> DecodeRequest:
         engine = self.engine
@@ -219,8 +214,8 @@ class EngineBackend:
         return self.engine.stats()
 
     def check_graphs(self, window: WindowInputs) -> GraphsStatus:
-        if not self.engine.graphs.enabled:  # nothing to check: skip encoding the text as well
-            return self.engine.graphs.status()
+        if not self.engine.runner.graphs.enabled:  # nothing to check: skip encoding the text as well
+            return self.engine.runner.graphs.status()
         return self.engine.check_graphs(self._request(window, None))
 
     def observe(self, observer: Callable[[StepReport], None]) -> None:
@@ -272,14 +267,7 @@ class TransformersBackend:
             torch.manual_seed(seed)
             yield None
 
-    def decode_window(
-        self,
-        window: WindowInputs,
-        watcher: StepWatcher,
-        rng: torch.Generator | None,
-        order: tuple[int, ...],
-        on_frames: FramesFn | None = None,
-    ) -> torch.Tensor:
+    def decode_window(self, window: WindowInputs, call: WindowCall) -> torch.Tensor:
         # generate() hands over its codes only at its end: a stream gets a window's frames at once.
         inputs = window.inputs
         if window.prompt_codes is not None:
@@ -296,7 +284,7 @@ class TransformersBackend:
                     top_k=sampling.top_k_limit if sampled else None,
                     top_p=sampling.top_p_limit if sampled else None,
                     guidance_scale=sampling.cfg_coef if sampling.guided else None,
-                    stopping_criteria=[_criterion(watcher)],
+                    stopping_criteria=[_criterion(call.watcher)],
                 )
         except _CodesReady as ready:
             return ready.codes

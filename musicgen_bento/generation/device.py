@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
-from ..engine import DecoderShape
+from ..engine import DecoderShape, Precision
 from ..errors import ModelStoreError
 
 DtypeName = Literal["float32", "float16", "bfloat16"]
@@ -20,18 +19,6 @@ _DTYPES: dict[DtypeName, torch.dtype] = {"float32": torch.float32, "float16": to
 _BFLOAT16_WINS_BELOW = 0.8
 # Weights the measurement streams through: more than a CPU's caches hold, as a real step's do.
 _MEASURED_WEIGHT_BYTES = 128 * 1024 * 1024
-
-
-@dataclass(frozen=True)
-class Precision:
-    """The weights' precision and why it was chosen (shown in /health and the start-up log)."""
-
-    dtype: torch.dtype
-    reason: str
-
-    @property
-    def name(self) -> DtypeName:
-        return next(name for name, dtype in _DTYPES.items() if dtype == self.dtype)
 
 
 def pick_device(gpu_id: int) -> str:

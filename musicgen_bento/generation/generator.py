@@ -24,9 +24,17 @@ import torch
 from ..audio.clip import AudioClip, smooth_join
 from ..engine import DecodeEngine, EngineStats, FramesFn, GraphsStatus, StepReport
 from ..models.store import ModelInfo, load
-from .backends import DecodeBackend, EngineBackend, WindowInputs
+from .backends import DecodeBackend, EngineBackend, WindowCall, WindowInputs
 from .codec import LEFT_CONTEXT_FRAMES, Codec, StreamingDecoder
-from .params import AudioFn, CancelFn, GenerationParams, GenerationRequest, GenerationResult, ProgressFn, StepWatcher
+from .params import (
+    NO_HOOKS,
+    AudioFn,
+    GenerationHooks,
+    GenerationParams,
+    GenerationRequest,
+    GenerationResult,
+    StepWatcher,
+)
 from .windows import Window, melody_of_window, plan_windows
 
 logger = logging.getLogger("musicgen_bento")
@@ -55,6 +63,10 @@ class MusicGenGenerator:
         backend: DecodeBackend | None = None,
     ) -> None:
         self.info = info
+        # What the served checkpoint is, as the model store describes it.
+        self.name, self.licence = info.tag, info.licence
+        self.sample_rate, self.channels = info.sample_rate, info.channels
+        self.is_melody = info.kind == "melody"
         self.device = device
         self.dtype = dtype
         self.window_s = window_s
@@ -68,27 +80,6 @@ class MusicGenGenerator:
         self._processor_lock = threading.Lock()
         self._arrivals = itertools.count()
         self._prompt_codes = SharedEncodings()
-
-    @property
-    def name(self) -> str:
-        return self.info.tag
-
-    @property
-    def licence(self) -> str:
-        """The licence of the served weights, from the model store."""
-        return self.info.licence
-
-    @property
-    def sample_rate(self) -> int:
-        return self.info.sample_rate
-
-    @property
-    def channels(self) -> int:
-        return self.info.channels
-
-    @property
-    def is_melody(self) -> bool:
-        return self.info.kind == "melody"
 
     @property
     def concurrency(self) -> int:
@@ -176,27 +167,11 @@ class MusicGenGenerator:
         """
         return next(self._arrivals)
 
-    def generate(
-        self,
-        request: GenerationRequest,
-        progress: ProgressFn | None = None,
-        should_cancel: CancelFn | None = None,
-        arrival: int | None = None,
-        on_audio: AudioFn | None = None,
-    ) -> GenerationResult:
-        """Generates `request.params.duration_s` seconds of new music.
-
-        Args:
-            request: what to generate; its audio prompt must be at the model's rate and channels.
-            progress: called after each decoding step with (steps done, total steps).
-            should_cancel: polled after each step; returning True stops generation and raises
-                `GenerationCanceled`.
-            arrival: the request's ticket from `next_arrival()`; taken now when not given.
-            on_audio: streams the new music: called with each chunk (channels, samples) as the
-                codec decodes it from the frames decoded so far (`codec.StreamingDecoder`); the
-                result's audio is the chunks joined.
-        """
-        arrival = self.next_arrival() if arrival is None else arrival
+    def generate(self, request: GenerationRequest, hooks: GenerationHooks = NO_HOOKS) -> GenerationResult:
+        """Generates `request.params.duration_s` seconds of new music; its audio prompt must be at
+        the model's rate and channels. A stream (`hooks.on_audio`) has its chunks decoded by the
+        codec as the frames come (`codec.StreamingDecoder`)."""
+        arrival = self.next_arrival() if hooks.arrival is None else hooks.arrival
         backend, codec = self._loaded_backend(), self._loaded_codec()
         params = request.params
         seed = params.seed if params.seed is not None else secrets.randbelow(2**31)
@@ -208,7 +183,7 @@ class MusicGenGenerator:
         windows = plan_windows(
             prompt_frames, new_frames, int(self.window_s * frame_rate), int(self.extend_stride_s * frame_rate)
         )
-        watcher = StepWatcher(sum(w.new_frames + backend.delay_steps for w in windows), progress, should_cancel)
+        watcher = StepWatcher(sum(w.new_frames + backend.delay_steps for w in windows), hooks)
         melody = request.melody.samples if request.melody is not None and self.is_melody else None
 
         prompt_audio = None
@@ -220,8 +195,8 @@ class MusicGenGenerator:
             if prompt_audio is not None and request.audio_prompt is not None:
                 prompt_codes = self._prompt_codes.encode(request.audio_prompt, partial(codec.encode, prompt_audio))
             with backend.seeded(seed) as rng:
-                if on_audio is not None:
-                    streamed = _Streamed(self, prompt_codes, prompt_audio, total_samples, on_audio)
+                if hooks.on_audio is not None:
+                    streamed = _Streamed(self, prompt_codes, prompt_audio, total_samples, hooks.on_audio)
                     self._run_windows(params, prompt_codes, melody, windows, watcher, rng, arrival, streamed.push)
                     return GenerationResult(streamed.finish(), self.sample_rate, seed)
                 codes = self._run_windows(params, prompt_codes, melody, windows, watcher, rng, arrival)
@@ -271,9 +246,8 @@ class MusicGenGenerator:
                 params, self.conditioning_inputs(params, window_melody), window_prompt, window.new_frames
             )
             handed = _FramesHandedOn(window.new_frames, on_new_frames)
-            window_codes = backend.decode_window(
-                inputs, watcher, rng, (arrival, index), handed.take if on_new_frames is not None else None
-            )
+            call = WindowCall(watcher, rng, (arrival, index), handed.take if on_new_frames is not None else None)
+            window_codes = backend.decode_window(inputs, call)
             prompt_length = 0 if window_prompt is None else window_prompt.shape[1]
             new_codes = window_codes[:, prompt_length : prompt_length + window.new_frames]
             if new_codes.shape[1] < window.new_frames:

@@ -13,13 +13,13 @@ from typing import Literal
 import torch
 
 from ..audio.clip import AudioClip
-from ..engine import MIB, MemoryPlan, StepReport
+from ..engine import MIB, MemoryPlan, Precision, StepReport
 from ..errors import MusicGenError, NotReady
 from ..models.store import decoder_shape, resolve
 from ..schemas import EngineHealth, MemoryHealth, PrecisionHealth
 from ..settings import Settings
 from .backends import Budget, backend_named
-from .device import Precision, pick_device, pick_precision
+from .device import pick_device, pick_precision
 from .generator import MusicGenGenerator
 from .mock import MockMusicGenGenerator
 from .params import GenerationParams, GenerationRequest

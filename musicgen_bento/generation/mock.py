@@ -13,7 +13,7 @@ import secrets
 import torch
 
 from ..audio.clip import fit_length
-from .params import AudioFn, CancelFn, GenerationRequest, GenerationResult, ProgressFn
+from .params import NO_HOOKS, GenerationHooks, GenerationRequest, GenerationResult
 
 MOCK_SAMPLE_RATE = 32000
 MOCK_CHANNELS = 1
@@ -50,22 +50,15 @@ class MockMusicGenGenerator:
         """No text encoder: a token per word and the end token, about what T5's tokenizer gives."""
         return len(prompt.split()) + 1
 
-    def generate(
-        self,
-        request: GenerationRequest,
-        progress: ProgressFn | None = None,
-        should_cancel: CancelFn | None = None,
-        arrival: int | None = None,
-        on_audio: AudioFn | None = None,
-    ) -> GenerationResult:
+    def generate(self, request: GenerationRequest, hooks: GenerationHooks = NO_HOOKS) -> GenerationResult:
         params = request.params
         frames = round(params.duration_s * self.sample_rate)
         source = request.audio_prompt.samples if request.audio_prompt is not None else torch.zeros(self.channels, 0)
         audio = fit_length(source, frames)
-        if progress is not None:
-            progress(1, 1)
-        if on_audio is not None:
+        if hooks.progress is not None:
+            hooks.progress(1, 1)
+        if hooks.on_audio is not None:
             for start in range(0, frames, self.sample_rate):  # one-second chunks, as a stream would come
-                on_audio(audio[:, start : start + self.sample_rate])
+                hooks.on_audio(audio[:, start : start + self.sample_rate])
         seed = params.seed if params.seed is not None else secrets.randbelow(2**31)
         return GenerationResult(audio, self.sample_rate, seed)

@@ -76,15 +76,37 @@ class GenerationResult:
     seed: int
 
 
+@dataclass(frozen=True)
+class GenerationHooks:
+    """How a caller follows one generation; each is optional.
+
+    Attributes:
+        progress: called after each decoding step with (steps done, total steps).
+        should_cancel: polled after each step; returning True stops the generation, which raises
+            `GenerationCanceled`.
+        arrival: the request's ticket from `Generator.next_arrival()`; taken when it starts if absent.
+        on_audio: streams the new music: called with each chunk (channels, samples) as the codec
+            decodes it from the frames decoded so far; the result's audio is the chunks joined.
+    """
+
+    progress: ProgressFn | None = None
+    should_cancel: CancelFn | None = None
+    arrival: int | None = None
+    on_audio: AudioFn | None = None
+
+
+NO_HOOKS = GenerationHooks()
+
+
 class StepWatcher:
     """Counts one generation's decoding steps for its progress reports, and stops it when its
     caller asks to cancel."""
 
-    def __init__(self, total: int, progress: ProgressFn | None, should_cancel: CancelFn | None) -> None:
+    def __init__(self, total: int, hooks: GenerationHooks) -> None:
         self.total = total
         self.done = 0
-        self._progress = progress
-        self._should_cancel = should_cancel
+        self._progress = hooks.progress
+        self._should_cancel = hooks.should_cancel
 
     def step(self) -> None:
         self.done += 1

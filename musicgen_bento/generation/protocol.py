@@ -7,29 +7,17 @@ from __future__ import annotations
 from typing import Protocol
 
 from ..engine import EngineStats
-from .params import AudioFn, CancelFn, GenerationRequest, GenerationResult, ProgressFn
+from .params import NO_HOOKS, GenerationHooks, GenerationRequest, GenerationResult
 
 
 class Generator(Protocol):
     """A ready model that turns a `GenerationRequest` into audio; safe to call from many threads."""
 
-    @property
-    def name(self) -> str:
-        """The served model, as the model store tags it."""
-
-    @property
-    def licence(self) -> str:
-        """The licence of the served weights."""
-
-    @property
-    def sample_rate(self) -> int: ...
-
-    @property
-    def channels(self) -> int: ...
-
-    @property
-    def is_melody(self) -> bool:
-        """Whether it follows a melody (`GenerationRequest.melody`)."""
+    name: str  # the served model, as the model store tags it
+    licence: str  # of the served weights
+    sample_rate: int
+    channels: int
+    is_melody: bool  # whether it follows a melody (`GenerationRequest.melody`)
 
     @property
     def frame_samples(self) -> int:
@@ -52,14 +40,7 @@ class Generator(Protocol):
     def text_tokens(self, prompt: str) -> int:
         """How many tokens the text encoder reads for `prompt`."""
 
-    def generate(
-        self,
-        request: GenerationRequest,
-        progress: ProgressFn | None = None,
-        should_cancel: CancelFn | None = None,
-        arrival: int | None = None,
-        on_audio: AudioFn | None = None,
-    ) -> GenerationResult:
+    def generate(self, request: GenerationRequest, hooks: GenerationHooks = NO_HOOKS) -> GenerationResult:
         """Generates the request's new music (see `MusicGenGenerator.generate`)."""
 
     def close(self) -> None:

@@ -103,7 +103,7 @@ class JobService:
 
     def _check(self, request: GenerateRequest, ready: Generator | None) -> dict[str, Path]:
         """Refuses what can't run, before anything is queued; returns the input files by field."""
-        plan = RenderPlan.of_job(request, self.settings)
+        plan = RenderPlan.of(request, self.settings)
         check_plan(plan, self.settings)
         inputs = check_inputs(plan, self.settings)
         check_model(plan, ready)

@@ -13,7 +13,7 @@ from ..errors import GenerationCanceled, MusicGenError
 from ..generation.host import ModelHost
 from ..generation.protocol import Generator
 from ..metrics import ServiceMetrics
-from ..render import RenderPlan, render
+from ..render import RenderPlan, render, result_of
 from ..schemas import GenerateRequest
 from ..settings import Settings
 from .model import Claim, JobOutput, JobQueue
@@ -169,25 +169,13 @@ class JobWorker:
 
     def _render(self, claim: Claim, generator: Generator, watch: _JobWatch, arrival: int | None) -> None:
         """Generates the job's file and records it (unless another worker took the job over)."""
-        plan = RenderPlan.of_job(GenerateRequest.model_validate(claim.job.request), self.settings)
+        plan = RenderPlan.of(GenerateRequest.model_validate(claim.job.request), self.settings)
         started = time.perf_counter()
         rendered = render(plan, generator, self.settings, watch.progress, watch.should_cancel, arrival)
         if self.metrics is not None:
             self.metrics.generation_finished("job", time.perf_counter() - started)
-        first = rendered.first
-        output = JobOutput(
-            audio_path=str(first.path),
-            duration_s=first.duration_s,
-            sample_rate=rendered.sample_rate,
-            channels=first.channels,
-            seed=first.seed,
-            model=rendered.model,
-            provenance=first.provenance.model_dump(mode="json"),
-            takes=[
-                {"audio_path": str(take.path), "seed": take.seed, "duration_s": take.duration_s}
-                for take in rendered.takes
-            ],
-        )
+        result = result_of(rendered).model_dump(mode="json", exclude={"prompt_start_s", "prompt_duration_s"})
+        output = JobOutput.from_json(result)
         if self.queue.complete(claim, output, [take.path for take in rendered.takes]):
             logger.info("job %s succeeded (%s)", claim.job.job_id, output.audio_path)
         else:

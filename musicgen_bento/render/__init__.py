@@ -8,13 +8,18 @@ from .pipeline import (
     check_inputs,
     check_model,
     check_plan,
+    duration_limits,
     input_limits,
     prompt_span,
     render,
+    result_of,
 )
-from .stream import StreamedRender, prepare_stream
+from .stream import STREAM_FORMATS, STREAM_TAKES, STREAMABLE_NORMALIZATION, StreamedRender, prepare_stream
 
 __all__ = [
+    "STREAMABLE_NORMALIZATION",
+    "STREAM_FORMATS",
+    "STREAM_TAKES",
     "RenderPlan",
     "Rendered",
     "RenderedTake",
@@ -22,8 +27,10 @@ __all__ = [
     "check_inputs",
     "check_model",
     "check_plan",
+    "duration_limits",
     "input_limits",
     "prepare_stream",
     "prompt_span",
     "render",
+    "result_of",
 ]

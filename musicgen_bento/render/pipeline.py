@@ -25,7 +25,14 @@ from ..audio.loudness import normalize
 from ..audio.paths import InputLimits, resolve_input_path
 from ..engine import PLANNED_TEXT_TOKENS
 from ..errors import InvalidInput, InvalidParameter
-from ..generation.params import CancelFn, GenerationParams, GenerationRequest, GenerationResult, ProgressFn
+from ..generation.params import (
+    CancelFn,
+    GenerationHooks,
+    GenerationParams,
+    GenerationRequest,
+    GenerationResult,
+    ProgressFn,
+)
 from ..generation.protocol import Generator
 from ..schemas import (
     DEFAULT_DURATION_S,
@@ -34,6 +41,8 @@ from ..schemas import (
     GenerateRequest,
     GenerationOptions,
     Provenance,
+    RenderResult,
+    Take,
 )
 from ..settings import Settings
 
@@ -43,14 +52,42 @@ _PROMPT_CHARACTERS = 200  # of the prompt kept in provenance and metadata
 
 
 @dataclass(frozen=True)
+class DurationLimit:
+    """The longest a duration may be on this server, the setting that says so, and what an omitted
+    one means: the default, or the limit where that is lower."""
+
+    maximum: float
+    setting: str
+
+    @property
+    def default(self) -> float:
+        return min(DEFAULT_DURATION_S, self.maximum)
+
+    def resolve(self, value: float | None) -> float:
+        return self.default if value is None else value
+
+
+def duration_limits(request: type[GenerationOptions], settings: Settings) -> dict[str, DurationLimit]:
+    """The limits of a request body's durations on this server, by field (the API's document shows
+    them): `/continue` and a job each have their own longest `duration_s`; a prompt must leave the
+    window room for new music."""
+    if issubclass(request, ContinueRequest):
+        duration = DurationLimit(settings.max_duration_s, "MUSICGEN_MAX_DURATION_S")
+    elif issubclass(request, GenerateRequest):
+        duration = DurationLimit(settings.max_job_duration_s, "MUSICGEN_MAX_JOB_DURATION_S")
+    else:
+        return {}
+    return {"duration_s": duration, "prompt_duration_s": DurationLimit(settings.max_prompt_s, "MUSICGEN_WINDOW_S")}
+
+
+@dataclass(frozen=True)
 class RenderPlan:
     """What to render, whichever route asked for it."""
 
     options: GenerationOptions
     output_format: str
     duration_s: float  # the request's, or what an omitted one means on this server
-    max_duration_s: float
-    max_duration_setting: str  # the environment variable that sets `max_duration_s`, for messages
+    duration_limit: DurationLimit
     prompt_duration_s: float
     prompt_start_s: float | None = None  # None: the prompt is the end of the source
     source_field: str | None = None  # the request field naming the file to continue
@@ -59,33 +96,28 @@ class RenderPlan:
     include_source: bool = False
 
     @classmethod
-    def of_continue(cls, request: ContinueRequest, settings: Settings) -> RenderPlan:
+    def of(cls, request: ContinueRequest | GenerateRequest, settings: Settings) -> RenderPlan:
+        """The plan of a `/continue` request (a stream's too), or of a job's."""
+        limits = duration_limits(type(request), settings)
+        source_field: str | None
+        source_path: str | None
+        melody_path: str | None
+        if isinstance(request, ContinueRequest):
+            source_field, source_path, melody_path = "audio_path", request.audio_path, None
+        else:
+            source_field = "continue_from" if request.continue_from else None
+            source_path, melody_path = request.continue_from, request.melody_path
         return cls(
             options=request,
             output_format=request.output_format,
-            duration_s=_or_default(request.duration_s, settings.max_duration_s),
-            max_duration_s=settings.max_duration_s,
-            max_duration_setting="MUSICGEN_MAX_DURATION_S",
-            prompt_duration_s=_or_default(request.prompt_duration_s, settings.max_prompt_s),
+            duration_s=limits["duration_s"].resolve(request.duration_s),
+            duration_limit=limits["duration_s"],
+            prompt_duration_s=limits["prompt_duration_s"].resolve(request.prompt_duration_s),
             prompt_start_s=request.prompt_start_s,
-            source_field="audio_path",
-            source_path=request.audio_path,
-            include_source=request.include_source,
-        )
-
-    @classmethod
-    def of_job(cls, request: GenerateRequest, settings: Settings) -> RenderPlan:
-        return cls(
-            options=request,
-            output_format=request.output_format,
-            duration_s=_or_default(request.duration_s, settings.max_job_duration_s),
-            max_duration_s=settings.max_job_duration_s,
-            max_duration_setting="MUSICGEN_MAX_JOB_DURATION_S",
-            prompt_duration_s=_or_default(request.prompt_duration_s, settings.max_prompt_s),
-            prompt_start_s=request.prompt_start_s,
-            source_field="continue_from" if request.continue_from else None,
-            source_path=request.continue_from,
-            melody_path=request.melody_path,
+            source_field=source_field,
+            source_path=source_path,
+            melody_path=melody_path,
+            include_source=isinstance(request, ContinueRequest) and request.include_source,
         )
 
     def input_fields(self) -> dict[str, str]:
@@ -124,14 +156,33 @@ class Rendered:
         return self.takes[0]
 
 
+def result_of(rendered: Rendered) -> RenderResult:
+    """What a render wrote, as every route answers it: `/continue`'s body, a job's stored result, a
+    stream's headers."""
+    first = rendered.first
+    return RenderResult(
+        audio_path=str(first.path),
+        duration_s=first.duration_s,
+        sample_rate=rendered.sample_rate,
+        channels=first.channels,
+        seed=first.seed,
+        model=rendered.model,
+        provenance=first.provenance,
+        takes=[Take(audio_path=str(take.path), seed=take.seed, duration_s=take.duration_s) for take in rendered.takes],
+        prompt_start_s=rendered.prompt_start_s,
+        prompt_duration_s=rendered.prompt_duration_s,
+    )
+
+
 def check_plan(plan: RenderPlan, settings: Settings) -> None:
     """Refuses what the settings don't allow (the fixed limits live in the schema). Reads no file."""
     options = plan.options
     if not options.prompt.strip() and not plan.input_fields():
         raise InvalidParameter("give a text prompt, a melody_path or a continue_from file", field="prompt")
-    if plan.duration_s > plan.max_duration_s:
+    limit = plan.duration_limit
+    if plan.duration_s > limit.maximum:
         raise InvalidParameter(
-            f"must be at most {plan.max_duration_s:g} seconds ({plan.max_duration_setting}); got {plan.duration_s:g}",
+            f"must be at most {limit.maximum:g} seconds ({limit.setting}); got {plan.duration_s:g}",
             field="duration_s",
         )
     if plan.prompt_start_s is not None and not plan.source_path:
@@ -197,10 +248,10 @@ def render(
     """
     check_plan(plan, settings)
     check_model(plan, generator)
-    source, prompt, melody = _inputs(plan, generator, settings)
+    source, prompt, melody = read_inputs(plan, generator, settings)
     params = GenerationParams.from_options(plan.options, plan.duration_s)
     requests = [
-        GenerationRequest(take, audio_prompt=prompt, melody=melody) for take in _takes(params, plan.options.takes)
+        GenerationRequest(take, audio_prompt=prompt, melody=melody) for take in takes_of(params, plan.options.takes)
     ]
     results = _generate(generator, requests, progress, should_cancel, arrival)
     span = None if prompt is None or source is None else (source.duration_s - prompt.duration_s, prompt.duration_s)
@@ -234,12 +285,12 @@ def _write_take(
     audio = normalize(result.audio, result.sample_rate, plan.options.normalization, plan.options.loudness_lufs)
     if plan.include_source and source is not None:
         audio = torch.cat([source.samples, audio], dim=1)
-    provenance = _provenance(plan, generator, settings, result.seed, span)
-    path = write_audio(audio, result.sample_rate, settings.output_dir, plan.output_format, _tags(provenance))
+    provenance = provenance_of(plan, generator, settings, result.seed, span)
+    path = write_audio(audio, result.sample_rate, settings.output_dir, plan.output_format, tags_of(provenance))
     return RenderedTake(path, round(audio_file_duration_s(path), 6), int(audio.shape[0]), result.seed, provenance)
 
 
-def _inputs(
+def read_inputs(
     plan: RenderPlan, generator: Generator, settings: Settings
 ) -> tuple[AudioClip | None, AudioClip | None, AudioClip | None]:
     """The source (up to the prompt's end), the audio prompt and the melody, read and converted."""
@@ -257,7 +308,7 @@ def _inputs(
     return source, prompt, melody
 
 
-def _takes(params: GenerationParams, count: int) -> list[GenerationParams]:
+def takes_of(params: GenerationParams, count: int) -> list[GenerationParams]:
     """The parameters of each take: consecutive seeds from the request's (or a random one)."""
     seed = params.seed if params.seed is not None else secrets.randbelow(_SEEDS)
     return [dataclasses.replace(params, seed=(seed + take) % _SEEDS) for take in range(count)]
@@ -273,12 +324,12 @@ def _generate(
     """Every take, generated at once so that they decode together (one after another with
     transformers' generate()); progress counts the steps of all of them."""
     if len(requests) == 1:
-        return [generator.generate(requests[0], progress=progress, should_cancel=should_cancel, arrival=arrival)]
+        return [generator.generate(requests[0], GenerationHooks(progress, should_cancel, arrival))]
     arrival = generator.next_arrival() if arrival is None else arrival
     steps = _TakesProgress(len(requests), progress)
     with ThreadPoolExecutor(len(requests), thread_name_prefix="musicgen-take") as pool:
         futures = [
-            pool.submit(generator.generate, request, steps.reporter(index), should_cancel, arrival)
+            pool.submit(generator.generate, request, GenerationHooks(steps.reporter(index), should_cancel, arrival))
             for index, request in enumerate(requests)
         ]
         return [future.result() for future in futures]
@@ -339,7 +390,7 @@ def input_limits(settings: Settings) -> InputLimits:
     )
 
 
-def _provenance(
+def provenance_of(
     plan: RenderPlan, generator: Generator, settings: Settings, seed: int, prompt_span_s: tuple[float, float] | None
 ) -> Provenance:
     """Where the file comes from: model, licence, seed, this software, the prompt (unless the
@@ -370,7 +421,7 @@ def _provenance(
     )
 
 
-def _tags(provenance: Provenance) -> FileTags:
+def tags_of(provenance: Provenance) -> FileTags:
     """The file's own metadata: the prompt as its title (when kept), the model as its artist, the rest
     as JSON in its comment."""
     title = f"MusicGen: {provenance.prompt[:100]}" if provenance.prompt else "MusicGen"
@@ -387,11 +438,6 @@ def _tags(provenance: Provenance) -> FileTags:
         software=provenance.software,
         date=provenance.created_at,
     )
-
-
-def _or_default(value: float | None, limit: float) -> float:
-    """A duration as given, or what an omitted one means: the default, or the limit where it is lower."""
-    return min(DEFAULT_DURATION_S, limit) if value is None else value
 
 
 def _load(raw_path: str, field: str, generator: Generator, settings: Settings) -> AudioClip:

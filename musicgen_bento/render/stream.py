@@ -9,6 +9,7 @@ for them is refused before anything is sent.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -17,20 +18,34 @@ import torch
 from ..audio.clip import AudioClip
 from ..audio.files import StreamedWav
 from ..errors import InvalidParameter
-from ..generation.params import CancelFn, GenerationParams, GenerationRequest
+from ..generation.params import CancelFn, GenerationHooks, GenerationParams, GenerationRequest
 from ..generation.protocol import Generator
 from ..schemas import Provenance
 from ..settings import Settings
-from .pipeline import RenderedTake, RenderPlan, _inputs, _provenance, _tags, _takes, check_model, check_plan
+from .pipeline import (
+    Rendered,
+    RenderedTake,
+    RenderPlan,
+    check_model,
+    check_plan,
+    provenance_of,
+    read_inputs,
+    tags_of,
+    takes_of,
+)
 
-# Levelling a stream can apply chunk by chunk: both keep the music as generated, within full scale.
+# What a stream can carry, narrower than /continue's body: checked by `check_stream`, and written
+# into the stream's request schema in the API's document. Its levelling applies chunk by chunk:
+# both keep the music as generated, within full scale.
+STREAM_FORMATS = ("wav",)
 STREAMABLE_NORMALIZATION = ("clip", "none")
+STREAM_TAKES = 1
 
 
 def check_stream(plan: RenderPlan) -> None:
     """Refuses what a stream cannot carry (reads no file)."""
     options = plan.options
-    if plan.output_format != "wav":
+    if plan.output_format not in STREAM_FORMATS:
         raise InvalidParameter(
             f"a stream is a WAV file (16-bit PCM); leave it out or give 'wav' (POST /continue writes "
             f"{plan.output_format}); got {plan.output_format!r}",
@@ -42,7 +57,7 @@ def check_stream(plan: RenderPlan) -> None:
             f"or 'none' (POST /continue levels by peak, rms or loudness); got {options.normalization!r}",
             field="normalization",
         )
-    if options.takes != 1:
+    if options.takes != STREAM_TAKES:
         raise InvalidParameter(
             f"a stream carries one take; leave it out or give 1 (POST /continue makes several); got {options.takes}",
             field="takes",
@@ -59,10 +74,20 @@ class StreamedRender:
     source: AudioClip | None  # what include_source puts first; None without it
     wav: StreamedWav
     provenance: Provenance
+    prompt_span_s: tuple[float, float] | None  # (start, duration) of the audio prompt in the source
 
     @property
     def sample_rate(self) -> int:
         return self.generator.sample_rate
+
+    @property
+    def rendered(self) -> Rendered:
+        """What the stream writes once it is complete: its file's name, length and provenance are
+        known before any music is made."""
+        duration_s = round(self.wav.frames / self.sample_rate, 6)
+        take = RenderedTake(self.wav.path, duration_s, self.generator.channels, self.provenance.seed, self.provenance)
+        start, length = (None, None) if self.prompt_span_s is None else (round(v, 6) for v in self.prompt_span_s)
+        return Rendered([take], self.sample_rate, self.generator.name, start, length)
 
     @property
     def content_length(self) -> int:
@@ -87,15 +112,16 @@ class StreamedRender:
         try:
             if self.source is not None:
                 write(self.source.samples)
-            self.generator.generate(self.request, should_cancel=should_cancel, arrival=arrival, on_audio=write)
+            self.generator.generate(
+                self.request, GenerationHooks(should_cancel=should_cancel, arrival=arrival, on_audio=write)
+            )
             path = self.wav.commit()
         except BaseException:
             self.wav.discard()
             raise
         for data in completing:
             send(data)
-        duration_s = round(self.wav.frames / self.sample_rate, 6)
-        return RenderedTake(path, duration_s, self.generator.channels, self.provenance.seed, self.provenance)
+        return dataclasses.replace(self.rendered.first, path=path)
 
 
 def prepare_stream(plan: RenderPlan, generator: Generator, settings: Settings) -> StreamedRender:
@@ -103,15 +129,15 @@ def prepare_stream(plan: RenderPlan, generator: Generator, settings: Settings) -
     check_plan(plan, settings)
     check_model(plan, generator)
     check_stream(plan)
-    whole_source, prompt, melody = _inputs(plan, generator, settings)
-    params = _takes(GenerationParams.from_options(plan.options, plan.duration_s), 1)[0]
-    assert params.seed is not None  # _takes resolves it: the file's tags name it before it is made
+    whole_source, prompt, melody = read_inputs(plan, generator, settings)
+    params = takes_of(GenerationParams.from_options(plan.options, plan.duration_s), 1)[0]
+    assert params.seed is not None  # takes_of resolves it: the file's tags name it before it is made
     span = None
     if prompt is not None and whole_source is not None:
         span = (whole_source.duration_s - prompt.duration_s, prompt.duration_s)
-    provenance = _provenance(plan, generator, settings, params.seed, span)
+    provenance = provenance_of(plan, generator, settings, params.seed, span)
     source = whole_source if plan.include_source else None
     frames = round(plan.duration_s * generator.sample_rate) + (source.frames if source is not None else 0)
-    wav = StreamedWav(settings.output_dir, frames, generator.sample_rate, generator.channels, _tags(provenance))
+    wav = StreamedWav(settings.output_dir, frames, generator.sample_rate, generator.channels, tags_of(provenance))
     request = GenerationRequest(params, audio_prompt=prompt, melody=melody)
-    return StreamedRender(generator, request, source, wav, provenance)
+    return StreamedRender(generator, request, source, wav, provenance, span)

@@ -66,6 +66,9 @@ async function readLimits() {
       .map((branch) => branch.maximum).find((value) => value !== undefined);
     state.limits.continue = maximum(schemas.ContinueRequest) ?? state.limits.continue;
     state.limits.job = maximum(schemas.GenerateRequest) ?? state.limits.job;
+    // What an omitted duration means on this server (the default, or the limit where it is lower).
+    const omitted = schemas.ContinueRequest.properties.duration_s.default;
+    if (typeof omitted === "number") $("duration_s").value = String(omitted);
   } catch (error) { /* the defaults above stand */ }
   $("duration_s").max = Math.max(state.limits.continue, state.limits.job);
   $("duration-hint").textContent =

@@ -7,15 +7,18 @@ response. Configuration comes from environment variables (see the README's setti
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from importlib.metadata import version
 from typing import Any
 
 import bentoml
 
+from musicgen_bento.access.keys import KeysFile, key_in
 from musicgen_bento.api.endpoints import CONTINUE, GENERATE, HEALTH, JOB_CANCEL, JOB_STATUS, bentoml_api, check_served
 from musicgen_bento.api.errors import answers_errors
-from musicgen_bento.api.middleware import ReadableErrorsMiddleware
+from musicgen_bento.api.guard import Guard, bound_address
+from musicgen_bento.api.middleware import ReadableErrorsMiddleware, quiet_refusals
 from musicgen_bento.api.routes import HttpRoutes
 from musicgen_bento.schemas import (
     ContinueRequest,
@@ -28,6 +31,7 @@ from musicgen_bento.schemas import (
 from musicgen_bento.settings import Settings
 
 with bentoml.importing():
+    from musicgen_bento.access.usage import Quotas, open_ledger
     from musicgen_bento.api.admission import GenerationGate
     from musicgen_bento.api.openapi import openapi_document
     from musicgen_bento.audio.uploads import UploadStore
@@ -37,13 +41,16 @@ with bentoml.importing():
     from musicgen_bento.jobs.worker import JobWorker
     from musicgen_bento.metrics import ServiceMetrics, use_own_metrics_directory
     from musicgen_bento.parent_watch import exit_with_parent
-    from musicgen_bento.render import RenderPlan, input_limits, render, result_of
+    from musicgen_bento.render import RenderPlan, check_plan, input_limits, render, result_of
 
 logger = logging.getLogger("musicgen_bento")
 # BentoML's logging shows WARNING and above from other libraries; the service's own INFO lines (the
 # model ready, a job finished, a client gone) are what an operator reads, so they are let through.
 logger.setLevel(logging.INFO)
+quiet_refusals()
 SETTINGS = Settings.from_env()
+# Set, every route but the public ones needs one of the file's keys (`musicgen_bento.api.guard`).
+KEYS = None if SETTINGS.api_keys_file is None else KeysFile(SETTINGS.api_keys_file)
 use_own_metrics_directory()
 
 # BentoML's API methods answer POST only, with JSON: the other routes (GET and DELETE, streams,
@@ -67,15 +74,17 @@ class MusicGen:
 
     def __init__(self) -> None:
         self.settings = SETTINGS
-        for risk in self.settings.risks():
+        for risk in self.settings.risks(bound_address(sys.argv)):
             logger.warning(risk)
         self.metrics = ServiceMetrics(self.settings.batch_slots)
         self.host = ModelHost(self.settings, on_step=self.metrics.engine_step)
         self.host.start()
-        self.gate = GenerationGate(self.host, self.metrics)
+        self.keys = KEYS
+        self.quotas = Quotas(open_ledger(self.settings), self.settings)
+        self.gate = GenerationGate(self.host, self.metrics, self.quotas)
         queue = open_queue(self.settings)
-        self.jobs = JobService(queue, self.host, self.settings)
-        self.worker = JobWorker(queue, self.host, self.settings, self.metrics)
+        self.jobs = JobService(queue, self.host, self.settings, self.quotas)
+        self.worker = JobWorker(queue, self.host, self.settings, self.metrics, self.quotas)
         self.worker.start()
         self.uploads = UploadStore(self.settings.upload_dir, input_limits(self.settings), self.settings.upload_ttl_s)
         self.uploads.start_sweeping()
@@ -111,12 +120,15 @@ class MusicGen:
         """
         started = time.perf_counter()
         plan = RenderPlan.of(ContinueRequest.model_construct(**fields), self.settings)
+        check_plan(plan, self.settings)  # a refusal costs no part of the key's limits
+        admission = self.gate.admit(self.quotas.of(key_in(ctx.request.scope)), plan.audio_s)
         rendered = await self.gate.run(
             "continue",
             lambda generator, arrival, client_gone: render(
                 plan, generator, self.settings, should_cancel=client_gone, arrival=arrival
             ),
             ctx.request.is_disconnected,
+            admission,
         )
         elapsed_s = round(time.perf_counter() - started, 3)
         return ContinueResponse.model_validate({**dict(result_of(rendered)), "elapsed_s": elapsed_s})
@@ -125,7 +137,9 @@ class MusicGen:
     @answers_errors
     def generate(self, ctx: bentoml.Context, **fields: Any) -> JobAccepted:
         """Queue a generation job; answers 202 at once with the job's id and where to poll it."""
-        accepted = self.jobs.submit(GenerateRequest.model_construct(**fields))
+        accepted = self.jobs.submit(
+            GenerateRequest.model_construct(**fields), self.quotas.of(key_in(ctx.request.scope))
+        )
         ctx.response.status_code = 202
         ctx.response.headers["Location"] = accepted.status_url
         return accepted
@@ -151,6 +165,7 @@ class MusicGen:
         snapshot = self.host.health()
         return HealthResponse(
             status=snapshot.status,
+            keys_required=self.keys is not None,
             model=snapshot.model,
             gpu_id=self.settings.gpu_id,
             device=snapshot.device,
@@ -171,5 +186,7 @@ class MusicGen:
 
 
 # `@bentoml.service` makes MusicGen a bentoml.Service; the stacked decorators hide that from mypy.
+# The first added runs first: Host, Origin and key are checked before anything else.
+MusicGen.add_asgi_middleware(Guard, settings=SETTINGS, keys=KEYS)  # type: ignore[attr-defined]
 MusicGen.add_asgi_middleware(ReadableErrorsMiddleware)  # type: ignore[attr-defined]
 check_served({api.route for api in MusicGen.apis.values()})  # type: ignore[attr-defined]

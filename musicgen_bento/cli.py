@@ -14,8 +14,10 @@ import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from .errors import MusicGenError
+from .access.keys import KeysFile
+from .errors import InvalidParameter, MusicGenError
 from .settings import Settings, SettingsError, setting_specs, settings_table
 
 SERVICE = "service:MusicGen"
@@ -107,13 +109,105 @@ def models_list(args: argparse.Namespace) -> int:
     if not found:
         print("no MusicGen models in the store; `musicgen-bento models import` or `models create-tiny` adds some")
         return 0
-    print(f"{'TAG':50} {'KIND':7} {'RATE':>6} {'CH':>3}  {'LICENCE':20} SOURCE")
-    for info in found:
-        print(
-            f"{info.tag:50} {info.kind:7} {info.sample_rate:>6} {info.channels:>3}  "
-            f"{info.licence[:20]:20} {info.source}"
-        )
+    columns = [("TAG", "<50"), ("KIND", "<7"), ("RATE", ">6"), ("CH", ">3"), ("LICENCE", "<20"), ("SOURCE", "")]
+    _print_table(columns, [(i.tag, i.kind, i.sample_rate, i.channels, i.licence[:20], i.source) for i in found])
     return 0
+
+
+def _print_table(columns: Sequence[tuple[str, str]], rows: Sequence[Sequence[object]]) -> None:
+    """Rows under their headings; each column is (heading, format spec: '<50', '>6')."""
+    for row in [[heading for heading, _ in columns], *rows]:
+        print(" ".join(f"{value!s:{spec}}" for value, (_, spec) in zip(row, columns, strict=True)).rstrip())
+
+
+def _keys_file(args: argparse.Namespace) -> KeysFile:
+    """The keys file `--api-keys-file` names, or MUSICGEN_API_KEYS_FILE."""
+    path = Path(args.api_keys_file) if args.api_keys_file else Settings.from_env().api_keys_file
+    if path is None:
+        raise InvalidParameter(
+            "name the keys file with --api-keys-file or MUSICGEN_API_KEYS_FILE (the server reads the same one)",
+            field="api_keys_file",
+        )
+    return KeysFile(path.expanduser().resolve())
+
+
+def keys_add(args: argparse.Namespace) -> int:
+    keys = _keys_file(args)
+    secret = keys.add(args.name, args.max_running, args.max_queued, args.audio_s_per_hour)
+    print(f"added key {args.name!r} to {keys.path}; its secret follows, shown this once (only its hash is kept):")
+    print(secret)
+    return 0
+
+
+def keys_list(args: argparse.Namespace) -> int:
+    keys = _keys_file(args)
+    found = keys.keys()
+    if not found:
+        print(f"no keys in {keys.path}; `musicgen-bento keys add NAME` makes one")
+        return 0
+
+    def limit(value: float | None) -> str:
+        return "default" if value is None else "none" if value == 0 else f"{value:g}"
+
+    columns = [
+        ("NAME", "<24"),
+        ("CREATED", "<26"),
+        ("MAX RUNNING", ">11"),
+        ("MAX QUEUED", ">10"),
+        ("AUDIO S/HOUR", ">12"),
+    ]
+    rows = [(k.name, k.created_at, limit(k.max_running), limit(k.max_queued), limit(k.audio_s_per_hour)) for k in found]
+    _print_table(columns, rows)
+    return 0
+
+
+def keys_remove(args: argparse.Namespace) -> int:
+    keys = _keys_file(args)
+    keys.remove(args.name)
+    print(f"removed key {args.name!r} from {keys.path}; a running server refuses it from its next request")
+    return 0
+
+
+def _add_keys_commands(commands: Any) -> None:
+    keys = commands.add_parser("keys", help="Manage the API keys a server asks for (MUSICGEN_API_KEYS_FILE).")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True)
+
+    def command(name: str, help_text: str, run: Any) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = key_commands.add_parser(name, help=help_text)
+        parser.add_argument("--api-keys-file", help="the keys file (default: MUSICGEN_API_KEYS_FILE)")
+        parser.set_defaults(run=run)
+        return parser
+
+    adder = command("add", "Create a key; prints its secret once, as the last line.", keys_add)
+    adder.add_argument("name", help="what logs and metrics call the key (letters, digits, '.', '_', '-')")
+    adder.add_argument("--max-running", type=_count, help="generations at once (0: no limit; default: the server's)")
+    adder.add_argument("--max-queued", type=_count, help="jobs queued (0: no limit; default: the server's)")
+    adder.add_argument(
+        "--audio-s-per-hour", type=_seconds, help="seconds of audio an hour (0: no limit; default: the server's)"
+    )
+    command("list", "List the keys (names and limits; never secrets).", keys_list)
+    remover = command("remove", "Remove a key; a running server refuses it from its next request.", keys_remove)
+    remover.add_argument("name")
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"a whole number of 0 or more (0: no limit); got {text!r}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"seconds, 0 or more (0: no limit); got {text!r}")
+    return value
 
 
 def print_settings(args: argparse.Namespace) -> int:
@@ -140,10 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.set_defaults(run=models_create_tiny)
     lister = model_commands.add_parser("list", help="List the MusicGen models in the store.")
     lister.set_defaults(run=models_list)
-    settings = commands.add_parser(
-        "settings", help="Print every setting (variable, flag, default) as a Markdown table."
-    )
-    settings.set_defaults(run=lambda args: print(settings_table(), end="") or 0)
+    _add_keys_commands(commands)
+    settings = commands.add_parser("settings", help="Print every setting: variable, flag, default and meaning.")
+    settings.set_defaults(run=print_settings)
     return parser
 
 

@@ -62,14 +62,35 @@ class InputTooLarge(MusicGenError):
     status_code = 413
 
 
+class Unauthorized(MusicGenError):
+    """No API key, or one this server does not know: send 'Authorization: Bearer <key>'."""
+
+    status_code = 401
+
+    def __init__(self, message: str, *, presented: bool) -> None:
+        super().__init__(message, field="Authorization")
+        self.presented = presented
+
+    def headers(self) -> dict[str, str]:
+        # RFC 6750: a request that carried a key is told that key is invalid.
+        return {"WWW-Authenticate": 'Bearer error="invalid_token"' if self.presented else "Bearer"}
+
+
+class NotAllowedHere(MusicGenError):
+    """A Host this server does not answer to, or a web page's Origin it does not serve (MUSICGEN_ALLOWED_HOSTS,
+    MUSICGEN_CORS_ORIGINS)."""
+
+    status_code = 403
+
+
 class RetryLater(MusicGenError):
     """The server can't take the request now; `Retry-After` says when to try again."""
 
     status_code = 503
     default_retry_after_s = 5
 
-    def __init__(self, message: str, *, retry_after_s: int | None = None) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, *, retry_after_s: int | None = None, field: str | None = None) -> None:
+        super().__init__(message, field=field)
         self.retry_after_s = self.default_retry_after_s if retry_after_s is None else retry_after_s
 
     def headers(self) -> dict[str, str]:
@@ -100,6 +121,12 @@ class Conflict(MusicGenError):
     """The request clashes with the state of a job: audio of an unfinished job, a reused idempotency key."""
 
     status_code = 409
+
+
+class LimitReached(RetryLater):
+    """An API key's limit is reached (generations at once, jobs queued, seconds of audio an hour)."""
+
+    status_code = 429
 
 
 class QueueFull(RetryLater):

@@ -84,8 +84,9 @@ class ServiceMetrics:
         )
         self._generation = prometheus.Histogram(
             "musicgen_generation_seconds",
-            "Seconds from a request's arrival to its written file, for requests that succeeded.",
-            labelnames=("kind",),
+            "Seconds from a request's arrival to its written file, for requests that succeeded; by kind and by the "
+            "API key's name (empty without keys).",
+            labelnames=("kind", "key"),
             buckets=_GENERATION_BUCKETS,
         )
         self._lock = threading.Lock()
@@ -113,9 +114,10 @@ class ServiceMetrics:
         self._steps.inc()
         self._batch.observe(report.batch)
 
-    def generation_finished(self, kind: str, seconds: float) -> None:
-        """A request of `kind` (`continue`, `continue_stream`, `job`) produced its file in `seconds`."""
-        self._generation.labels(kind=kind).observe(seconds)
+    def generation_finished(self, kind: str, seconds: float, key: str | None = None) -> None:
+        """A request of `kind` (`continue`, `continue_stream`, `job`) produced its file in `seconds`,
+        for the API key named `key`."""
+        self._generation.labels(kind=kind, key=key or "").observe(seconds)
 
     def jobs(self, queued: int | None = None, running: int | None = None) -> None:
         if queued is not None:

@@ -33,12 +33,12 @@ Integer = Annotated[int, BeforeValidator(_integral_float_as_int)]
 class GenerationOptions(BaseModel):
     """Sampling options shared by every generating route.
 
-    Strict: a number field takes a JSON number (an integer is fine), never `true` or `"10"`; a
-    boolean takes `true` or `false`, never `0` or `1`. Coercing such values would answer a
-    request the client did not mean.
+    Strict: a number field takes a finite JSON number (an integer is fine), never `true`, `"10"` or
+    the `Infinity` and `NaN` some encoders write; a boolean takes `true` or `false`, never `0` or
+    `1`. Coercing such values would answer a request the client did not mean.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
     prompt: str = Field("", max_length=2000, description="Text conditioning, e.g. 'lo-fi piano with soft drums'.")
     duration_s: Annotated[float, Field(ge=MIN_DURATION_S)] | None = Field(
@@ -248,6 +248,9 @@ class HealthResponse(BaseModel):
     """Body of GET /health."""
 
     status: Literal["loading", "ready", "error"]
+    keys_required: bool = Field(
+        False, description="Whether every route but this one needs an API key (Authorization: Bearer <key>)."
+    )
     model: str
     gpu_id: int
     device: str

@@ -8,7 +8,9 @@ reads `os.environ`.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
@@ -35,6 +37,13 @@ def _setting(default: Any, flag: str, help: str, env: str | None = None, **bound
     if env is not None:
         return Field(default, description=help, validation_alias=AliasChoices(env), json_schema_extra=extra, **bounds)
     return Field(default, description=help, json_schema_extra=extra, **bounds)
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 class Settings(BaseSettings):
@@ -181,6 +190,63 @@ class Settings(BaseSettings):
         ge=1,
     )
 
+    api_keys_file: Path | None = _setting(
+        None,
+        "--api-keys-file",
+        "File of API keys (musicgen-bento keys add NAME); set, every route but GET /health (and /metrics unless "
+        "MUSICGEN_PROTECT_METRICS) needs 'Authorization: Bearer <key>'. Re-read when it changes.",
+    )
+    protect_metrics: bool = _setting(
+        False, "--protect-metrics", "With API keys: /metrics needs a key too (Prometheus then sends one)."
+    )
+    key_max_running: int = _setting(
+        0,
+        "--key-max-running",
+        "Generations one API key may have running at once, unless its own says; 0: no limit.",
+        ge=0,
+    )
+    key_max_queued: int = _setting(
+        0, "--key-max-queued", "Jobs one API key may have queued, unless its own says; 0: no limit.", ge=0
+    )
+    key_audio_s_per_hour: float = _setting(
+        0.0,
+        "--key-audio-s-per-hour",
+        "Seconds of audio one API key may ask for in any hour (takes counted each), unless its own says; 0: no limit.",
+        ge=0,
+    )
+    allowed_hosts: Annotated[tuple[str, ...], NoDecode] = _setting(
+        (),
+        "--allowed-hosts",
+        "Comma-separated host names this server answers to besides IP addresses, localhost and its own hostname "
+        "('*.example.com' for a domain's names); any other Host header is refused (DNS rebinding).",
+    )
+    cors_origins: Annotated[tuple[str, ...], NoDecode] = _setting(
+        (),
+        "--cors-origins",
+        "Comma-separated origins (https://studio.example) whose pages may call this server from a browser; a "
+        "request from any other page's origin is refused with 403.",
+    )
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(part.strip().lower().rstrip(".") for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = tuple(part.strip().rstrip("/") for part in value.split(",") if part.strip())
+        for origin in value:
+            if origin != "*" and not re.fullmatch(r"https?://[^/\s?#]+", origin):
+                raise ValueError(
+                    f"each must be an origin (scheme, host, port) such as https://studio.example:8443; {origin!r} "
+                    "is not"
+                )
+        return value
+
     @field_validator("input_roots", mode="before")
     @classmethod
     def _split_paths(cls, value: Any) -> Any:
@@ -188,11 +254,11 @@ class Settings(BaseSettings):
             return tuple(Path(part).expanduser().resolve() for part in value.split(os.pathsep) if part.strip())
         return value
 
-    @field_validator("output_dir", "data_dir", "upload_dir")
+    @field_validator("output_dir", "data_dir", "upload_dir", "api_keys_file")
     @classmethod
-    def _anchor(cls, value: Path) -> Path:
-        # Relative directories are anchored where the process starts, once.
-        return value.expanduser().resolve()
+    def _anchor(cls, value: Path | None) -> Path | None:
+        # Relative paths are anchored where the process starts, once.
+        return None if value is None else value.expanduser().resolve()
 
     @model_validator(mode="after")
     def _quantize_needs_the_static_engine(self) -> Settings:
@@ -226,9 +292,18 @@ class Settings(BaseSettings):
         environ = _ENVIRON.get()
         return init_settings, _MappingSource(settings_cls, os.environ if environ is None else environ)
 
-    def risks(self) -> list[str]:
-        """Warnings about how this configuration exposes the server, for the start-up log."""
+    def risks(self, listening_on: str | None = None) -> list[str]:
+        """Warnings about how this configuration exposes the server, for the start-up log;
+        `listening_on` is the address the server is bound to, where known (else MUSICGEN_HOST)."""
         risks = []
+        host = listening_on or self.host
+        if self.api_keys_file is None and not _is_loopback(host):
+            risks.append(
+                f"the server listens on {host}, beyond this machine, and MUSICGEN_API_KEYS_FILE is not set: "
+                "anyone who can reach the port can use it. Set MUSICGEN_API_KEYS_FILE (musicgen-bento keys add NAME), "
+                "and MUSICGEN_ALLOWED_HOSTS and MUSICGEN_CORS_ORIGINS for the names and pages that reach it "
+                "(docs/deploying.md: a hardened configuration)"
+            )
         if not self.input_roots:
             risks.append(
                 "MUSICGEN_INPUT_ROOTS is empty: a request may use any audio file this process can read as its "

@@ -200,3 +200,35 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     outcome = yield
     report = outcome.get_result()  # type: ignore[attr-defined]
     setattr(item, f"rep_{report.when}", report)
+
+
+CHROMIUM = os.environ.get("MUSICGEN_CHROMIUM", "/usr/bin/chromium")
+
+
+def _browser_or_skip() -> str:
+    import shutil
+
+    executable = CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium")
+    if executable is None:
+        reason = f"no Chromium at {CHROMIUM} (apt-get install chromium)"
+        if os.environ.get("MUSICGEN_TESTS_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"MUSICGEN_TESTS_REQUIRE_BROWSER=1 but {reason}")
+        pytest.skip(reason)
+    return executable
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Debian's Chromium, headless, driven by Playwright (whose own browser downloads are never used)."""
+    executable = _browser_or_skip()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(
+            executable_path=executable,
+            headless=True,
+            # Continue plays through Web Audio from a click; a headless machine has no sound card.
+            args=["--autoplay-policy=no-user-gesture-required", "--no-sandbox"],
+        )
+        yield launched
+        launched.close()

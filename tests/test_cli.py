@@ -30,6 +30,7 @@ def test_orchestrator_command_line_serves_health(melody_server: Server) -> None:
     weights = body["engine"].pop("weights_reason")
     assert body == {
         "status": "ready",
+        "keys_required": False,
         "model": TINY_MELODY,
         "gpu_id": 0,
         "device": "cpu",

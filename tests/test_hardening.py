@@ -22,6 +22,7 @@ from musicgen_bento.api.client import MusicGenClient
 from .conftest import TINY_TEXT, Server, write_tone
 
 POST_ROUTES = ["/continue", "/generate", "/jobs/status", "/jobs/cancel", "/health"]
+JSON = {"content-type": "application/json"}
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +65,53 @@ def test_a_body_that_is_not_json_is_a_415(server: Server, route: str, headers: d
     response = httpx.post(f"{server.url}{route}", content=body, headers=headers, timeout=30)
     error = assert_json_error(response, 415, "must be JSON")
     assert error["field"] == "body"
+
+
+NOT_UTF8 = [b"\xff\x0d", b"\xff", b'{"audio_path": "\xff"}', b'{"prompt": "a\xffb", "audio_path": "/x"}', b'"\xfe"']
+
+
+@pytest.mark.parametrize("route", [*POST_ROUTES[:-1], "/continue/stream"])
+@pytest.mark.parametrize("body", NOT_UTF8, ids=["ff-0d", "ff", "in-a-path", "in-the-prompt", "a-string"])
+def test_a_body_that_is_not_utf8_is_a_400(server: Server, route: str, body: bytes) -> None:
+    response = httpx.post(
+        f"{server.url}{route}", content=body, headers={"content-type": "application/json"}, timeout=30
+    )
+    error = assert_json_error(response, 400, "not valid JSON")
+    assert error["field"] == "body"
+
+
+@pytest.mark.parametrize("route", ["/continue", "/continue/stream"])
+@pytest.mark.parametrize(
+    ("value", "field", "says"),
+    [
+        ("3.9e307", "prompt_start_s", "must start by"),
+        ("1e999", "prompt_start_s", "finite number"),
+        ("Infinity", "duration_s", "finite number"),
+        ("NaN", "cfg_coef", ""),
+    ],
+    ids=["huge-start", "overflowing-start", "infinite-duration", "nan-guidance"],
+)
+def test_numbers_past_every_bound_are_a_400(
+    server: Server, source: Path, route: str, value: str, field: str, says: str
+) -> None:
+    body = f'{{"audio_path": "{source}", "{field}": {value}}}'.encode()
+    response = httpx.post(
+        f"{server.url}{route}", content=body, headers={"content-type": "application/json"}, timeout=60
+    )
+    error = assert_json_error(response, 400, says)
+    assert error["field"] == field
+
+
+def test_a_refused_request_is_one_info_line_and_no_traceback(server: Server, source: Path) -> None:
+    marker = f"/refused-{uuid.uuid4().hex[:8]}.wav"
+    response = httpx.post(f"{server.url}/continue", json={"audio_path": marker, "duration_s": 1e9}, timeout=30)
+    assert response.status_code == 400
+    deadline = time.monotonic() + 10
+    while "refused POST /continue: 400 (duration_s)" not in server.log() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    lines = [line for line in server.log().splitlines() if "refused POST /continue" in line]
+    assert any("400 (duration_s)" in line for line in lines), lines[-3:]
+    assert "Traceback" not in server.log(), "a refused request logged a traceback"
 
 
 @pytest.mark.parametrize(
@@ -121,6 +169,11 @@ def test_a_job_is_refused_as_continue_refuses_it(
 
 def test_the_start_up_log_warns_about_open_input_roots(server: Server) -> None:
     assert "MUSICGEN_INPUT_ROOTS is empty" in server.log_path.read_text(errors="replace")
+
+
+def test_a_server_on_loopback_does_not_warn_that_it_is_exposed(server: Server) -> None:
+    # Served with `bentoml serve --host 127.0.0.1`: the worker finds its socket's address itself.
+    assert "beyond this machine" not in server.log_path.read_text(errors="replace")
 
 
 # -- a full or read-only output directory --------------------------------------------------------

@@ -171,7 +171,7 @@ def test_every_declared_route_is_served_and_documented(document: dict[str, Any])
 
     for endpoint in ENDPOINTS:
         operation = document["paths"][endpoint.path][endpoint.method.lower()]
-        statuses = {str(endpoint.answer.status)} | {str(error.status_code) for error in endpoint.all_refusals}
+        statuses = {str(endpoint.answer.status)} | {str(error.status_code) for error in endpoint.all_refusals()}
         assert set(operation["responses"]) == statuses, endpoint.name
 
 

@@ -11,7 +11,6 @@ log; MUSICGEN_SCREENSHOT=path saves the README's screenshot there.
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,40 +20,12 @@ import pytest
 
 from .conftest import TINY_TEXT, Server, write_tone
 
-CHROMIUM = os.environ.get("MUSICGEN_CHROMIUM", "/usr/bin/chromium")
-
-
-def _browser_or_skip() -> str:
-    executable = CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium")
-    if executable is None:
-        reason = f"no Chromium at {CHROMIUM} (apt-get install chromium)"
-        if os.environ.get("MUSICGEN_TESTS_REQUIRE_BROWSER") == "1":
-            pytest.fail(f"MUSICGEN_TESTS_REQUIRE_BROWSER=1 but {reason}")
-        pytest.skip(reason)
-    return executable
-
 
 @pytest.fixture(scope="module")
 def server(start_server: Any, tiny_models: dict[str, str]) -> Server:
     started: Server = start_server(settings={"MUSICGEN_MODEL": TINY_TEXT, "MUSICGEN_MAX_DURATION_S": "30"})
     started.wait_until("ready", timeout=180)
     return started
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    executable = _browser_or_skip()
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(
-            executable_path=executable,
-            headless=True,
-            # Continue plays through Web Audio from a click; a headless machine has no sound card.
-            args=["--autoplay-policy=no-user-gesture-required", "--no-sandbox"],
-        )
-        yield launched
-        launched.close()
 
 
 @pytest.fixture

@@ -94,3 +94,29 @@ def test_settings_are_frozen() -> None:
     settings = Settings.from_env({})
     with pytest.raises(ValueError):
         settings.port = 1  # type: ignore[misc]
+
+
+def test_a_server_listening_beyond_loopback_without_keys_warns_naming_the_settings(tmp_path: Path) -> None:
+    open_server = Settings.from_env({"MUSICGEN_INPUT_ROOTS": str(tmp_path)})
+    [warning] = open_server.risks("0.0.0.0")
+    for setting in ("MUSICGEN_API_KEYS_FILE", "MUSICGEN_ALLOWED_HOSTS", "MUSICGEN_CORS_ORIGINS"):
+        assert setting in warning
+    assert open_server.risks("127.0.0.1") == open_server.risks("::1") == []
+    keyed = Settings.from_env({"MUSICGEN_INPUT_ROOTS": str(tmp_path), "MUSICGEN_API_KEYS_FILE": str(tmp_path / "k")})
+    assert keyed.risks("0.0.0.0") == []
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "says"),
+    [
+        ("MUSICGEN_CORS_ORIGINS", "studio.example", "must be an origin"),
+        ("MUSICGEN_CORS_ORIGINS", "https://studio.example/path", "must be an origin"),
+        ("MUSICGEN_KEY_MAX_RUNNING", "-1", "greater than or equal to 0"),
+        ("MUSICGEN_KEY_AUDIO_S_PER_HOUR", "lots", "valid number"),
+    ],
+    ids=["no-scheme", "a-path", "negative-limit", "not-a-number"],
+)
+def test_bad_access_settings_name_the_variable(variable: str, value: str, says: str) -> None:
+    with pytest.raises(SettingsError) as refused:
+        Settings.from_env({variable: value})
+    assert variable in str(refused.value) and says in str(refused.value)

@@ -16,11 +16,13 @@ import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import anyio
 import anyio.to_thread
 
+from ..access.usage import Quota, Quotas
 from ..errors import GenerationCanceled
 from ..generation.host import ModelHost
 from ..generation.params import CancelFn
@@ -39,12 +41,21 @@ _DISCONNECT_POLL_S = 0.1
 GenerationCall = Callable[[Generator, int, CancelFn], T]
 
 
+@dataclass(frozen=True)
+class Admission:
+    """A generation admitted for an API key (`key` None without keys), and what ends it."""
+
+    key: str | None
+    end: Callable[[bool], None]
+
+
 class GenerationGate:
     """Admits requests to the ready generator: a ticket on arrival, then a thread when one is free."""
 
-    def __init__(self, host: ModelHost, metrics: ServiceMetrics | None = None) -> None:
+    def __init__(self, host: ModelHost, metrics: ServiceMetrics | None = None, quotas: Quotas | None = None) -> None:
         self.host = host
         self.metrics = metrics
+        self.quotas = quotas
         self._limiter: anyio.CapacityLimiter | None = None
 
     def threads_for(self, generator: Generator) -> int:
@@ -52,18 +63,42 @@ class GenerationGate:
         when it batches (see the module's docstring)."""
         return generator.concurrency * 2 if generator.concurrency > 1 else 1
 
+    def admit(self, quota: Quota | None, audio_s: float) -> Admission:
+        """Admits a generation for `quota`'s key: one of its running generations, and `audio_s`
+        seconds of audio against its hour, until the admission ends. Raises `NotReady` while the
+        model loads and `LimitReached` past the key's limits, before any work."""
+        self.host.generator()
+        if quota is None or self.quotas is None:
+            return Admission(None, lambda succeeded: None)
+        return Admission(quota.key, self.quotas.begin_generation(quota, audio_s))
+
     async def run(
         self,
         kind: str,
         call: GenerationCall[T],
         client_gone: Callable[[], Awaitable[bool]],
+        admission: Admission | None = None,
     ) -> T:
         """Runs `call` on a thread once one is free; cancels it at its next step if `client_gone()`.
+        Ends `admission` (`admit`'s) when it is over; a failed generation is not charged.
 
         Raises `NotReady` while the model loads and `GenerationCanceled` when the client left.
         """
         arrived = time.perf_counter()
-        generator = self.host.generator()
+        admission = admission or Admission(None, lambda succeeded: None)
+        succeeded = False
+        try:
+            result = await self._run(kind, self.host.generator(), call, client_gone)
+            succeeded = True
+        finally:
+            admission.end(succeeded)
+        if self.metrics is not None:
+            self.metrics.generation_finished(kind, time.perf_counter() - arrived, admission.key)
+        return result
+
+    async def _run(
+        self, kind: str, generator: Generator, call: GenerationCall[T], client_gone: Callable[[], Awaitable[bool]]
+    ) -> T:
         arrival = generator.next_arrival()  # its place is kept while it waits for a thread
         if self._limiter is None:
             self._limiter = anyio.CapacityLimiter(self.threads_for(generator))
@@ -101,6 +136,4 @@ class GenerationGate:
             raise outcome["error"]
         if "result" not in outcome:
             raise GenerationCanceled("the client disconnected before its request started")
-        if self.metrics is not None:
-            self.metrics.generation_finished(kind, time.perf_counter() - arrived)
         return outcome["result"]  # type: ignore[no-any-return]

@@ -107,10 +107,12 @@ class JobEventMessage:
 
 
 class MusicGenClient:
-    """Talks to one musicgen-bento server."""
+    """Talks to one musicgen-bento server; `api_key` is sent with every request where the server
+    asks for one (`musicgen-bento keys add NAME` makes it)."""
 
-    def __init__(self, url: str, timeout_s: float = 600.0) -> None:
-        self._http = httpx.Client(base_url=url.rstrip("/"), timeout=timeout_s)
+    def __init__(self, url: str, timeout_s: float = 600.0, api_key: str | None = None) -> None:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._http = httpx.Client(base_url=url.rstrip("/"), timeout=timeout_s, headers=headers)
 
     def __enter__(self) -> MusicGenClient:
         return self

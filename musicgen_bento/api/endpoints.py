@@ -27,13 +27,16 @@ from ..errors import (
     InvalidInput,
     InvalidParameter,
     JobNotFound,
+    LimitReached,
     MusicGenError,
     NoSuchFile,
+    NotAllowedHere,
     NotReady,
     OutputFull,
     OutputUnwritable,
     QueueFull,
     ShuttingDown,
+    Unauthorized,
     UnsupportedMediaType,
 )
 from ..render import STREAM_FORMATS, STREAM_TAKES, STREAMABLE_NORMALIZATION
@@ -67,6 +70,8 @@ class Answer:
     model: type[BaseModel] | None = None
     media: tuple[str, ...] = ()
     headers: Mapping[str, str] = field(default_factory=dict)
+    # An event stream's schema describes each of its events (OpenAPI 3.1 has no item schema of its own).
+    event: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -94,6 +99,8 @@ class Endpoint:
     parameters: tuple[Parameter, ...] = ()
     description: str = ""
     handler: Handler | None = None
+    public: bool = False  # answered without an API key (MUSICGEN_API_KEYS_FILE)
+    metered: bool = False  # counts against an API key's limits (generations, queued jobs, audio an hour)
     # Narrower bounds than `body`'s for some fields (property: JSON Schema keywords), which the route
     # checks itself; the document shows them in a schema of the route's own.
     body_bounds: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
@@ -106,13 +113,18 @@ class Endpoint:
     def served_by_bentoml(self) -> bool:
         return self.handler is None
 
-    @property
-    def all_refusals(self) -> tuple[type[MusicGenError], ...]:
-        """Its refusals, with those of every JSON POST: a body of another media type (415) and, where
-        it takes a body, a malformed one (400)."""
-        implied: tuple[type[MusicGenError], ...] = ()
+    def all_refusals(self, keys_required: bool = False) -> tuple[type[MusicGenError], ...]:
+        """Its refusals, with those every route has: a Host or Origin this server does not serve
+        (403), with keys a missing or unknown one (401) and a key's limits (429, where `metered`),
+        and for a JSON POST a body of another media type (415) and, where it takes one, a malformed
+        body (400)."""
+        implied: list[type[MusicGenError]] = [NotAllowedHere]
+        if keys_required and not self.public:
+            implied.append(Unauthorized)
+        if keys_required and self.metered:
+            implied.append(LimitReached)
         if self.method == "POST" and self.body != "multipart":
-            implied = (InvalidParameter, UnsupportedMediaType) if self.body is not None else (UnsupportedMediaType,)
+            implied += [InvalidParameter, UnsupportedMediaType] if self.body is not None else [UnsupportedMediaType]
         return tuple(dict.fromkeys((*implied, *self.refusals)))
 
 
@@ -147,6 +159,20 @@ def _posted(endpoint: Endpoint, path: str, name: str) -> Endpoint:
     return Endpoint("POST", path, name, summary, endpoint.answer, (JobNotFound,), body=JobIdRequest)
 
 
+_JOB_EVENT = {
+    "type": "object",
+    "required": ["event", "data"],
+    "properties": {
+        "event": {"enum": ["status", "progress", "result"]},
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "description": "JSON: the job as GET /jobs/{job_id} shows it (status, result), or its id and progress.",
+        },
+        "id": {"type": "string", "description": "Where the event stands in the job's life; resume after it."},
+        "retry": {"type": "integer", "description": "Milliseconds to wait before reconnecting."},
+    },
+}
 _NOT_READY = (NotReady, ShuttingDown)
 # What a request that reads a source file and writes a new one may be refused with.
 _SOURCE_REFUSALS = (InputForbidden, InputNotFound, InputTooLarge, InvalidInput, *_NOT_READY)
@@ -169,6 +195,7 @@ CONTINUE = Endpoint(
     Answer(200, "The new file, written.", ContinueResponse),
     (*_SOURCE_REFUSALS, *_WRITE_REFUSALS),
     body=ContinueRequest,
+    metered=True,
 )
 CONTINUE_STREAM = Endpoint(
     "POST",
@@ -183,6 +210,7 @@ CONTINUE_STREAM = Endpoint(
     ),
     (*_SOURCE_REFUSALS, *_WRITE_REFUSALS),
     body=ContinueRequest,
+    metered=True,
     body_bounds={
         "output_format": {"enum": list(STREAM_FORMATS)},
         "normalization": {"enum": list(STREAMABLE_NORMALIZATION)},
@@ -220,6 +248,7 @@ GENERATE = Endpoint(
     ),
     (*_SOURCE_REFUSALS, Conflict, QueueFull),
     body=GenerateRequest,
+    metered=True,
     # As `render.check_plan` has it: where a prompt starts means something only in a file to continue
     # (a key present but null is not one), and a job needs something to start from (a prompt that is
     # not blank, a melody or music to continue).
@@ -270,6 +299,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         _PLAYGROUND,
         Answer(200, "The page.", media=("text/html",)),
         handler=get_playground,
+        public=True,  # a static page; what it asks the API for carries the key the person gives it
     ),
     Endpoint(
         "GET",
@@ -280,6 +310,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         (NoSuchFile,),
         parameters=(Parameter("asset", "path", "The file's name.", {"type": "string", "enum": list(ASSET_NAMES)}),),
         handler=get_playground_asset,
+        public=True,
     ),
     GENERATE,
     GET_JOB,
@@ -289,7 +320,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "/events",
         "get_job_events",
         "A job's events as they happen (Server-Sent Events): status, progress, then its result.",
-        Answer(200, "The event stream.", media=("text/event-stream",)),
+        Answer(200, "The event stream.", media=("text/event-stream",), event=_JOB_EVENT),
         job_events,
         _LAST_EVENT_ID,
         description="Events: `status` at each change of status (data: the job as GET /jobs/{job_id} shows it), "
@@ -309,7 +340,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     ),
     JOB_STATUS,
     JOB_CANCEL,
-    Endpoint("GET", "/health", "health_get", _HEALTH_SUMMARY, HEALTH.answer, handler=get_health),
+    # The orchestrator polls it without a key; it says whether keys are required, nothing more.
+    Endpoint("GET", "/health", "health_get", _HEALTH_SUMMARY, HEALTH.answer, handler=get_health, public=True),
     HEALTH,
     Endpoint(
         "GET",

@@ -1,16 +1,58 @@
 """ASGI middleware that gives every client error the service's JSON shape, including the ones
-BentoML and Starlette answer themselves (validation, malformed bodies, unknown routes)."""
+BentoML and Starlette answer themselves (validation, malformed bodies, unknown routes), and logs
+each refused request in one line.
+
+A refused request is the client's mistake, not the server's: it gets one INFO line (status, route,
+field, the API key's name) and no traceback. BentoML logs a traceback at ERROR for every request its
+own validation refuses; `quiet_refusals` drops those, and keeps its tracebacks of server errors.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
-from starlette.responses import JSONResponse
+from bentoml.exceptions import BentoMLException
+from pydantic import ValidationError
 
+from ..access.keys import key_in
 from ..errors import UnsupportedMediaType
 from .endpoints import ENDPOINTS
 from .errors import describe_validation_errors, error_response
+
+logger = logging.getLogger("musicgen_bento")
+
+
+def log_refusal(scope: dict[str, Any], status: int, body: Any) -> None:
+    """One INFO line for a refused request: its status, route, the field at fault and the key's name."""
+    field = body.get("field") if isinstance(body, dict) else None
+    key = getattr(key_in(scope), "name", None)
+    path = str(scope.get("path", ""))[:100]
+    logger.info(
+        "refused %s %s: %d%s%s",
+        scope.get("method"),
+        path,
+        status,
+        f" ({field})" if field else "",
+        f", key {key}" if key else "",
+    )
+
+
+class _NoTracebackForRefusals(logging.Filter):
+    """Drops BentoML's "Exception on <route>" records whose exception is a refusal (a 4xx)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, ValidationError):
+            return False
+        return not (isinstance(error, BentoMLException) and int(error.error_code) < 500)
+
+
+def quiet_refusals() -> None:
+    """Keeps BentoML from logging a traceback for the requests its validation refuses (call once,
+    where the service is defined); ours log their one line."""
+    logging.getLogger("bentoml._internal.server.http_app").addFilter(_NoTracebackForRefusals())
 
 
 class ReadableErrorsMiddleware:
@@ -30,7 +72,8 @@ class ReadableErrorsMiddleware:
             return
         refusal = _refuse_non_json_body(scope)
         if refusal is not None:
-            await refusal(scope, receive, send)
+            log_refusal(scope, refusal.status_code, refusal.body())
+            await error_response(refusal)(scope, receive, send)
             return
         start: dict[str, Any] = {}
         chunks: list[bytes] = []
@@ -58,7 +101,7 @@ _NOT_JSON_ROUTES = {
 }
 
 
-def _refuse_non_json_body(scope: dict[str, Any]) -> JSONResponse | None:
+def _refuse_non_json_body(scope: dict[str, Any]) -> UnsupportedMediaType | None:
     """A 415 for a POST whose body is declared as anything but JSON, before BentoML parses it.
 
     Every POST route but the multipart ones (uploads) takes a JSON body. BentoML would otherwise
@@ -73,10 +116,9 @@ def _refuse_non_json_body(scope: dict[str, Any]) -> JSONResponse | None:
     if not media_type or media_type == "application/json" or media_type.endswith("+json"):
         return None
     shown = declared[:100]
-    error = UnsupportedMediaType(
+    return UnsupportedMediaType(
         f"the body must be JSON, sent with 'Content-Type: application/json'; got {shown!r}", field="body"
     )
-    return error_response(error)
 
 
 def _is_json(start_message: dict[str, Any]) -> bool:
@@ -101,6 +143,7 @@ async def _send_rewritten(start: dict[str, Any], raw: bytes, send: Any, scope: d
         message = _ROUTING_ERRORS[status].format(method=scope.get("method"), path=repr(shown))
         rewritten = {"error": f"{message}; the API page served at / lists the routes"}
     payload = raw if rewritten is None else json.dumps(rewritten).encode()
+    log_refusal(scope, status, rewritten if rewritten is not None else body)
     headers = [(k, v) for k, v in start.get("headers", []) if k.lower() not in (b"content-length", b"content-type")]
     content_type = (
         b"application/json"
@@ -120,7 +163,7 @@ def _rewrite_body(body: Any) -> dict[str, Any] | None:
         detail = body["detail"]
         fields = [".".join(str(p) for p in e.get("loc", ())) for e in detail if isinstance(e, dict)]
         rewritten = {"error": describe_validation_errors(detail), "detail": detail}
-        if fields and fields[0]:
-            rewritten["field"] = fields[0]
+        if fields:
+            rewritten["field"] = fields[0] or "body"  # no location: the body as a whole (not JSON, say)
         return rewritten
     return None

@@ -51,7 +51,7 @@ def openapi_document(bentoml_document: dict[str, Any], title: str, version: str,
     for path, item in bentoml_document.get("paths", {}).items():
         if path in _INFRASTRUCTURE:
             paths[path] = copy.deepcopy(item)
-    return {
+    built: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {
             "title": title,
@@ -61,6 +61,12 @@ def openapi_document(bentoml_document: dict[str, Any], title: str, version: str,
         "paths": paths,
         "components": {"schemas": document.schemas},
     }
+    if settings.api_keys_file is not None:
+        built["components"]["securitySchemes"] = {
+            "apiKey": {"type": "http", "scheme": "bearer", "description": "An API key: musicgen-bento keys add NAME."}
+        }
+        built["security"] = [{"apiKey": []}]
+    return built
 
 
 class _Document:
@@ -79,7 +85,10 @@ class _Document:
         if endpoint.body is not None:
             operation["requestBody"] = {"required": True, "content": self._body(endpoint)}
         operation["responses"] = {str(endpoint.answer.status): self._answer(endpoint.answer)}
-        operation["responses"].update(_refusals(endpoint.all_refusals))
+        keys_required = self.settings.api_keys_file is not None
+        operation["responses"].update(_refusals(endpoint.all_refusals(keys_required)))
+        if keys_required and endpoint.public:
+            operation["security"] = []  # the document's default asks for a key; these routes do not
         return operation
 
     def _body(self, endpoint: Endpoint) -> dict[str, Any]:
@@ -102,7 +111,7 @@ class _Document:
         if answer.model is not None:
             described["content"] = {"application/json": {"schema": self._reference(answer.model, "serialization")}}
         else:
-            described["content"] = {media: {"schema": _media_schema(media)} for media in answer.media}
+            described["content"] = {media: {"schema": answer.event or _media_schema(media)} for media in answer.media}
         if answer.headers:
             described["headers"] = {
                 name: {"description": text, "schema": {"type": "string"}} for name, text in answer.headers.items()

@@ -27,11 +27,14 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 from sse_starlette import EventSourceResponse, JSONServerSentEvent, ServerSentEvent
+from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from ..errors import GenerationCanceled, InputTooLarge, MusicGenError
+from ..access.keys import key_in
+from ..access.usage import Quotas
+from ..errors import GenerationCanceled, InputTooLarge, InvalidParameter, MusicGenError
 from ..generation.host import ModelHost
 from ..generation.params import CancelFn
 from ..generation.protocol import Generator
@@ -40,7 +43,7 @@ from ..jobs.service import JobService
 from ..render import RenderedTake, RenderPlan, StreamedRender, prepare_stream, result_of
 from ..schemas import ContinueRequest, RenderResult
 from ..settings import Settings
-from .admission import GenerationGate
+from .admission import Admission, GenerationGate
 from .errors import describe_validation_errors, error_response, response_for
 
 logger = logging.getLogger("musicgen_bento")
@@ -56,6 +59,7 @@ class StreamingService(Protocol):
     host: ModelHost
     gate: GenerationGate
     jobs: JobService
+    quotas: Quotas
 
 
 # How long a browser's EventSource waits before reconnecting after a dropped stream.
@@ -90,13 +94,18 @@ async def continue_stream(service: StreamingService, request: Request) -> Respon
         plan = RenderPlan.of(await _continue_request(request), service.settings)
         generator = service.host.generator()
         stream: StreamedRender = await run_in_threadpool(prepare_stream, plan, generator, service.settings)
+        admission = service.gate.admit(service.quotas.of(key_in(request.scope)), plan.audio_s)
     except _Refused as refused:
         return refused.response
     except Exception as error:  # MusicGenErrors become their 4xx/5xx; anything else a generic 500
         return response_for("continue_stream", error)
     headers = {**stream_headers(result_of(stream.rendered)), "Content-Length": str(stream.content_length)}
     return StreamingResponse(
-        _audio(service.gate, stream), media_type="audio/wav", headers={**headers, "Cache-Control": "no-store"}
+        _audio(service.gate, stream, admission),
+        media_type="audio/wav",
+        headers={**headers, "Cache-Control": "no-store"},
+        # Ends the admission if the body never ran (the client gone before it); once it has, a no-op.
+        background=BackgroundTask(admission.end, False),
     )
 
 
@@ -116,7 +125,7 @@ def stream_headers(result: RenderResult) -> dict[str, str]:
     return {name: str(value) for name, value in zip(STREAM_HEADERS, values, strict=True)}
 
 
-async def _audio(gate: GenerationGate, stream: StreamedRender) -> AsyncIterator[bytes]:
+async def _audio(gate: GenerationGate, stream: StreamedRender, admission: Admission) -> AsyncIterator[bytes]:
     """The file's bytes: the header at once, then each chunk as the generation's thread hands it over."""
     loop = asyncio.get_running_loop()
     chunks: asyncio.Queue[bytes | None] = asyncio.Queue()
@@ -134,7 +143,7 @@ async def _audio(gate: GenerationGate, stream: StreamedRender) -> AsyncIterator[
     async def gone() -> bool:
         return client_left.is_set()
 
-    generation = asyncio.ensure_future(gate.run("continue_stream", run, gone))
+    generation = asyncio.ensure_future(gate.run("continue_stream", run, gone, admission))
     generation.add_done_callback(_log_outcome)
     try:
         yield stream.wav.header
@@ -176,9 +185,14 @@ async def _continue_request(request: Request) -> ContinueRequest:
             too_large = InputTooLarge(f"the request body must be at most {_MAX_BODY_BYTES} bytes", field="body")
             raise _Refused(error_response(too_large))
     try:
-        return ContinueRequest.model_validate_json(bytes(body))
+        text = bytes(body).decode("utf-8")
+    except UnicodeDecodeError:
+        not_utf8 = InvalidParameter("the request body is not valid JSON: JSON is sent in UTF-8", field="body")
+        raise _Refused(error_response(not_utf8)) from None
+    try:
+        return ContinueRequest.model_validate_json(text)
     except ValidationError as invalid:
-        detail: list[dict[str, Any]] = json.loads(invalid.json(include_url=False))
+        detail: list[dict[str, Any]] = json.loads(invalid.json(include_url=False, include_input=False))
         content: dict[str, Any] = {"error": describe_validation_errors(detail), "detail": detail}
         location = ".".join(str(part) for part in detail[0].get("loc", ())) if detail else ""
         if location:

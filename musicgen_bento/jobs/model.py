@@ -69,6 +69,7 @@ class Job:
     attempts: int = 0
     cache_key: str | None = None
     completions: int = 0
+    owner: str | None = None  # the name of the API key that submitted it (with keys on)
 
 
 @dataclass(frozen=True)

@@ -343,6 +343,7 @@ def _fields_of(job: Job) -> dict[str, str]:
         "cache_key": job.cache_key,
         "result": json.dumps(job.result.to_json()) if job.result is not None else None,
         "error": job.error,
+        "owner": job.owner,
     }
     fields.update({key: str(value) for key, value in optional.items() if value is not None})
     return fields
@@ -366,4 +367,5 @@ def _job_of(fields: dict[str, str], position: int | None) -> Job:
         attempts=int(fields.get("attempts", 0)),
         cache_key=fields.get("cache_key"),
         completions=int(fields.get("completions", 0)),
+        owner=fields.get("owner"),
     )

@@ -8,9 +8,11 @@ import hashlib
 import json
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+from ..access.usage import Quota, Quotas
 from ..audio.files import MEDIA_TYPES
 from ..errors import Conflict, JobNotFound
 from ..generation.host import ModelHost
@@ -71,16 +73,19 @@ def cache_key_for(request: GenerateRequest, model: str, inputs: dict[str, Path])
 class JobService:
     """The jobs API's logic: validation before queueing, idempotency, the cache, views."""
 
-    def __init__(self, queue: JobQueue, host: ModelHost, settings: Settings) -> None:
+    def __init__(self, queue: JobQueue, host: ModelHost, settings: Settings, quotas: Quotas | None = None) -> None:
         self.queue = queue
         self.host = host
         self.settings = settings
+        self.quotas = quotas
         self.followers = JobFollowers(queue, self.view_of)
 
-    def submit(self, request: GenerateRequest) -> JobAccepted:
-        """Validates and queues a job (or answers from the cache or an earlier idempotent submission)."""
+    def submit(self, request: GenerateRequest, quota: Quota | None = None) -> JobAccepted:
+        """Validates and queues a job (or answers from the cache or an earlier idempotent submission);
+        a new job counts among `quota`'s key's queued jobs and its audio against the key's hour."""
         ready = self.host.ready_generator()
-        inputs = self._check(request, ready)
+        plan = RenderPlan.of(request, self.settings)
+        inputs = self._check(plan, ready)
         cache_key = cache_key_for(request, ready.name, inputs) if ready is not None else None
         now = time.time()
         job = Job(
@@ -89,6 +94,7 @@ class JobService:
             request=request.model_dump(exclude_none=True),
             created_at=now,
             cache_key=cache_key,
+            owner=None if quota is None else quota.key,
         )
         if cache_key is not None and request.idempotency_key is None:
             hit = self.queue.cached(cache_key)
@@ -96,14 +102,30 @@ class JobService:
                 job.status, job.started_at, job.finished_at, job.progress = JobStatus.SUCCEEDED, now, now, 1.0
                 job.result = dataclasses.replace(hit.result, cached=True)
                 return self._accepted(self.queue.add_finished(job, audio_from=hit.job_id))
-        stored, _ = self.queue.submit(
-            job, request.idempotency_key, request_fingerprint(request), self.settings.max_queue
-        )
+        undo = self._admit(quota, job, plan.audio_s)
+        try:
+            stored, created = self.queue.submit(
+                job, request.idempotency_key, request_fingerprint(request), self.settings.max_queue
+            )
+        except BaseException:
+            undo()
+            raise
+        if not created:  # an earlier submission with the same idempotency key: nothing new queued
+            undo()
         return self._accepted(stored)
 
-    def _check(self, request: GenerateRequest, ready: Generator | None) -> dict[str, Path]:
+    def _admit(self, quota: Quota | None, job: Job, audio_s: float) -> Callable[[], None]:
+        if self.quotas is None:
+            return lambda: None
+
+        def still_queued(job_id: str) -> bool:
+            held = self.queue.get(job_id)
+            return held is not None and held.status is JobStatus.QUEUED
+
+        return self.quotas.queue_job(quota, job.job_id, audio_s, still_queued)
+
+    def _check(self, plan: RenderPlan, ready: Generator | None) -> dict[str, Path]:
         """Refuses what can't run, before anything is queued; returns the input files by field."""
-        plan = RenderPlan.of(request, self.settings)
         check_plan(plan, self.settings)
         inputs = check_inputs(plan, self.settings)
         check_model(plan, ready)
@@ -136,7 +158,11 @@ class JobService:
     def cancel(self, job_id: str) -> JobView:
         if not JOB_ID.fullmatch(job_id) or self.queue.cancel(job_id) is None:
             raise _unknown(job_id)
-        return self.view(job_id)
+        view = self.view(job_id)
+        job = self.queue.get(job_id)
+        if self.quotas is not None and job is not None and job.status is JobStatus.CANCELED:
+            self.quotas.job_left_queue(job.owner, job_id)
+        return view
 
     def audio(self, job_id: str, take: int = 0) -> tuple[bytes, str]:
         """The job's audio (of its take number `take`) and its media type."""

@@ -35,7 +35,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     cancel_requested INTEGER NOT NULL DEFAULT 0,
     cache_key TEXT,
     idempotency_key TEXT UNIQUE,
-    fingerprint TEXT
+    fingerprint TEXT,
+    owner TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, seq);
 CREATE TABLE IF NOT EXISTS cache (cache_key TEXT PRIMARY KEY, job_id TEXT NOT NULL);
@@ -58,6 +59,10 @@ class SqliteJobQueue:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
+            # Columns added since a database's creation.
+            columns = {row["name"] for row in self._db.execute("PRAGMA table_info(jobs)")}
+            if "owner" not in columns:
+                self._db.execute("ALTER TABLE jobs ADD COLUMN owner TEXT")
             # This process is the only user of the file: a job still `running` was running when
             # the previous process died. It goes back to the queue at its old place.
             self._db.execute("UPDATE jobs SET status='queued', started_at=NULL, progress=0 WHERE status='running'")
@@ -89,7 +94,7 @@ class SqliteJobQueue:
     def _insert(self, job: Job, idempotency_key: str | None, fingerprint: str | None) -> None:
         self._db.execute(
             "INSERT INTO jobs (job_id, status, request, created_at, started_at, finished_at, progress, result,"
-            " cache_key, idempotency_key, fingerprint) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            " cache_key, idempotency_key, fingerprint, owner) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 job.job_id,
                 job.status.value,
@@ -102,6 +107,7 @@ class SqliteJobQueue:
                 job.cache_key,
                 idempotency_key,
                 fingerprint,
+                job.owner,
             ),
         )
 
@@ -311,4 +317,5 @@ def _job_of(row: sqlite3.Row, position: int | None) -> Job:
         attempts=row["attempts"],
         cache_key=row["cache_key"],
         completions=row["completions"],
+        owner=row["owner"],
     )

@@ -3,12 +3,14 @@ each with its own claim, heartbeat, progress and cancel."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
 
+from ..access.usage import Quotas
 from ..errors import GenerationCanceled, MusicGenError
 from ..generation.host import ModelHost
 from ..generation.protocol import Generator
@@ -47,12 +49,18 @@ class JobWorker:
     among the generator's requests (`/continue` calls included) in the order it was claimed."""
 
     def __init__(
-        self, queue: JobQueue, host: ModelHost, settings: Settings, metrics: ServiceMetrics | None = None
+        self,
+        queue: JobQueue,
+        host: ModelHost,
+        settings: Settings,
+        metrics: ServiceMetrics | None = None,
+        quotas: Quotas | None = None,
     ) -> None:
         self.queue = queue
         self.host = host
         self.settings = settings
         self.metrics = metrics
+        self.quotas = quotas
         self.worker_id = f"{uuid.uuid4().hex[:12]}"
         self._stopping = threading.Event()
         self._interrupting = threading.Event()
@@ -150,8 +158,11 @@ class JobWorker:
         heartbeat = threading.Thread(target=self._keep_alive, args=(claim, ended, lost), daemon=True)
         heartbeat.start()
         watch = _JobWatch(self.queue, claim, lost, self._interrupting)
+        owner = claim.job.owner
+        running = self.quotas.running_job(owner, job_id) if self.quotas is not None else contextlib.nullcontext()
         try:
-            self._render(claim, generator, watch, arrival)
+            with running:
+                self._render(claim, generator, watch, arrival)
         except GenerationCanceled:
             if self._interrupting.is_set() and not watch.cancel_seen:
                 released = not lost.is_set() and self.queue.release(claim)
@@ -173,7 +184,7 @@ class JobWorker:
         started = time.perf_counter()
         rendered = render(plan, generator, self.settings, watch.progress, watch.should_cancel, arrival)
         if self.metrics is not None:
-            self.metrics.generation_finished("job", time.perf_counter() - started)
+            self.metrics.generation_finished("job", time.perf_counter() - started, claim.job.owner)
         result = result_of(rendered).model_dump(mode="json", exclude={"prompt_start_s", "prompt_duration_s"})
         output = JobOutput.from_json(result)
         if self.queue.complete(claim, output, [take.path for take in rendered.takes]):

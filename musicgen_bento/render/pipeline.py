@@ -120,6 +120,11 @@ class RenderPlan:
             include_source=isinstance(request, ContinueRequest) and request.include_source,
         )
 
+    @property
+    def audio_s(self) -> float:
+        """Seconds of audio it asks for, each take counted (what an API key's hour is charged)."""
+        return self.duration_s * self.options.takes
+
     def input_fields(self) -> dict[str, str]:
         """The request's input files by field name."""
         inputs = {}
@@ -370,7 +375,9 @@ def prompt_span(
         if samples == 0:
             raise _too_short(source, frame_samples / source.sample_rate, field)
         return source.frames - samples, source.frames
-    start = round(start_s * source.sample_rate)
+    # A start past the source's end is refused before it is counted in samples: a huge one (3.9e307)
+    # would overflow the count.
+    start = round(start_s * source.sample_rate) if start_s < source.duration_s else source.frames
     samples = (min(wanted, source.frames - start) // frame_samples) * frame_samples
     if samples <= 0:
         latest = max(0.0, (source.frames - frame_samples) / source.sample_rate)

@@ -1,13 +1,14 @@
 // The playground: one page, talking to this server's own API. No libraries, nothing fetched from
 // elsewhere. Continue streams POST /continue/stream and plays the WAV chunks with Web Audio as
-// they arrive; Generate runs a job (POST /generate) followed through GET /jobs/{id}/events.
+// they arrive; Generate runs a job (POST /generate) followed through GET /jobs/{id}/events. Where
+// the server asks for an API key, every call carries the one the person gives (kept in this tab).
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 const FIELDS = ["prompt", "duration_s", "cfg_coef", "temperature", "top_k", "top_p", "seed", "output_format"];
 // Where an error about a request field is shown: the control that sets it.
 const ERROR_HOME = {
-  audio_path: "source", continue_from: "source", file: "source", prompt_start_s: "source",
+  Authorization: "api_key", audio_path: "source", continue_from: "source", file: "source", prompt_start_s: "source",
   prompt_duration_s: "source", melody_path: "melody", takes: "general", normalization: "general",
 };
 const LABELS = {
@@ -23,6 +24,51 @@ const state = {
 
 // ---- the server ---------------------------------------------------------------------------------
 
+// This server's API, with the person's key where the server asks for one.
+function api(url, init = {}) {
+  const key = $("api_key").value.trim();
+  const headers = new Headers(init.headers || {});
+  if (key) headers.set("Authorization", `Bearer ${key}`);
+  return fetch(url, { ...init, headers });
+}
+
+// A job's Server-Sent Events, read through fetch: EventSource cannot send the Authorization header.
+// The format is a few lines (WHATWG "event stream interpretation"), so it is parsed here rather
+// than with a library the page would have to carry. `onEvent(name, data)` gets each event.
+async function followEvents(url, onEvent, signal) {
+  const response = await api(url, { headers: { Accept: "text/event-stream" }, signal });
+  if (!response.ok) throw response;
+  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  let event = { name: "message", data: [] };
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buffer += value;
+    const lines = buffer.split(/\r\n|\r|\n/);
+    buffer = lines.pop();
+    for (const line of lines) {
+      if (line === "") {
+        if (event.data.length) onEvent(event.name, event.data.join("\n"));
+        event = { name: "message", data: [] };
+      } else if (!line.startsWith(":")) {
+        const at = line.indexOf(":");
+        const field = at < 0 ? line : line.slice(0, at);
+        const text = at < 0 ? "" : line.slice(at + 1).replace(/^ /, "");
+        if (field === "event") event.name = text;
+        else if (field === "data") event.data.push(text);
+      }
+    }
+  }
+}
+
+function rememberKey() {
+  sessionStorage.setItem("musicgen-api-key", $("api_key").value.trim());
+  $("api_key-error").textContent = "";
+  $("api_key").classList.remove("invalid");
+  readLimits();
+}
+
 async function watchHealth() {
   for (;;) {
     let health = null;
@@ -33,6 +79,7 @@ async function watchHealth() {
       showServer("error", "The server does not answer; retrying…");
     }
     if (health) {
+      $("key-field").hidden = !health.keys_required;
       const where = [health.model, health.device, health.licence && `licence: ${health.licence}`]
         .filter(Boolean).join(" · ");
       if (health.status === "ready") {
@@ -61,7 +108,7 @@ function showServer(kind, text) {
 async function readLimits() {
   // The server's own limits, from its OpenAPI document.
   try {
-    const schemas = (await (await fetch("/docs.json")).json()).components.schemas;
+    const schemas = (await (await api("/docs.json")).json()).components.schemas;
     const maximum = (schema) => (schema.properties.duration_s.anyOf || [schema.properties.duration_s])
       .map((branch) => branch.maximum).find((value) => value !== undefined);
     state.limits.continue = maximum(schemas.ContinueRequest) ?? state.limits.continue;
@@ -114,7 +161,7 @@ async function upload(file, role) {
   info.textContent = `Uploading ${file.name}…`;
   const form = new FormData();
   form.append("file", file, file.name);
-  const response = await fetch("/uploads", { method: "POST", body: form });
+  const response = await api("/uploads", { method: "POST", body: form });
   if (response.status !== 201) {
     info.textContent = "";
     const body = await response.json().catch(() => ({}));
@@ -244,7 +291,7 @@ async function continueStreamed() {
   const started = performance.now();
   let response;
   try {
-    response = await fetch("/continue/stream", {
+    response = await api("/continue/stream", {
       method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body),
     });
   } catch (error) {
@@ -317,7 +364,7 @@ async function generateJob() {
   setBusy(true, "Queueing…");
   $("progress").value = 0;
   const started = performance.now();
-  const response = await fetch("/generate", {
+  const response = await api("/generate", {
     method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body),
   }).catch(() => null);
   if (!response) {
@@ -333,22 +380,19 @@ async function generateJob() {
   const accepted = await response.json();
   state.jobId = accepted.job_id;
   updateButtons();
-  const events = new EventSource(`/jobs/${accepted.job_id}/events`);
+  const events = new AbortController();
   state.events = events;
-  events.addEventListener("status", (event) => {
-    const view = JSON.parse(event.data);
+  const onStatus = (view) => {
     const words = { queued: `Waiting in line (${view.queue_position ?? 0} ahead)…`, running: "Generating…" };
     if (words[view.status]) $("activity").textContent = words[view.status];
-  });
-  events.addEventListener("progress", (event) => { $("progress").value = JSON.parse(event.data).progress; });
-  events.addEventListener("result", async (event) => {
-    events.close();
+  };
+  const onResult = async (view) => {
+    events.abort();
     state.events = null;
     state.jobId = null;
-    const view = JSON.parse(event.data);
     if (view.status === "succeeded") {
       $("progress").value = 1;
-      const audio = await fetch(`/jobs/${view.job_id}/audio`);
+      const audio = await api(`/jobs/${view.job_id}/audio`);
       const blob = await audio.blob();
       const elapsed = ((performance.now() - started) / 1000).toFixed(1);
       const format = view.request.output_format || "wav";
@@ -364,13 +408,24 @@ async function generateJob() {
       showError("general", `the job failed: ${view.error || "unknown reason"}`);
       setBusy(false);
     }
-  });
+  };
+  const handlers = {
+    status: onStatus,
+    progress: (data) => { $("progress").value = data.progress; },
+    result: onResult,
+  };
+  followEvents(`/jobs/${accepted.job_id}/events`, (name, data) => handlers[name]?.(JSON.parse(data)), events.signal)
+    .catch(async (error) => {
+      if (error instanceof Response) await refusal(error);
+      else if (error.name !== "AbortError") showError("general", "the job's events stopped coming; it may still run");
+      if (state.jobId) setBusy(false);
+    });
 }
 
 async function cancelJob() {
   if (!state.jobId) return;
   $("activity").textContent = "Canceling…";
-  await fetch(`/jobs/${state.jobId}`, { method: "DELETE" }).catch(() => null);
+  await api(`/jobs/${state.jobId}`, { method: "DELETE" }).catch(() => null);
 }
 
 async function decodeForPicture(blob) {
@@ -512,6 +567,8 @@ document.addEventListener("DOMContentLoaded", () => {
   }
   drawWaveform(new Float32Array(0));
   drawSpectrogram(new Float32Array(0), 32000);
+  $("api_key").value = sessionStorage.getItem("musicgen-api-key") || "";
+  $("api_key").addEventListener("change", rememberKey);
   readLimits();
   watchHealth();
 });

@@ -28,12 +28,13 @@ from musicgen_bento.schemas import (
     JobAccepted,
     JobView,
 )
-from musicgen_bento.settings import Settings
+from musicgen_bento.settings import Settings, exposure_risks
 
 with bentoml.importing():
     from musicgen_bento.access.usage import Quotas, open_ledger
     from musicgen_bento.api.admission import GenerationGate
     from musicgen_bento.api.openapi import openapi_document
+    from musicgen_bento.api.webhooks import WebhookDispatcher
     from musicgen_bento.audio.uploads import UploadStore
     from musicgen_bento.generation.host import ModelHost
     from musicgen_bento.jobs import open_queue
@@ -74,7 +75,7 @@ class MusicGen:
 
     def __init__(self) -> None:
         self.settings = SETTINGS
-        for risk in self.settings.risks(bound_address(sys.argv)):
+        for risk in exposure_risks(self.settings, bound_address(sys.argv)):
             logger.warning(risk)
         self.metrics = ServiceMetrics(self.settings.batch_slots)
         self.host = ModelHost(self.settings, on_step=self.metrics.engine_step)
@@ -86,6 +87,8 @@ class MusicGen:
         self.jobs = JobService(queue, self.host, self.settings, self.quotas)
         self.worker = JobWorker(queue, self.host, self.settings, self.metrics, self.quotas)
         self.worker.start()
+        self.webhooks = WebhookDispatcher(queue, self.settings, self.jobs.webhook_body)
+        self.webhooks.start()
         self.uploads = UploadStore(self.settings.upload_dir, input_limits(self.settings), self.settings.upload_ttl_s)
         self.uploads.start_sweeping()
         self._openapi: dict[str, Any] | None = None
@@ -106,6 +109,7 @@ class MusicGen:
         # In this order: the running job stops (or finishes) first, then the decoding engine
         # between two steps, so the process never exits in the middle of a torch operation.
         self.worker.stop(grace_s=self._grace_s)
+        self.webhooks.stop()
         self.host.close()
         self.jobs.queue.close()
         self.uploads.stop_sweeping()

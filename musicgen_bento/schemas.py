@@ -277,6 +277,7 @@ class UploadResponse(BaseModel):
 
 
 JobStatusField = Literal["queued", "running", "succeeded", "failed", "canceled"]
+WebhookEvent = Literal["started", "succeeded", "failed", "canceled"]
 
 
 class GenerateRequest(SourcePrompt):
@@ -308,6 +309,19 @@ class GenerateRequest(SourcePrompt):
         min_length=1,
         max_length=200,
         description="Submitting the same key again returns the first job instead of queueing another.",
+    )
+    webhook_url: str | None = Field(
+        None,
+        min_length=1,
+        max_length=2000,
+        pattern=r"^https?://[^\s]+$",
+        description="Where to POST the job's events (signed per Standard Webhooks with the server's secret; the "
+        "body is the job's view). Its host must be one of MUSICGEN_WEBHOOK_ALLOWED_HOSTS.",
+    )
+    webhook_events: list[WebhookEvent] | None = Field(
+        None,
+        min_length=1,
+        description="Which events to send: started, succeeded, failed, canceled. Omitted: all four.",
     )
 
 
@@ -343,6 +357,27 @@ class JobResult(BaseModel):
     takes: list[JobTake] = Field(default_factory=list, description="Every take, the first being the one above.")
 
 
+class WebhookDelivery(BaseModel):
+    """How one event's delivery stands."""
+
+    event: WebhookEvent
+    webhook_id: str = Field(description="The webhook-id header: the same on every attempt at this event.")
+    attempts: int
+    last_status: int | None = Field(description="The receiver's last HTTP status; null before an answer.")
+    last_error: str | None = Field(description="Why the last attempt failed, when it did.")
+    delivered_at: str | None = Field(description="When a 2xx answered it, ISO 8601 UTC.")
+    next_attempt_at: str | None = Field(description="When it is tried next, while it is pending.")
+    gave_up_at: str | None = Field(description="When retrying stopped (MUSICGEN_WEBHOOK_RETRY_S).")
+
+
+class WebhookView(BaseModel):
+    """A job's webhook: where its events go, and each delivery so far."""
+
+    url: str
+    events: list[WebhookEvent]
+    deliveries: list[WebhookDelivery]
+
+
 class JobView(BaseModel):
     """Body of GET /jobs/{id}."""
 
@@ -356,3 +391,4 @@ class JobView(BaseModel):
     request: dict[str, object]
     result: JobResult | None
     error: str | None
+    webhook: WebhookView | None = Field(None, description="Its webhook's deliveries, when it has one.")

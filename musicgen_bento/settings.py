@@ -8,6 +8,7 @@ reads `os.environ`.
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import os
 import re
@@ -16,7 +17,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic.json_schema import JsonDict
 from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 from pydantic_settings.sources.utils import parse_env_vars
@@ -227,7 +228,29 @@ class Settings(BaseSettings):
         "request from any other page's origin is refused with 403.",
     )
 
-    @field_validator("allowed_hosts", mode="before")
+    webhook_allowed_hosts: Annotated[tuple[str, ...], NoDecode] = _setting(
+        (),
+        "--webhook-allowed-hosts",
+        "Comma-separated hosts a job's webhook_url may name ('*.example.com' for a domain's names; an address "
+        "as written); empty: webhooks are refused.",
+    )
+    webhook_secret: SecretStr = _setting(
+        SecretStr(""),
+        "--webhook-secret",
+        "The Standard Webhooks signing secret (whsec_ and base64, 24 to 64 bytes) that signs every delivery; "
+        "needed with MUSICGEN_WEBHOOK_ALLOWED_HOSTS. Prefer the variable to the flag, which ps shows.",
+    )
+    webhook_timeout_s: float = _setting(
+        5.0, "--webhook-timeout-s", "Seconds a webhook delivery may take before it counts as failed.", gt=0, le=60
+    )
+    webhook_retry_s: float = _setting(
+        86400.0,
+        "--webhook-retry-s",
+        "Seconds a failing webhook delivery is retried for, with exponential backoff, before it is given up.",
+        gt=0,
+    )
+
+    @field_validator("allowed_hosts", "webhook_allowed_hosts", mode="before")
     @classmethod
     def _split_hosts(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -237,15 +260,7 @@ class Settings(BaseSettings):
     @field_validator("cors_origins", mode="before")
     @classmethod
     def _split_origins(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            value = tuple(part.strip().rstrip("/") for part in value.split(",") if part.strip())
-        for origin in value:
-            if origin != "*" and not re.fullmatch(r"https?://[^/\s?#]+", origin):
-                raise ValueError(
-                    f"each must be an origin (scheme, host, port) such as https://studio.example:8443; {origin!r} "
-                    "is not"
-                )
-        return value
+        return _origins(value)
 
     @field_validator("input_roots", mode="before")
     @classmethod
@@ -267,6 +282,12 @@ class Settings(BaseSettings):
                 f"MUSICGEN_QUANTIZE={self.quantize} needs MUSICGEN_ENGINE=static (the engine that quantizes the "
                 f"decoder); MUSICGEN_ENGINE is {self.engine}"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _webhooks_are_signed(self) -> Settings:
+        # Checked here, not in a field validator: a refusal must not echo the secret.
+        _check_webhook_secret(self.webhook_secret.get_secret_value(), self.webhook_allowed_hosts)
         return self
 
     @model_validator(mode="after")
@@ -292,26 +313,6 @@ class Settings(BaseSettings):
         environ = _ENVIRON.get()
         return init_settings, _MappingSource(settings_cls, os.environ if environ is None else environ)
 
-    def risks(self, listening_on: str | None = None) -> list[str]:
-        """Warnings about how this configuration exposes the server, for the start-up log;
-        `listening_on` is the address the server is bound to, where known (else MUSICGEN_HOST)."""
-        risks = []
-        host = listening_on or self.host
-        if self.api_keys_file is None and not _is_loopback(host):
-            risks.append(
-                f"the server listens on {host}, beyond this machine, and MUSICGEN_API_KEYS_FILE is not set: "
-                "anyone who can reach the port can use it. Set MUSICGEN_API_KEYS_FILE (musicgen-bento keys add NAME), "
-                "and MUSICGEN_ALLOWED_HOSTS and MUSICGEN_CORS_ORIGINS for the names and pages that reach it "
-                "(docs/deploying.md: a hardened configuration)"
-            )
-        if not self.input_roots:
-            risks.append(
-                "MUSICGEN_INPUT_ROOTS is empty: a request may use any audio file this process can read as its "
-                "source, and with include_source copy it into the output directory. On a server that clients "
-                "share, set it to the directories their files are in (docs/deploying.md: a hardened configuration)"
-            )
-        return risks
-
     @property
     def source_roots(self) -> tuple[Path, ...]:
         """Where requests may read files from: the input roots and the upload directory (empty: anywhere)."""
@@ -335,6 +336,56 @@ class Settings(BaseSettings):
             raise SettingsError(_describe(error)) from None
         finally:
             _ENVIRON.reset(token)
+
+
+def exposure_risks(settings: Settings, listening_on: str | None = None) -> list[str]:
+    """Warnings about how a configuration exposes the server, for the start-up log; `listening_on`
+    is the address the server is bound to, where known (else MUSICGEN_HOST)."""
+    risks = []
+    host = listening_on or settings.host
+    if settings.api_keys_file is None and not _is_loopback(host):
+        risks.append(
+            f"the server listens on {host}, beyond this machine, and MUSICGEN_API_KEYS_FILE is not set: "
+            "anyone who can reach the port can use it. Set MUSICGEN_API_KEYS_FILE (musicgen-bento keys add NAME), "
+            "and MUSICGEN_ALLOWED_HOSTS and MUSICGEN_CORS_ORIGINS for the names and pages that reach it "
+            "(docs/deploying.md: a hardened configuration)"
+        )
+    if not settings.input_roots:
+        risks.append(
+            "MUSICGEN_INPUT_ROOTS is empty: a request may use any audio file this process can read as its "
+            "source, and with include_source copy it into the output directory. On a server that clients "
+            "share, set it to the directories their files are in (docs/deploying.md: a hardened configuration)"
+        )
+    return risks
+
+
+def _origins(value: Any) -> Any:
+    """MUSICGEN_CORS_ORIGINS, split and checked: each an origin (scheme, host and port), or '*'."""
+    if isinstance(value, str):
+        value = tuple(part.strip().rstrip("/") for part in value.split(",") if part.strip())
+    for origin in value:
+        if origin != "*" and not re.fullmatch(r"https?://[^/\s?#]+", origin):
+            raise ValueError(
+                f"each must be an origin (scheme, host, port) such as https://studio.example:8443; {origin!r} is not"
+            )
+    return value
+
+
+def _check_webhook_secret(secret: str, allowed_hosts: tuple[str, ...]) -> None:
+    """Webhooks need a Standard Webhooks secret: whsec_ and the base64 of 24 to 64 bytes."""
+    if allowed_hosts and not secret:
+        raise ValueError(
+            "MUSICGEN_WEBHOOK_ALLOWED_HOSTS is set but MUSICGEN_WEBHOOK_SECRET is not: every delivery is signed; "
+            "set a secret (whsec_ and base64 of 24 to 64 random bytes)"
+        )
+    if secret:
+        raw = secret.removeprefix("whsec_")
+        try:
+            length = len(base64.b64decode(raw + "=" * (-len(raw) % 4), validate=True))
+        except ValueError:
+            length = 0
+        if not 24 <= length <= 64:
+            raise ValueError("MUSICGEN_WEBHOOK_SECRET must be whsec_ and the base64 of 24 to 64 random bytes")
 
 
 class _MappingSource(EnvSettingsSource):
@@ -389,6 +440,8 @@ def _shown_default(default: Any) -> str:
         return "empty"
     if isinstance(default, Path):
         return f"`./{default}`"
+    if isinstance(default, SecretStr):
+        return "empty" if not default.get_secret_value() else "(secret)"
     if isinstance(default, float) and default.is_integer():
         return f"`{int(default)}`"
     return f"`{default}`"

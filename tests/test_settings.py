@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from musicgen_bento.settings import Settings, SettingsError, setting_specs
+from musicgen_bento.settings import Settings, SettingsError, exposure_risks, setting_specs
 
 
 def test_defaults_serve_musicgen_small_on_gpu_zero() -> None:
@@ -98,12 +98,12 @@ def test_settings_are_frozen() -> None:
 
 def test_a_server_listening_beyond_loopback_without_keys_warns_naming_the_settings(tmp_path: Path) -> None:
     open_server = Settings.from_env({"MUSICGEN_INPUT_ROOTS": str(tmp_path)})
-    [warning] = open_server.risks("0.0.0.0")
+    [warning] = exposure_risks(open_server, "0.0.0.0")
     for setting in ("MUSICGEN_API_KEYS_FILE", "MUSICGEN_ALLOWED_HOSTS", "MUSICGEN_CORS_ORIGINS"):
         assert setting in warning
-    assert open_server.risks("127.0.0.1") == open_server.risks("::1") == []
+    assert exposure_risks(open_server, "127.0.0.1") == exposure_risks(open_server, "::1") == []
     keyed = Settings.from_env({"MUSICGEN_INPUT_ROOTS": str(tmp_path), "MUSICGEN_API_KEYS_FILE": str(tmp_path / "k")})
-    assert keyed.risks("0.0.0.0") == []
+    assert exposure_risks(keyed, "0.0.0.0") == []
 
 
 @pytest.mark.parametrize(

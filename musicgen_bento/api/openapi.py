@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import re
 from typing import Any
 
 from pydantic import BaseModel
@@ -149,7 +150,24 @@ class _Document:
                 if branch.get("type") == "number":
                     branch["maximum"] = limit.maximum
             described["default"] = limit.default
+        if "webhook_url" in schema["properties"]:
+            self._webhook_hosts(schema["properties"]["webhook_url"])
         return schema
+
+    def _webhook_hosts(self, described: dict[str, Any]) -> None:
+        """`webhook_url` as this server takes it: only to its allowed hosts, and not at all without them."""
+        allowed = self.settings.webhook_allowed_hosts
+        for branch in described.get("anyOf", [described]):
+            if branch.get("type") != "string":
+                continue
+            if not allowed:
+                branch["not"] = {}  # no string is accepted: the server sends no webhooks
+                continue
+            names = "|".join(
+                r"[^/:@?#]+\." + re.escape(entry[2:]) if entry.startswith("*.") else re.escape(entry)
+                for entry in allowed
+            )
+            branch["pattern"] = rf"^https?://({names})(:[0-9]+)?([/?#]\S*)?$"
 
 
 def _refusals(refusals: tuple[type[MusicGenError], ...]) -> dict[str, Any]:

@@ -4,6 +4,7 @@ both queue backends (embedded SQLite, shared Redis) implement."""
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from enum import Enum
@@ -70,6 +71,7 @@ class Job:
     cache_key: str | None = None
     completions: int = 0
     owner: str | None = None  # the name of the API key that submitted it (with keys on)
+    webhook: dict[str, Any] | None = None  # where its events go and how their deliveries stand (`webhooks`)
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,13 @@ class Claim:
     attempt: int
     worker_id: str
     entry_id: str = ""  # Redis: the stream entry carrying the job (SQLite needs none)
+
+
+def lease_free(webhook: dict[str, Any]) -> bool:
+    """Whether a job's webhook state may be leased: no one holds it, or its lease ran out (even a
+    holder's own second pass waits: one pass at a time delivers a job's events)."""
+    lease = webhook.get("lease") or {}
+    return not lease or float(lease.get("until", 0)) <= time.time()
 
 
 # Job ids are made by `uuid.uuid4().hex`; anything else names no job and is never looked up.
@@ -137,6 +146,18 @@ class JobQueue(Protocol):
 
     def sweep(self) -> None:
         """Deletes finished jobs (and their audio) older than the retention time."""
+
+    def webhook_jobs(self) -> list[str]:
+        """Jobs whose webhook has deliveries still to make (the jobs may have ended meanwhile)."""
+
+    def lease_webhook(self, job_id: str, holder: str, lease_s: float) -> Job | None:
+        """The job, its webhook state leased to `holder` for `lease_s` so that one replica delivers
+        each event; None while another holds it, or when the job is gone (it then leaves
+        `webhook_jobs`)."""
+
+    def save_webhook(self, job_id: str, holder: str, state: dict[str, Any], still_open: bool) -> bool:
+        """Stores the job's webhook state and ends `holder`'s lease; False when the lease was lost.
+        A state no longer `still_open` leaves `webhook_jobs`."""
 
     def watch(self, changed: Callable[[str], None]) -> None:
         """Calls `changed(job_id)`, on any thread, after each change to a job's status or progress:

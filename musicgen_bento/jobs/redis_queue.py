@@ -23,7 +23,7 @@ from typing import Any
 import redis
 
 from ..errors import Conflict, QueueFull
-from .model import Claim, Job, JobOutput, JobStatus
+from .model import Claim, Job, JobOutput, JobStatus, lease_free
 
 logger = logging.getLogger("musicgen_bento")
 
@@ -102,6 +102,7 @@ class RedisJobQueue:
         self.visibility_ms = max(1, round(visibility_timeout_s * 1000))
         self.stream = f"{prefix}:queue"
         self.queued = f"{prefix}:queued"
+        self.webhooks = f"{prefix}:webhooks"  # jobs whose webhook has deliveries to make
         self._finish = self.redis.register_script(_FINISH)
         self._cancel = self.redis.register_script(_CANCEL)
         self._start = self.redis.register_script(_START)
@@ -148,6 +149,8 @@ class RedisJobQueue:
             pipe.hset(job_key, mapping=_fields_of(job))
             pipe.zadd(self.queued, {job_key: seq})
             pipe.xadd(self.stream, {"job_id": job.job_id})
+            if job.webhook is not None:
+                pipe.sadd(self.webhooks, job.job_id)
             pipe.execute()
         stored = self.get(job.job_id)
         assert stored is not None
@@ -161,6 +164,8 @@ class RedisJobQueue:
             for take in range(len(job.result.audio_paths) if job.result else 1):
                 pipe.copy(self._audio_key(audio_from, take), self._audio_key(job.job_id, take))
                 pipe.expire(self._audio_key(job.job_id, take), self.ttl_s)
+            if job.webhook is not None:
+                pipe.sadd(self.webhooks, job.job_id)
             pipe.execute()
         stored = self.get(job.job_id)
         assert stored is not None
@@ -320,6 +325,57 @@ class RedisJobQueue:
                 logger.warning("job change subscription lost (%s); reconnecting", error)
                 self._closed.wait(1.0)
 
+    def webhook_jobs(self) -> list[str]:
+        return [member.decode() for member in self.redis.smembers(self.webhooks)]
+
+    def lease_webhook(self, job_id: str, holder: str, lease_s: float) -> Job | None:
+        def lease(state: dict[str, Any]) -> dict[str, Any] | None:
+            if not lease_free(state):
+                return None
+            return {**state, "lease": {"holder": holder, "until": time.time() + lease_s}}
+
+        if self._change_webhook(job_id, lease) is None:
+            return None
+        return self.get(job_id)
+
+    def save_webhook(self, job_id: str, holder: str, state: dict[str, Any], still_open: bool) -> bool:
+        def save(current: dict[str, Any]) -> dict[str, Any] | None:
+            if (current.get("lease") or {}).get("holder") != holder:
+                return None
+            return {key: value for key, value in state.items() if key != "lease"}
+
+        if self._change_webhook(job_id, save) is None:
+            return False
+        if not still_open:
+            self.redis.srem(self.webhooks, job_id)
+        return True
+
+    def _change_webhook(
+        self, job_id: str, change: Callable[[dict[str, Any]], dict[str, Any] | None]
+    ) -> dict[str, Any] | None:
+        """Applies `change` to the job's webhook state as one transaction (retried when another
+        replica changed it meanwhile); the new state, or None when `change` declined or the job is gone."""
+        job_key = self._job_key(job_id)
+        with self.redis.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(job_key)
+                    raw = pipe.hget(job_key, "webhook")
+                    if raw is None:
+                        pipe.unwatch()
+                        self.redis.srem(self.webhooks, job_id)
+                        return None
+                    changed = change(json.loads(raw))
+                    if changed is None:
+                        pipe.unwatch()
+                        return None
+                    pipe.multi()
+                    pipe.hset(job_key, "webhook", json.dumps(changed))
+                    pipe.execute()
+                    return changed
+                except redis.WatchError:
+                    continue
+
     def close(self) -> None:
         self._closed.set()
         if self._listener is not None:
@@ -344,6 +400,7 @@ def _fields_of(job: Job) -> dict[str, str]:
         "result": json.dumps(job.result.to_json()) if job.result is not None else None,
         "error": job.error,
         "owner": job.owner,
+        "webhook": json.dumps(job.webhook) if job.webhook is not None else None,
     }
     fields.update({key: str(value) for key, value in optional.items() if value is not None})
     return fields
@@ -368,4 +425,5 @@ def _job_of(fields: dict[str, str], position: int | None) -> Job:
         cache_key=fields.get("cache_key"),
         completions=int(fields.get("completions", 0)),
         owner=fields.get("owner"),
+        webhook=json.loads(fields["webhook"]) if "webhook" in fields else None,
     )

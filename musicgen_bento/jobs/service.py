@@ -22,6 +22,8 @@ from ..schemas import GenerateRequest, JobAccepted, JobResult, JobView
 from ..settings import Settings
 from .events import JobFollowers
 from .model import JOB_ID, Job, JobOutput, JobQueue, JobStatus
+from .webhooks import check_webhook_url, webhook_of
+from .webhooks import view_of as webhook_view
 
 
 def _unknown(job_id: str) -> JobNotFound:
@@ -64,7 +66,9 @@ def cache_key_for(request: GenerateRequest, model: str, inputs: dict[str, Path])
     """The artifact cache's key: model, parameters and the inputs' content. None without a seed."""
     if request.seed is None:
         return None
-    body = request.model_dump(exclude={"idempotency_key", "melody_path", "continue_from"})
+    body = request.model_dump(
+        exclude={"idempotency_key", "melody_path", "continue_from", "webhook_url", "webhook_events"}
+    )
     body["model"] = model
     body["inputs"] = {name: _file_digest(path) for name, path in sorted(inputs.items())}
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
@@ -95,6 +99,7 @@ class JobService:
             created_at=now,
             cache_key=cache_key,
             owner=None if quota is None else quota.key,
+            webhook=webhook_of(request),
         )
         if cache_key is not None and request.idempotency_key is None:
             hit = self.queue.cached(cache_key)
@@ -127,6 +132,9 @@ class JobService:
     def _check(self, plan: RenderPlan, ready: Generator | None) -> dict[str, Path]:
         """Refuses what can't run, before anything is queued; returns the input files by field."""
         check_plan(plan, self.settings)
+        request = plan.options
+        if isinstance(request, GenerateRequest) and request.webhook_url is not None:
+            check_webhook_url(request.webhook_url, self.settings)
         inputs = check_inputs(plan, self.settings)
         check_model(plan, ready)
         return inputs
@@ -153,7 +161,12 @@ class JobService:
             request=job.request,
             result=result,
             error=job.error,
+            webhook=None if job.webhook is None else webhook_view(job.webhook),
         )
+
+    def webhook_body(self, job: Job) -> str:
+        """What a webhook delivery of `job` carries: its view, as GET /jobs/{job_id} answers it."""
+        return self.view_of(job).model_dump_json()
 
     def cancel(self, job_id: str) -> JobView:
         if not JOB_ID.fullmatch(job_id) or self.queue.cancel(job_id) is None:

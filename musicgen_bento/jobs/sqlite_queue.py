@@ -8,15 +8,17 @@ nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from ..errors import Conflict, QueueFull
-from .model import Claim, Job, JobOutput, JobStatus
+from .model import Claim, Job, JobOutput, JobStatus, lease_free
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -36,7 +38,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     cache_key TEXT,
     idempotency_key TEXT UNIQUE,
     fingerprint TEXT,
-    owner TEXT
+    owner TEXT,
+    webhook TEXT,
+    webhook_open INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, seq);
 CREATE TABLE IF NOT EXISTS cache (cache_key TEXT PRIMARY KEY, job_id TEXT NOT NULL);
@@ -61,8 +65,13 @@ class SqliteJobQueue:
             self._db.executescript(_SCHEMA)
             # Columns added since a database's creation.
             columns = {row["name"] for row in self._db.execute("PRAGMA table_info(jobs)")}
-            if "owner" not in columns:
-                self._db.execute("ALTER TABLE jobs ADD COLUMN owner TEXT")
+            for column, declared in (
+                ("owner", "TEXT"),
+                ("webhook", "TEXT"),
+                ("webhook_open", "INTEGER NOT NULL DEFAULT 0"),
+            ):
+                if column not in columns:
+                    self._db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {declared}")
             # This process is the only user of the file: a job still `running` was running when
             # the previous process died. It goes back to the queue at its old place.
             self._db.execute("UPDATE jobs SET status='queued', started_at=NULL, progress=0 WHERE status='running'")
@@ -94,7 +103,8 @@ class SqliteJobQueue:
     def _insert(self, job: Job, idempotency_key: str | None, fingerprint: str | None) -> None:
         self._db.execute(
             "INSERT INTO jobs (job_id, status, request, created_at, started_at, finished_at, progress, result,"
-            " cache_key, idempotency_key, fingerprint, owner) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            " cache_key, idempotency_key, fingerprint, owner, webhook, webhook_open)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 job.job_id,
                 job.status.value,
@@ -108,6 +118,8 @@ class SqliteJobQueue:
                 idempotency_key,
                 fingerprint,
                 job.owner,
+                json.dumps(job.webhook) if job.webhook is not None else None,
+                int(job.webhook is not None),
             ),
         )
 
@@ -297,6 +309,34 @@ class SqliteJobQueue:
         for changed in list(self._watchers):
             changed(job_id)
 
+    def webhook_jobs(self) -> list[str]:
+        with self._lock:
+            return [row["job_id"] for row in self._db.execute("SELECT job_id FROM jobs WHERE webhook_open=1")]
+
+    def lease_webhook(self, job_id: str, holder: str, lease_s: float) -> Job | None:
+        with self._lock:
+            job = self.get(job_id)
+            if job is None or job.webhook is None:
+                self._db.execute("UPDATE jobs SET webhook_open=0 WHERE job_id=?", (job_id,))
+                return None
+            if not lease_free(job.webhook):
+                return None
+            state = {**job.webhook, "lease": {"holder": holder, "until": time.time() + lease_s}}
+            self._db.execute("UPDATE jobs SET webhook=? WHERE job_id=?", (json.dumps(state), job_id))
+            return dataclasses.replace(job, webhook=state)
+
+    def save_webhook(self, job_id: str, holder: str, state: dict[str, Any], still_open: bool) -> bool:
+        with self._lock:
+            job = self.get(job_id)
+            if job is None or job.webhook is None or (job.webhook.get("lease") or {}).get("holder") != holder:
+                return False
+            saved = {key: value for key, value in state.items() if key != "lease"}
+            self._db.execute(
+                "UPDATE jobs SET webhook=?, webhook_open=? WHERE job_id=?",
+                (json.dumps(saved), int(still_open), job_id),
+            )
+            return True
+
     def close(self) -> None:
         with self._lock:
             self._db.close()
@@ -318,4 +358,5 @@ def _job_of(row: sqlite3.Row, position: int | None) -> Job:
         cache_key=row["cache_key"],
         completions=row["completions"],
         owner=row["owner"],
+        webhook=json.loads(row["webhook"]) if row["webhook"] else None,
     )

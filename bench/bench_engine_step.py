@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import time
 from functools import partial
 from typing import Any
 
@@ -127,6 +128,25 @@ def measure(shape: str, steps: int, rounds: int, int8: bool) -> None:
             f"({median / floor_ms:4.2f}x it), peak memory {peaks[name]:6.0f} MiB",
             flush=True,
         )
+    for batch in (1, 8):
+        check_ms = on_fresh_thread(partial(finite_check_ms, device, 2 * batch), PROCESS_THREADS)
+        print(f"  non-finite guard (in every step above): {check_ms:.3f} ms a step at batch {batch}", flush=True)
+
+
+def finite_check_ms(device: str, rows: int, rounds: int = 200) -> float:
+    """Milliseconds the non-finite guard adds to a step of `rows` rows: its reduction over the
+    step's logits (rows, 4 codebooks, 2048 codes), the median of `rounds`."""
+    import torch
+
+    from musicgen_bento.engine.finite import finite_slots
+
+    logits = torch.randn(rows, 4, 2048, device=device)
+    times = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        finite_slots(logits).tolist()  # on a GPU the engine reads it a step later; this waits: an upper bound
+        times.append(time.perf_counter() - started)
+    return statistics.median(times) * 1000
 
 
 def main() -> None:

@@ -82,6 +82,10 @@ class ServiceMetrics:
             "musicgen_engine_requests_canceled",
             "Requests that left the engine before their end: a job canceled, a client gone.",
         )
+        self._nonfinite = prometheus.Counter(
+            "musicgen_engine_requests_nonfinite",
+            "Requests failed because the model's output turned to NaN or infinity (MUSICGEN_DTYPE overflows).",
+        )
         self._generation = prometheus.Histogram(
             "musicgen_generation_seconds",
             "Seconds from a request's arrival to its written file, for requests that succeeded; by kind and by the "
@@ -91,6 +95,7 @@ class ServiceMetrics:
         )
         self._lock = threading.Lock()
         self._canceled_seen = 0
+        self._nonfinite_seen = 0
         self._window_start = time.monotonic()
         self._window_steps = 0
 
@@ -102,6 +107,9 @@ class ServiceMetrics:
             if report.canceled > self._canceled_seen:
                 self._canceled.inc(report.canceled - self._canceled_seen)
                 self._canceled_seen = report.canceled
+            if report.nonfinite > self._nonfinite_seen:
+                self._nonfinite.inc(report.nonfinite - self._nonfinite_seen)
+                self._nonfinite_seen = report.nonfinite
             now = time.monotonic()
             if report.batch == 0:
                 self._steps_per_second.set(0)

@@ -109,8 +109,8 @@ class Settings(BaseSettings):
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = _setting(
         "auto",
         "--dtype",
-        "Weights' precision: auto (float16 on CUDA; on a CPU bfloat16 where its arithmetic measures faster at "
-        "start-up, else float32), float32, float16 or bfloat16.",
+        "Weights' precision: auto (on CUDA bfloat16 from compute capability 8.0, float16 before; on a CPU "
+        "bfloat16 where its arithmetic measures faster at start-up, else float32), float32, float16 or bfloat16.",
     )
     quantize: Literal["none", "int8"] = _setting(
         "none",

@@ -7,17 +7,15 @@ correctly. `tests/test_engine_cuda.py` runs the real thing on a GPU.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 import torch
 
 from musicgen_bento.engine import DecodeEngine, DecodeRequest, EngineOptions, Sampling
-from musicgen_bento.engine.cuda_graphs import CudaGraphs
+from musicgen_bento.engine.cuda_graphs import CudaGraphs, Forward, StepOutput
 from musicgen_bento.models.tiny import build_tiny_model
 
-Forward = Callable[[int, int, int], torch.Tensor]
 GREEDY = Sampling(cfg_coef=3.0, temperature=0.0)
 
 
@@ -30,7 +28,7 @@ class _Pretend(CudaGraphs):
         self.forward = forward
         self.replays = 0
 
-    def capture(self, rows: int, length: int, cross: int) -> tuple[Any, torch.Tensor]:
+    def capture(self, rows: int, length: int, cross: int) -> tuple[Any, StepOutput]:
         pretend = self
 
         class Replay:
@@ -46,13 +44,13 @@ class _Pretend(CudaGraphs):
 
 
 class _FailingCapture(_Pretend):
-    def capture(self, rows: int, length: int, cross: int) -> tuple[Any, torch.Tensor]:
+    def capture(self, rows: int, length: int, cross: int) -> tuple[Any, StepOutput]:
         raise RuntimeError("injected: operation not permitted when stream is capturing")
 
 
 class _WrongReplay(_Pretend):
     def replay(self, rows: int, length: int, cross: int) -> None:
-        self.forward(rows, length, cross)[:, :, 7] += 1e4  # every codebook's best token becomes 7
+        self.forward(rows, length, cross)[0][:, :, 7] += 1e4  # every codebook's best token becomes 7
 
 
 def _engine(graphs: type[CudaGraphs] | None) -> tuple[DecodeEngine, Any]:

@@ -20,10 +20,6 @@ def test_an_explicit_dtype_is_taken_as_asked_everywhere(requested: str) -> None:
         assert (precision.name, precision.reason) == (requested, f"MUSICGEN_DTYPE={requested}")
 
 
-def test_auto_is_float16_on_cuda() -> None:
-    assert pick_precision("cuda:0", "auto", SMALL).dtype == torch.float16
-
-
 def test_auto_stays_float32_on_a_cpu_without_bfloat16_arithmetic(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(device, "_cpu_bfloat16_features", lambda: {"AMX": False, "AVX-512 BF16": False})
     precision = pick_precision("cpu", "auto", SMALL)
@@ -104,3 +100,19 @@ def test_a_bfloat16_generator_on_a_cpu_keeps_its_codec_in_float32(tiny_models: d
     codec_weights = {p.dtype for p in generator.decode_engine.model.audio_encoder.parameters()}
     assert codec_weights == {torch.float32}
     generator.close()
+
+
+@pytest.mark.parametrize(
+    ("capability", "dtype"),
+    [((9, 0), torch.bfloat16), ((8, 0), torch.bfloat16), ((8, 9), torch.bfloat16), ((7, 5), torch.float16)],
+    ids=["hopper", "ampere", "ada", "turing"],
+)
+def test_auto_on_cuda_takes_bfloat16_where_the_gpu_has_it(capability: tuple[int, int], dtype: torch.dtype) -> None:
+    chosen = pick_precision("cuda:0", "auto", SMALL, capability=lambda device: capability)
+    assert chosen.dtype == dtype
+    assert f"compute capability {capability[0]}.{capability[1]}" in chosen.reason
+
+
+def test_a_chosen_precision_is_kept_on_cuda() -> None:
+    chosen = pick_precision("cuda:0", "float16", SMALL, capability=lambda device: (9, 0))
+    assert (chosen.dtype, chosen.reason) == (torch.float16, "MUSICGEN_DTYPE=float16")

@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ..audio.files import MEDIA_TYPES
+from ..engine import NonFiniteOutput
 from ..errors import (
     Conflict,
     InputForbidden,
@@ -193,7 +194,7 @@ CONTINUE = Endpoint(
     "continue_",
     "Continue the music in a file on the server's disk; answers with the new file's path.",
     Answer(200, "The new file, written.", ContinueResponse),
-    (*_SOURCE_REFUSALS, *_WRITE_REFUSALS),
+    (*_SOURCE_REFUSALS, *_WRITE_REFUSALS, NonFiniteOutput),
     body=ContinueRequest,
     metered=True,
 )

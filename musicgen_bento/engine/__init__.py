@@ -6,6 +6,7 @@ Its public names are here; the layers above use the engine through them only.
 from .core import DecodeEngine
 from .cuda_graphs import GraphsStatus
 from .delay_pattern import delay_steps
+from .finite import NonFiniteOutput
 from .invariance import BatchInvariance
 from .memory_plan import (
     MIB,
@@ -34,6 +35,7 @@ __all__ = [
     "FramesFn",
     "GraphsStatus",
     "MemoryPlan",
+    "NonFiniteOutput",
     "Precision",
     "Sampling",
     "StepFn",

@@ -190,6 +190,7 @@ class DecodeEngine:
                 admitted=self._stats.admitted,
                 prefills_shared=counters.prefills_shared,
                 canceled=counters.canceled,
+                nonfinite=counters.nonfinite,
                 decoding=len(self.scheduler.running),
                 waiting=self.scheduler.waiting,
                 graph_steps=counters.graph_steps,
@@ -268,8 +269,10 @@ class DecodeEngine:
             if batch:
                 self._stats.count_step(batch)
             admitted, self._admitted_since_report = tuple(self._admitted_since_report), []
+            counters = self.runner.counters
+            waiting = self.scheduler.waiting
             report = StepReport(
-                batch, len(self.scheduler.running), self.scheduler.waiting, self.runner.counters.canceled, admitted
+                batch, len(self.scheduler.running), waiting, counters.canceled, admitted, counters.nonfinite
             )
         if self.observer is not None:
             self.observer(report)

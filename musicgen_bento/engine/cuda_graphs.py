@@ -12,8 +12,10 @@ import torch
 
 logger = logging.getLogger("musicgen_bento")
 
-# The decoding step's forward: (rows, attention length, cross length) -> logits.
-Forward = Callable[[int, int, int], torch.Tensor]
+# The decoding step's forward: (rows, attention length, cross length) -> its output buffers (the
+# logits, and whether each slot's are finite).
+StepOutput = tuple[torch.Tensor, torch.Tensor]
+Forward = Callable[[int, int, int], StepOutput]
 
 
 @dataclass(frozen=True)
@@ -41,7 +43,7 @@ class CudaGraphs:
         self._forward = forward
         self._device = device
         self._max_rows = max_rows
-        self._graphs: dict[tuple[int, int, int], tuple[Any, torch.Tensor]] = {}
+        self._graphs: dict[tuple[int, int, int], tuple[Any, StepOutput]] = {}
         self._pool: Any = None
         self.enabled = device.type == "cuda"
         self.reason = "on: not checked yet" if self.enabled else "off: not a CUDA device"
@@ -69,8 +71,8 @@ class CudaGraphs:
         """Drops every graph (the buffers they read were replaced)."""
         self._graphs.clear()
 
-    def run(self, rows: int, length: int, cross: int) -> torch.Tensor:
-        """The step's logits, from the graph of this bucket (captured now if new)."""
+    def run(self, rows: int, length: int, cross: int) -> StepOutput:
+        """The step's output, from the graph of this bucket (captured now if new)."""
         padded = padded_rows(rows, self._max_rows)
         key = (padded, length, cross)
         entry = self._graphs.get(key)
@@ -87,8 +89,8 @@ class CudaGraphs:
         entry[0].replay()
         return entry[1]
 
-    def capture(self, rows: int, length: int, cross: int) -> tuple[Any, torch.Tensor]:
-        """Captures the step for (rows, length, cross); returns the graph and its output buffer."""
+    def capture(self, rows: int, length: int, cross: int) -> tuple[Any, StepOutput]:
+        """Captures the step for (rows, length, cross); returns the graph and its output buffers."""
         stream = torch.cuda.Stream(self._device)
         stream.wait_stream(torch.cuda.current_stream(self._device))
         with torch.cuda.stream(stream):

@@ -7,13 +7,17 @@ from dataclasses import dataclass
 
 import torch
 
-from .cuda_graphs import CudaGraphs
+from .cuda_graphs import CudaGraphs, Forward
 from .precision import Precision
+from .requests import DecodeRequest
 from .weights import WeightLayout
 
 # Builds the CUDA graphs from the step's forward, the device and the most rows a step computes:
 # the seam where a test injects a failing or a wrong capture on a CPU.
-GraphsFactory = Callable[[Callable[[int, int, int], torch.Tensor], torch.device, int], CudaGraphs]
+GraphsFactory = Callable[[Forward, torch.device, int], CudaGraphs]
+# Sees each step's logits, (2 x requests, codebooks, vocab), with the requests by slot, before the
+# non-finite guard does: a test's way to make one request's logits NaN.
+LogitsHook = Callable[[torch.Tensor, tuple[DecodeRequest, ...]], None]
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,7 @@ class EngineOptions:
         weights: how to hold the decoder's linear weights, as the memory plan counted them (chosen
             with `weights.choose_layout`); None: the decoder chooses as `pack_weights` and
             `quantize` say.
+        logits_hook: sees each step's logits before the non-finite guard (tests).
     """
 
     use_cuda_graphs: bool = True
@@ -47,6 +52,7 @@ class EngineOptions:
     cache_positions: tuple[int, int] | None = None
     attention: Precision | None = None
     weights: WeightLayout | None = None
+    logits_hook: LogitsHook | None = None
 
 
 DEFAULT_OPTIONS = EngineOptions()

@@ -18,9 +18,10 @@ from typing import Any
 import torch
 
 from .batch_state import BatchState
-from .cuda_graphs import padded_rows
+from .cuda_graphs import StepOutput, padded_rows
 from .decoder import Decoder
 from .delay_pattern import DelayPattern
+from .finite import FiniteCheck, NonFiniteOutput, finite_slots, non_finite
 from .invariance import find_min_rows
 from .kv_cache import CROSS_BUCKET, KVCache, choose_cache_precision, round_up, rows_of
 from .options import DEFAULT_OPTIONS, EngineOptions
@@ -43,6 +44,7 @@ class RunnerCounters:
 
     prefills_shared: int = 0  # prefills copied from a twin's instead of computed
     canceled: int = 0  # requests that left before their end because their caller gave up
+    nonfinite: int = 0  # requests failed because their logits turned to NaN or infinity
     graph_steps: int = 0  # steps replayed from a captured CUDA graph
     padded_rows: int = 0  # rows computed for free slots alongside the running ones
 
@@ -84,6 +86,8 @@ class ModelRunner:
         self._pad_rows = options.pad_rows
         self._length_bucket = _CUDA_LENGTH_BUCKET if device.type == "cuda" else _CPU_LENGTH_BUCKET
         self.counters = RunnerCounters()
+        self._finite: FiniteCheck[RequestState] = FiniteCheck(device, slots)
+        self._logits_hook = options.logits_hook
 
     def request_state(self, request: DecodeRequest, order: tuple[int, ...]) -> RequestState:
         """A new request's decoding state: its length in the cache follows from its request."""
@@ -109,6 +113,8 @@ class ModelRunner:
         A failed prefill fails its request; a failed step, every request of the batch. Either
         way the request leaves at the next plan, and the runner goes on.
         """
+        for failed in self._finite.collect():  # a GPU's flags of the step before: before anyone leaves
+            self._fail_non_finite(failed)
         for leave in plan.leaving:
             self.leave(leave)
         for req_state, slot in plan.admitted:
@@ -146,6 +152,11 @@ class ModelRunner:
     def _prefill_or_fail(self, req_state: RequestState, slot: int, decoding: Sequence[RequestState]) -> None:
         try:
             self.prefill(req_state, slot, decoding)
+        except NonFiniteOutput as error:
+            self.counters.nonfinite += 1
+            logger.warning("a request failed: %s", error.message)
+            req_state.error = error
+            self.state.free(slot)
         except Exception as error:
             logger.exception("prefill failed")
             req_state.error = error
@@ -176,6 +187,8 @@ class ModelRunner:
             self.counters.prefills_shared += 1
         else:
             logits = self._compute_prefill(req_state, ids, rows)
+            if not bool(torch.isfinite(logits).all()):
+                raise non_finite(self.decoder.dtype, "in the prompt's prefill")
         req_state.prefill_logits = logits
         self.state.logits[rows] = logits
         tokens = self._choose(self.state.logits[rows].view(1, 2, self.codebooks, self.vocab), [req_state], slot)
@@ -210,18 +223,33 @@ class ModelRunner:
         cross = 0 if self.is_melody else min(round_up(cross_positions, CROSS_BUCKET), self.cache.cross_positions)
         computed = max(rows, self.invariance.min_rows)
         if self.graphs.active:
-            logits = self.graphs.run(computed, length, cross)
+            logits, finite = self.graphs.run(computed, length, cross)
             self.counters.graph_steps += 1
         else:
             if self.graphs.enabled if self._pad_rows is None else self._pad_rows:
                 computed = padded_rows(computed, 2 * self.slots)
             self.counters.padded_rows += computed - rows
-            logits = self._forward(computed, length, cross)
+            logits, finite = self._forward(computed, length, cross)
+        if self._logits_hook is not None:
+            self._logits_hook(logits[:rows], tuple(req_state.request for req_state in decoding))
+            finite = finite_slots(logits[:rows])  # as the hook left them
+        for failed in self._finite.check(finite, decoding):
+            self._fail_non_finite(failed)
         tokens = self._choose(logits[:rows].view(count, 2, self.codebooks, self.vocab), decoding, 0)
         self._accept(tokens, decoding, 0)
 
-    def _forward(self, rows: int, length: int, cross: int) -> torch.Tensor:
-        return self.decoder.step(self.cache, self.state, rows, length, cross)
+    def _fail_non_finite(self, req_state: RequestState) -> None:
+        """Fails a request whose logits are not finite; it leaves at the next plan, the batch goes on."""
+        if req_state.error is None:
+            step = req_state.next_token - req_state.known
+            req_state.error = non_finite(self.decoder.dtype, f"at decoding step {step}")
+            self.counters.nonfinite += 1
+            logger.warning("a request failed: %s", req_state.error)
+
+    def _forward(self, rows: int, length: int, cross: int) -> StepOutput:
+        """A step's logits and the guard's flags, computed together (captured together on a GPU)."""
+        logits = self.decoder.step(self.cache, self.state, rows, length, cross)
+        return logits, finite_slots(logits)
 
     def _choose(self, logits: torch.Tensor, req_states: Sequence[RequestState], first: int) -> torch.Tensor:
         requests = [req_state.request for req_state in req_states]

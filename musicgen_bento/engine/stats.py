@@ -24,6 +24,7 @@ class StepReport:
     waiting: int  # requests queued for a free slot after it
     canceled: int  # requests canceled since the engine started
     admitted: tuple[tuple[int, ...], ...] = ()  # the orders of the requests admitted since the last report
+    nonfinite: int = 0  # requests failed since the engine started because their logits were not finite
 
 
 @dataclass
@@ -36,6 +37,7 @@ class EngineStats:
     admitted: int = 0
     prefills_shared: int = 0  # admitted requests whose prefill was copied from a twin's (`DecodeEngine`)
     canceled: int = 0  # requests that left before their end because their caller gave up
+    nonfinite: int = 0  # requests failed because their logits turned to NaN or infinity
     decoding: int = 0  # requests in a slot now
     waiting: int = 0  # requests queued for a slot now
     graph_steps: int = 0  # steps replayed from a captured CUDA graph

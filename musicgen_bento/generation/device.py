@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -39,18 +40,35 @@ def pick_dtype(device: str, requested: str) -> torch.dtype:
     return _DTYPES[requested]  # type: ignore[index]
 
 
-def pick_precision(device: str, requested: str, shape: DecoderShape) -> Precision:
+def pick_precision(
+    device: str, requested: str, shape: DecoderShape, capability: Callable[[str], tuple[int, int]] | None = None
+) -> Precision:
     """The weights' precision for `MUSICGEN_DTYPE=requested` on `device`.
 
-    `auto` is float16 on CUDA. On a CPU it is bfloat16 where the CPU has native bfloat16
-    arithmetic (AVX-512 BF16 or AMX) and a decoding step's matrix products at this decoder's shape
-    measure clearly faster in it than in float32; float32 otherwise (older CPUs convert bfloat16 in
-    software, and tiny decoders cost their per-operation overhead, not their arithmetic).
+    `auto` on CUDA is bfloat16 where the GPU computes in it (compute capability 8.0 and later:
+    Ampere, Ada, Hopper, Blackwell), float16 on older GPUs. bfloat16 has float32's range, where
+    float16 overflows: MusicGen's attention in float16 has produced NaN and inf (transformers
+    issues #30020 and #36546, the melody model among them), which the engine's non-finite guard
+    would then turn into failed requests. float16 keeps three more bits of mantissa, which is why it
+    stays the choice where bfloat16 is not native. `capability` reads a CUDA device's compute
+    capability (the default asks torch).
+
+    On a CPU it is bfloat16 where the CPU has native bfloat16 arithmetic (AVX-512 BF16 or AMX) and
+    a decoding step's matrix products at this decoder's shape measure clearly faster in it than in
+    float32; float32 otherwise (older CPUs convert bfloat16 in software, and tiny decoders cost
+    their per-operation overhead, not their arithmetic).
     """
     if requested != "auto":
         return Precision(_DTYPES[requested], f"MUSICGEN_DTYPE={requested}")  # type: ignore[index]
     if device.startswith("cuda"):
-        return Precision(torch.float16, "auto: float16 on CUDA")
+        major, minor = (capability or _cuda_capability)(device)
+        if major >= 8:
+            return Precision(
+                torch.bfloat16, f"auto: bfloat16 on a GPU of compute capability {major}.{minor} (float32's range)"
+            )
+        return Precision(
+            torch.float16, f"auto: float16 on a GPU of compute capability {major}.{minor}, which has no native bfloat16"
+        )
     features = [name for name, present in _cpu_bfloat16_features().items() if present]
     if not features:
         return Precision(torch.float32, "auto: this CPU has no native bfloat16 arithmetic (AVX-512 BF16 or AMX)")
@@ -59,6 +77,11 @@ def pick_precision(device: str, requested: str, shape: DecoderShape) -> Precisio
     if ratio < _BFLOAT16_WINS_BELOW:
         return Precision(torch.bfloat16, f"auto: CPU with {' and '.join(features)}; {measured}")
     return Precision(torch.float32, f"auto: CPU with {' and '.join(features)}, but {measured}")
+
+
+def _cuda_capability(device: str) -> tuple[int, int]:
+    major, minor = torch.cuda.get_device_capability(torch.device(device))
+    return int(major), int(minor)
 
 
 def _cpu_bfloat16_features() -> dict[str, bool]:

@@ -40,7 +40,12 @@ class GenerationOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
-    prompt: str = Field("", max_length=2000, description="Text conditioning, e.g. 'lo-fi piano with soft drums'.")
+    prompt: str = Field(
+        "",
+        max_length=2000,
+        description="Text conditioning, e.g. 'lo-fi piano with soft drums'. Empty: no text conditioning (as "
+        "audiocraft treats an empty description); a space is text like any other.",
+    )
     duration_s: Annotated[float, Field(ge=MIN_DURATION_S)] | None = Field(
         None,
         description="Seconds of NEW music to generate: at least 0.02 (one codec frame), up to "
@@ -286,7 +291,8 @@ class GenerateRequest(SourcePrompt):
     prompt: str = Field(
         "",
         max_length=2000,
-        description="Text conditioning; required unless melody_path or continue_from is given.",
+        description="Text conditioning; required unless melody_path or continue_from is given. Empty: no text "
+        "conditioning (as audiocraft treats an empty description).",
     )
     duration_s: Annotated[float, Field(ge=MIN_DURATION_S)] | None = Field(
         None,

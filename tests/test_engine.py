@@ -23,7 +23,7 @@ from musicgen_bento.audio.clip import AudioClip
 from musicgen_bento.engine import DecodeEngine, DecodeRequest, EngineOptions, Sampling
 from musicgen_bento.errors import GenerationCanceled, ShuttingDown
 from musicgen_bento.generation.backends import backend_named
-from musicgen_bento.generation.generator import MusicGenGenerator
+from musicgen_bento.generation.generator import MusicGenGenerator, null_text_when_empty
 from musicgen_bento.generation.params import GenerationHooks, GenerationParams, GenerationRequest
 from musicgen_bento.models.store import find
 from musicgen_bento.models.tiny import build_tiny_model
@@ -64,11 +64,12 @@ class Tiny:
         self.model.audio_encoder.decode = capture
 
     def inputs(self, case: Case) -> dict[str, torch.Tensor]:
+        """The conditioning tensors the generator hands the model for `case`."""
         args: dict[str, Any] = {"text": [case.text], "padding": True, "return_tensors": "pt"}
         if self.kind == "melody":
             t = torch.arange(SAMPLE_RATE) / SAMPLE_RATE
             args.update(audio=(0.3 * torch.sin(2 * torch.pi * case.melody_hz * t)).numpy(), sampling_rate=SAMPLE_RATE)
-        inputs = dict(self.processor(**args))
+        inputs = null_text_when_empty(self.processor(**args), case.text)
         if "input_features" in inputs:  # the chroma enters the model in its precision, as in the generator
             inputs["input_features"] = inputs["input_features"].to(self.dtype)
         return inputs
@@ -78,8 +79,9 @@ class Tiny:
             return None
         return torch.randint(0, 2048, (4, case.prompt_frames), generator=torch.Generator().manual_seed(case.seed))
 
-    def reference(self, case: Case) -> torch.Tensor:
-        """The codes transformers' `generate()` produces, seeded as the service seeds it."""
+    def reference(self, case: Case, inputs: dict[str, Any] | None = None) -> torch.Tensor:
+        """The codes transformers' `generate()` produces, seeded as the service seeds it, from
+        `inputs` (the case's conditioning tensors unless given)."""
         sampling = case.sampling
         sample = not sampling.greedy
         prompt = self.prompt(case)
@@ -87,7 +89,7 @@ class Tiny:
         torch.manual_seed(case.seed)
         with torch.inference_mode():
             self.model.generate(
-                **self.inputs(case),
+                **(self.inputs(case) if inputs is None else inputs),
                 **extra,
                 max_new_tokens=case.new_frames + 3,
                 do_sample=sample,
@@ -131,6 +133,7 @@ BOTH = Sampling(cfg_coef=5.0, temperature=1.3, top_k=100, top_p=0.8)
         Case("lo fi", 0, 40, TOP_K, 5),
         Case("lo fi", 0, 40, GREEDY, 6),
         Case("short", 1, 2, TOP_K, 7),
+        Case("", 20, 30, TOP_K, 8),
     ],
     ids=[
         "greedy",
@@ -141,6 +144,7 @@ BOTH = Sampling(cfg_coef=5.0, temperature=1.3, top_k=100, top_p=0.8)
         "no-prompt",
         "no-prompt-greedy",
         "shortest-window",
+        "empty-prompt",
     ],
 )
 def test_engine_gives_the_tokens_transformers_gives(tiny: Tiny, case: Case) -> None:
@@ -148,6 +152,24 @@ def test_engine_gives_the_tokens_transformers_gives(tiny: Tiny, case: Case) -> N
     codes = tiny.decode(case)
     assert codes.shape == (4, case.prompt_frames + case.new_frames)
     assert torch.equal(codes, expected)
+
+
+@pytest.mark.parametrize("sampling", [GREEDY, TOP_K], ids=["greedy", "top-k"])
+def test_an_empty_prompt_decodes_as_transformers_unconditional_inputs(sampling: Sampling) -> None:
+    # audiocraft zeroes an empty description's mask: no text, the unconditional row's conditioning,
+    # which transformers builds with `get_unconditional_inputs`.
+    tiny = Tiny("text")
+    case = Case("", 20, 30, sampling, 11)
+    unconditional = tiny.model.get_unconditional_inputs(1)
+    expected = tiny.reference(
+        case, {"encoder_outputs": unconditional.encoder_outputs, "attention_mask": unconditional.attention_mask}
+    )
+    assert torch.equal(tiny.decode(case), expected)
+    # Tokenized as it stands, "" conditions on the end-of-sequence token: other codes.
+    assert not torch.equal(tiny.reference(case, dict(tiny.processor(text=[""], return_tensors="pt"))), expected)
+    # A space is text, which the reference conditions on.
+    spaced = dataclasses.replace(case, text=" ")
+    assert not torch.equal(tiny.decode(spaced), expected)
 
 
 def test_a_window_shorter_than_the_delay_pattern_is_refused(tiny: Tiny) -> None:

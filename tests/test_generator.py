@@ -6,12 +6,14 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
 
 from musicgen_bento.audio.clip import AudioClip
 from musicgen_bento.errors import GenerationCanceled
+from musicgen_bento.generation.backends import WindowCall, WindowInputs, backend_named
 from musicgen_bento.generation.generator import MusicGenGenerator, SharedEncodings
 from musicgen_bento.generation.params import GenerationHooks, GenerationParams, GenerationRequest
 from musicgen_bento.generation.windows import Window, plan_windows
@@ -151,6 +153,61 @@ def test_melody_model_continues_conditioned_on_the_prompt_melody(melody_generato
     assert with_melody.audio.shape == (1, SAMPLE_RATE)
     # The melody conditions generation: the same seed with another melody gives other audio.
     assert not torch.equal(with_melody.audio, with_other.audio)
+
+
+class _RecordingBackend:
+    """The static engine, keeping every window's conditioning tensors as the generator handed them."""
+
+    def __init__(self) -> None:
+        self._backend = backend_named("static", slots=2)
+        self.windows: list[WindowInputs] = []
+
+    def decode_window(self, window: WindowInputs, call: WindowCall) -> torch.Tensor:
+        self.windows.append(window)
+        return self._backend.decode_window(window, call)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._backend, name)
+
+
+def _audiocraft_window_melody(melody: torch.Tensor, time_offset_s: float, max_duration_s: float) -> torch.Tensor:
+    """audiocraft 1.3.0, `MusicGen._generate_tokens`: the melody each window of a long generation
+    is conditioned on (`positions % wav_length`)."""
+    initial_position = int(time_offset_s * SAMPLE_RATE)
+    positions = torch.arange(initial_position, initial_position + int(max_duration_s * SAMPLE_RATE))
+    return melody[..., positions % melody.shape[-1]]
+
+
+@pytest.mark.parametrize(
+    ("prompt_s", "duration_s", "offsets_s"),
+    [
+        (0.0, 3.5, [0.0, 1.0, 2.0]),  # a melody job: windows at 0, 1 and 2 s of a 2 s window, 1 s stride
+        (1.0, 2.5, [0.0, 1.0, 2.0]),  # a continuation: time counts from the prompt's start
+        (0.0, 1.5, None),  # one window: the melody as it is
+        (0.5, 1.5, None),
+    ],
+    ids=["job-three-windows", "continuation-three-windows", "job-one-window", "continuation-one-window"],
+)
+def test_each_window_is_conditioned_on_the_melody_audiocraft_gives_it(
+    tiny_models: dict[str, str], prompt_s: float, duration_s: float, offsets_s: list[float] | None
+) -> None:
+    info = find(tiny_models["melody"])
+    assert info is not None
+    recording = _RecordingBackend()
+    generator = MusicGenGenerator(info, "cpu", torch.float32, 2.0, 1.0, recording)  # type: ignore[arg-type]
+    melody = _tone(1.3, hz=311.0)  # shorter than a window: looped
+    melody.samples[0] *= torch.linspace(0.2, 1.0, melody.samples.shape[1])  # no two places alike
+    params = GenerationParams(prompt="organ", duration_s=duration_s, seed=2)
+    prompt = _tone(prompt_s) if prompt_s else None
+    generator.generate(GenerationRequest(params, audio_prompt=prompt, melody=melody))
+    if offsets_s is None:
+        expected = [melody.samples]
+    else:
+        expected = [_audiocraft_window_melody(melody.samples, offset, 2.0) for offset in offsets_s]
+    assert len(recording.windows) == len(expected)
+    for window, window_melody in zip(recording.windows, expected, strict=True):
+        wanted = generator.conditioning_inputs(params, window_melody)["input_features"]
+        assert torch.equal(window.inputs["input_features"], wanted)
 
 
 def test_concurrent_calls_are_safe_and_each_keeps_its_own_parameters(text_generator: MusicGenGenerator) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 
 import bentoml
 import httpx
+import numpy as np
 import pytest
 import soundfile as sf
 
@@ -92,6 +93,21 @@ def test_a_job_continues_a_file_in_the_asked_format(client: MusicGenClient, tmp_
     saved = client.download(job.job_id, tmp_path / "out.flac")
     info = sf.info(str(saved))
     assert (info.format, info.frames) == ("FLAC", int(1.5 * SAMPLE_RATE))
+
+
+def test_a_job_without_a_prompt_has_no_text_conditioning(client: MusicGenClient, tmp_path: Path) -> None:
+    # Only continue_from: no text, so guidance changes nothing (see test_service); a space is text.
+    source = write_tone(tmp_path / "verse.wav", seconds=2.0)
+
+    def audio(cfg_coef: float, **prompt: str) -> np.ndarray:
+        job = client.submit(continue_from=str(source), duration_s=1.0, seed=4, cfg_coef=cfg_coef, **prompt)
+        assert client.wait(job.job_id, timeout_s=120).status == "succeeded"
+        samples, _ = sf.read(str(client.download(job.job_id, tmp_path / f"{job.job_id}.wav")), dtype="float32")
+        return samples  # type: ignore[no-any-return]
+
+    without = audio(3.0)
+    assert np.array_equal(without, audio(1.0))
+    assert not np.array_equal(without, audio(3.0, prompt=" "))
 
 
 BAD_SUBMISSIONS = [

@@ -277,6 +277,24 @@ def test_same_seed_gives_the_same_audio_and_another_seed_other_audio(server: Ser
     assert not np.array_equal(first, other)
 
 
+def test_an_empty_prompt_is_conditioned_on_no_text(server: Server, sources: dict[str, Path]) -> None:
+    # Guidance pushes the conditional row's logits away from the unconditional row's. With no text
+    # the two rows are one conditioning, so guidance cannot change a thing: the audio is what the
+    # unconditional row alone gives. A space is text (as in the reference), and guidance moves it.
+    def audio(prompt: str, cfg_coef: float) -> np.ndarray:
+        body = {"audio_path": str(sources["wav"]), "duration_s": 1.0, "seed": 8, "prompt": prompt, "cfg_coef": cfg_coef}
+        response = continue_(server, **body)
+        assert response.status_code == 200, response.text
+        return read_output(response)[0]
+
+    empty = audio("", 3.0)
+    assert np.array_equal(empty, audio("", 1.0))
+    assert np.array_equal(empty, audio("", 7.0))
+    spaced = audio(" ", 3.0)
+    assert not np.array_equal(spaced, audio(" ", 1.0))
+    assert not np.array_equal(empty, spaced)
+
+
 def test_a_random_seed_is_returned_and_replays(server: Server, sources: dict[str, Path]) -> None:
     first = continue_(server, audio_path=str(sources["wav"]), duration_s=1.0)
     seed = first.json()["seed"]

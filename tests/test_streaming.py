@@ -120,6 +120,14 @@ def test_the_first_audio_arrives_while_the_request_is_still_generating(server: S
     assert final.read_bytes() == received
 
 
+def test_an_empty_prompt_streams_with_no_text_conditioning(server: Server, source: Path) -> None:
+    # No text: both guidance rows are one conditioning, so guidance changes nothing (test_service).
+    body = {"audio_path": str(source), "duration_s": 1.0, "seed": 6, "prompt": ""}
+    guided = pcm(stream(server, {**body, "cfg_coef": 3.0}).content)  # the files' metadata differ: the samples
+    assert np.array_equal(guided, pcm(stream(server, {**body, "cfg_coef": 1.0}).content))
+    assert not np.array_equal(guided, pcm(stream(server, {**body, "prompt": " ", "cfg_coef": 3.0}).content))
+
+
 def test_include_source_streams_the_source_first(server: Server, source: Path) -> None:
     response = stream(server, {"audio_path": str(source), "duration_s": 1.0, "seed": 2, "include_source": True})
     samples = pcm(response.content)

@@ -138,11 +138,12 @@ class Decoder:
     def fill_cross(self, cache: KVCache, rows: slice, states: torch.Tensor, mask: torch.Tensor) -> None:
         """Computes a request's cross-attention keys and values (text models) into its cache rows."""
         length = states.shape[1]
-        # The unconditional row's states are zeros (so are its keys and values); letting it
-        # attend to them gives the zero output transformers gets from a fully masked row,
-        # without relying on how a kernel treats fully masked rows.
+        # A row with nothing to attend to (the unconditional one, and the conditional one of an
+        # empty prompt) has zeros for states, so for keys and values; letting it attend to them
+        # gives the zero output transformers gets from a fully masked row, without relying on how
+        # a kernel treats fully masked rows.
         mask = mask.clone()
-        mask[1, :length] = True
+        mask[~mask[:, :length].any(dim=1), :length] = True
         cache.cross_bias[rows] = float("-inf")
         cache.cross_bias[rows, :length] = attention_bias(mask, cache.dtype)
         for index, layer in enumerate(self.stack.layers):

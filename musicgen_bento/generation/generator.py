@@ -14,7 +14,7 @@ import math
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -227,21 +227,23 @@ class MusicGenGenerator:
 
         Long generation stays in token space, as audiocraft's does: a further window's prompt is
         the tail of the tokens that exist so far, never audio decoded and encoded again. Melody
-        models condition a further window on the melody at the window's place in time, looped when
-        it is shorter (audiocraft's rule); the first window takes the melody as it is.
+        models condition a generation of one window on the melody as it is and, as audiocraft does,
+        every window of a longer one (the first included) on a window's worth of melody from the
+        window's place in time, looped (`melody_of_window`).
         `on_new_frames` receives every new frame once, in order, as soon as the backend has it.
         """
         backend = self._loaded_backend()
         codes = prompt_codes
         start_frame = 0  # where the window's prompt starts, in frames from the start of `codes`
+        window_frames = int(self.window_s * self.sample_rate / self.frame_samples)
         for index, window in enumerate(windows):
             window_prompt = None
             if codes is not None and window.prompt_frames:
                 start_frame = codes.shape[1] - window.prompt_frames
                 window_prompt = codes[:, start_frame:]
             window_melody = melody
-            if melody is not None and index > 0:
-                window_melody = melody_of_window(melody, window, start_frame, self.frame_samples)
+            if melody is not None and len(windows) > 1:
+                window_melody = melody_of_window(melody, start_frame, window_frames, self.frame_samples)
             inputs = WindowInputs(
                 params, self.conditioning_inputs(params, window_melody), window_prompt, window.new_frames
             )
@@ -282,10 +284,21 @@ class MusicGenGenerator:
             processor_args.update(audio=melody.mean(dim=0).numpy(), sampling_rate=self.sample_rate)
         with self._processor_lock:
             processed = self._processor(**processor_args)
-        inputs = {key: value.to(self.device) for key, value in processed.items()}
+        inputs = {key: value.to(self.device) for key, value in null_text_when_empty(processed, params.prompt).items()}
         if "input_features" in inputs:
             inputs["input_features"] = inputs["input_features"].to(self.dtype)
         return inputs
+
+
+def null_text_when_empty(inputs: Mapping[str, torch.Tensor], prompt: str) -> dict[str, torch.Tensor]:
+    """The processor's tensors for `prompt`, with no text conditioning when it is empty: the null
+    conditioning of the unconditional row (text states of zeros), as audiocraft's T5Conditioner
+    gives an empty description (it zeroes its mask) and as transformers' unconditional inputs are.
+    Tokenized as it stands, "" would condition on the end-of-sequence token's states."""
+    inputs = dict(inputs)
+    if prompt == "":
+        inputs["attention_mask"] = torch.zeros_like(inputs["attention_mask"])
+    return inputs
 
 
 class _FramesHandedOn:

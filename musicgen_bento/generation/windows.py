@@ -37,10 +37,12 @@ def plan_windows(prompt_frames: int, new_frames: int, window_frames: int, stride
     return windows
 
 
-def melody_of_window(melody: torch.Tensor, window: Window, start_frame: int, frame_samples: int) -> torch.Tensor:
-    """The melody under a further window: from the window's place in time (`start_frame`, its
-    prompt's first frame), as long as the window, looped when the melody is shorter (audiocraft's rule)."""
-    span = (window.prompt_frames + window.new_frames) * frame_samples
+def melody_of_window(melody: torch.Tensor, start_frame: int, window_frames: int, frame_samples: int) -> torch.Tensor:
+    """The melody that conditions a window of a long generation (one of several windows), as
+    audiocraft's `MusicGen._generate_tokens` gives it: a whole window's worth (`window_frames`,
+    however long the window itself is) from the window's place in time (`start_frame`, its first
+    frame, counted from the start of the caller's prompt), looped when the melody is shorter.
+    A generation that fits one window takes the melody as it is."""
     start = start_frame * frame_samples
-    positions = torch.arange(start, start + span) % melody.shape[1]
+    positions = torch.arange(start, start + window_frames * frame_samples) % melody.shape[1]
     return melody[:, positions]

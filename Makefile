@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: install serve test lint docs bench
+.PHONY: install serve test lint docs bench gpu-check gpu-wheels
 
 $(STAMP): pyproject.toml requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,3 +38,11 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_http_overhead.py
 	$(BIN)/python bench/bench_decode_step.py
 	$(BIN)/python bench/bench_queue_overhead.py
+
+# On a GPU node: the check of the GPU path, one table and gpu-check.json (docs/benchmarks.md).
+gpu-check: $(STAMP)
+	$(BIN)/python bench/gpu_check.py --out gpu-check.json
+
+# The wheels a lent GPU machine lacks for that check, into .gpu-wheels/ (bench/gpu_wheels.py).
+gpu-wheels: $(STAMP)
+	$(BIN)/python bench/gpu_wheels.py

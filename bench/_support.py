@@ -11,6 +11,10 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from musicgen_bento.testing import ServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -46,20 +50,31 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
 
 
 @contextmanager
-def served(settings: dict[str, str], timeout_s: float = 300) -> Iterator[str]:
-    """Runs `bentoml serve service:MusicGen` with `settings` until the block ends; yields its URL.
-    The server is the one the tests use (`musicgen_bento.testing`), stopped with its whole tree."""
+def starting(settings: dict[str, str]) -> Iterator[ServerProcess]:
+    """Starts `bentoml serve service:MusicGen` with `settings` and yields it at once, loading (wait
+    with `wait_until("ready")`); stopped with its whole tree when the block ends. The server is the
+    one the tests use (`musicgen_bento.testing`)."""
     from musicgen_bento.testing import ServerProcess, free_port
 
     port = free_port()
     log_path = Path(tempfile.mkdtemp(prefix="musicgen-bench-server-")) / "server.log"
-    command = [str(BIN / "bentoml"), "serve", "service:MusicGen", "--port", str(port), "--host", "127.0.0.1"]
+    # `python -m bentoml`: also where bentoml's scripts are not beside the interpreter (a GPU
+    # machine's packages installed with --target, see gpu_wheels.py).
+    command = [sys.executable, "-m", "bentoml", "serve", "service:MusicGen", "--port", str(port), "--host", "127.0.0.1"]
     server = ServerProcess(command, {**os.environ, **settings}, port, log_path, cwd=ROOT)
     # A bench stopped with SIGTERM (kill, a timeout) would otherwise exit without the `finally`
     # below and leave its server running, holding the cores the next measurement needs.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
-        server.wait_until("ready", timeout=timeout_s)
-        yield server.url
+        yield server
     finally:
         server.stop()
+
+
+@contextmanager
+def served(settings: dict[str, str], timeout_s: float = 300) -> Iterator[str]:
+    """Runs `bentoml serve service:MusicGen` with `settings` until the block ends; yields its URL
+    once it is ready."""
+    with starting(settings) as server:
+        server.wait_until("ready", timeout=timeout_s)
+        yield server.url

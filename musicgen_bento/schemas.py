@@ -238,7 +238,8 @@ class MemoryHealth(BaseModel):
     cache_positions: int = Field(description="Positions each slot's cache holds, allocated at start-up.")
     peak_mb: int | None = Field(
         default=None,
-        description="Measured after warm-up: peak CUDA allocations on a GPU, the process's peak resident set on a CPU.",
+        description="The peak so far, from warm-up on (null before): peak CUDA allocations on a GPU, the process's "
+        "peak resident set on a CPU.",
     )
 
 

@@ -123,11 +123,13 @@ class ModelHost:
         )
 
     def memory_health(self) -> MemoryHealth | None:
-        """The memory plan and, after warm-up, the measured peak; None until planned (or with the mock)."""
+        """The memory plan and, from warm-up on, the measured peak so far; None until planned (or with the mock)."""
         with self._lock:
             plan, peak = self._plan, self._peak_memory_mb
         if plan is None:
             return None
+        if peak is not None:  # measured since warm-up: the peak so far, under whatever load came since
+            peak = _peak_memory_mb(self._device)
         return MemoryHealth(
             budget_mb=round(plan.budget_mib),
             budget_source=plan.budget_source,

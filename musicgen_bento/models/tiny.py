@@ -168,6 +168,8 @@ def save_tiny_model(kind: ModelKind, directory: Path) -> Path:
 REAL_DECODER_SHAPES: dict[str, dict[str, Any]] = {
     "musicgen-small": {"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16, "ffn_dim": 4096},
     "musicgen-medium": {"hidden_size": 1536, "num_hidden_layers": 48, "num_attention_heads": 24, "ffn_dim": 6144},
+    # musicgen-melody's decoder is musicgen-medium's, after a prefix of 235 chroma frames.
+    "musicgen-melody": {"hidden_size": 1536, "num_hidden_layers": 48, "num_attention_heads": 24, "ffn_dim": 6144},
 }
 
 
@@ -183,6 +185,7 @@ def build_real_shape_model(shape: str, seed: int = 0, layers: int | None = None)
     The text encoder is T5-base-sized and the audio codec keeps its real frame rate; only the
     decoder's shape matters for per-step decoding cost, and it is exact. `layers` keeps only that
     many decoder layers (the real widths, so the real kernels, at a fraction of the cost: tests).
+    `musicgen-melody` is a melody model (12 chroma bins, 235 chroma frames, as published).
     """
     import torch
     from transformers import (
@@ -190,28 +193,46 @@ def build_real_shape_model(shape: str, seed: int = 0, layers: int | None = None)
         MusicgenConfig,
         MusicgenDecoderConfig,
         MusicgenForConditionalGeneration,
+        MusicgenMelodyConfig,
+        MusicgenMelodyDecoderConfig,
+        MusicgenMelodyFeatureExtractor,
+        MusicgenMelodyForConditionalGeneration,
+        MusicgenMelodyProcessor,
         MusicgenProcessor,
         T5Config,
     )
 
-    decoder = MusicgenDecoderConfig(
-        vocab_size=_CODEBOOK_SIZE,
-        num_codebooks=_CODEBOOKS,
-        max_position_embeddings=2048,
-        pad_token_id=_CODEBOOK_SIZE,
-        bos_token_id=_CODEBOOK_SIZE,
-        **{**REAL_DECODER_SHAPES[shape], **({} if layers is None else {"num_hidden_layers": layers})},
-    )
+    melody = shape == "musicgen-melody"
+    decoder_args: dict[str, Any] = {
+        "vocab_size": _CODEBOOK_SIZE,
+        "num_codebooks": _CODEBOOKS,
+        "max_position_embeddings": 2048,
+        "pad_token_id": _CODEBOOK_SIZE,
+        "bos_token_id": _CODEBOOK_SIZE,
+        **REAL_DECODER_SHAPES[shape],
+        **({} if layers is None else {"num_hidden_layers": layers}),
+    }
     text = T5Config(vocab_size=3 + len(_PIECES), d_model=768, d_kv=64, d_ff=3072, num_layers=12, num_heads=12)
-    config = MusicgenConfig(
-        text_encoder=text.to_dict(), audio_encoder=_audio_encoder_config(width=32).to_dict(), decoder=decoder.to_dict()
-    )
+    parts = {"text_encoder": text.to_dict(), "audio_encoder": _audio_encoder_config(width=32).to_dict()}
     torch.manual_seed(seed)
-    model = MusicgenForConditionalGeneration(config)
+    model: Any
+    processor: Any
+    if melody:
+        config: Any = MusicgenMelodyConfig(
+            decoder=MusicgenMelodyDecoderConfig(**decoder_args).to_dict(), num_chroma=12, chroma_length=235, **parts
+        )
+        model = MusicgenMelodyForConditionalGeneration(config)
+        processor = MusicgenMelodyProcessor(
+            feature_extractor=MusicgenMelodyFeatureExtractor(feature_size=12, sampling_rate=_SAMPLE_RATE),
+            tokenizer=build_tokenizer(),
+        )
+    else:
+        config = MusicgenConfig(decoder=MusicgenDecoderConfig(**decoder_args).to_dict(), **parts)
+        model = MusicgenForConditionalGeneration(config)
+        processor = MusicgenProcessor(
+            feature_extractor=EncodecFeatureExtractor(feature_size=1, sampling_rate=_SAMPLE_RATE),
+            tokenizer=build_tokenizer(),
+        )
     _randomise_codebooks(model)
     _set_musicgen_generation_defaults(model)
-    processor = MusicgenProcessor(
-        feature_extractor=EncodecFeatureExtractor(feature_size=1, sampling_rate=_SAMPLE_RATE),
-        tokenizer=build_tokenizer(),
-    )
     return model.eval(), processor

@@ -30,33 +30,11 @@ import time
 from functools import partial
 from typing import Any
 
+from _bounds import decoder_bytes, read_bandwidth_gb_s
 from _decoding import DELAY, PeakMemory, generation_wall_s, hardware, in_memory_generator, on_fresh_thread
 from _support import use_private_store
 
 SHORT = 8 + DELAY  # the short generation's steps
-
-
-def read_bandwidth_gb_s() -> float:
-    """Bytes read per second by the best of five sums over 512 MiB: reading is all a step does
-    with its weights."""
-    import time
-
-    import torch
-
-    source = torch.ones(128 * 2**20)  # 512 MiB of float32
-    best = float("inf")
-    for _ in range(6):
-        started = time.perf_counter()
-        source.sum()
-        best = min(best, time.perf_counter() - started)
-    return source.numel() * 4 / best / 1e9
-
-
-def decoder_bytes(model: Any) -> int:
-    """The weights a step reads in full: every decoder layer's and the codebooks' heads (the
-    embeddings are looked up, four rows a step)."""
-    parts = [model.decoder.model.decoder.layers, model.decoder.lm_heads]
-    return sum(p.numel() * p.element_size() for part in parts for p in part.parameters())
 
 
 def measure(shape: str, steps: int, rounds: int, int8: bool) -> None:

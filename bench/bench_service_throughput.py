@@ -11,6 +11,13 @@ then together; "one after another" for N requests is the time of the first N of 
 the baseline and the measurement come from the same run on the same server. Throughput is
 seconds of audio per wall-clock second; the ratio is together / one after another.
 
+Beside each ratio: the bound this machine sets for it (`_bounds.py`), from rates measured in the
+same run with the server idle (the cores' product rate at a prefill's shape in the served
+precision, the read bandwidth, the codec on one core), written out as its sum, and the measured
+throughput as a share of the bound's. The targets are shares of the bound (8 concurrent `/continue`
+and 8 jobs at 0.8 or better); the ratio targets of the benchmarks page are each shown beside the
+bound's ratio, which says whether this machine can reach them at all.
+
 `--transformers-baseline N` adds the reference every speed-up is judged against: after the main
 server, a second one serving transformers' `generate()` in float32 (`MUSICGEN_ENGINE=transformers`,
 `MUSICGEN_DTYPE=float32`) answers N `/continue` calls one after another, and each `/continue`
@@ -32,13 +39,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from _bounds import measure_rates, request_cost
 from _support import served, use_private_store, write_tone
 
 MODEL_NAME = "bench-random-{shape}"
+PROMPT_S = 10.0  # /continue continues a 10 s source: a 10 s prompt
 
 
 def import_real_shape_model(shape: str, workdir: Path) -> str:
     """Saves a random-weight `shape` model and imports it into the (private) model store; its tag."""
+    return built_and_imported(shape, workdir)[0]
+
+
+def built_and_imported(shape: str, workdir: Path) -> tuple[str, Any]:
+    """A random-weight `shape` model imported into the (private) model store: its tag, and the model."""
     from musicgen_bento.models.store import import_directory
     from musicgen_bento.models.tiny import build_real_shape_model
 
@@ -47,7 +61,7 @@ def import_real_shape_model(shape: str, workdir: Path) -> str:
     model.save_pretrained(directory)
     processor.save_pretrained(directory)
     info = import_directory(directory, MODEL_NAME.format(shape=shape), "random weights (benchmark)", "none")
-    return info.tag
+    return info.tag, model
 
 
 def together(calls: list[Callable[[], None]]) -> float:
@@ -90,13 +104,15 @@ def main() -> None:
     use_private_store()
 
     import httpx
+    import torch
     from _decoding import hardware
 
     from musicgen_bento.api.client import MusicGenClient
+    from musicgen_bento.engine.threads import PROCESS_THREADS
 
     workdir = Path(tempfile.mkdtemp(prefix="musicgen-bench-service-"))
     source = write_tone(workdir / "source.wav", seconds=10, sample_rate=32000)
-    tag = import_real_shape_model(args.shape, workdir)
+    tag, model = built_and_imported(args.shape, workdir)
     settings = {
         "MUSICGEN_MODEL": tag,
         "MUSICGEN_BATCH_SLOTS": str(args.slots),
@@ -114,10 +130,28 @@ def main() -> None:
     )
     continue_throughput: dict[int, float] = {}  # concurrent /continue calls -> seconds of audio per second
     with served(settings, timeout_s=900) as url, httpx.Client(timeout=3600) as http:
-        engine = http.get(f"{url}/health").json()["engine"]
+        health = http.get(f"{url}/health").json()
+        engine = health["engine"]
         print(
             f"  served with weights {engine['weights_reason']}; attention caches in {engine['attention']}", flush=True
         )
+        # The machine's rates, measured now (the server idle), in the precisions it serves in.
+        served_dtype = getattr(torch, health["precision"]["dtype"])
+        rates = measure_rates(model, served_dtype, engine["threads"] or PROCESS_THREADS)
+        weight_bytes = 1 if engine["weights"] == "int8" else served_dtype.itemsize
+        cache_bytes = getattr(torch, engine["attention"]).itemsize
+        costs = {
+            "/continue": request_cost(model, PROMPT_S, args.clip_s, weight_bytes, cache_bytes),
+            "jobs": request_cost(model, 0.0, args.clip_s, weight_bytes, cache_bytes),
+        }
+        print(
+            f"  this machine now: {rates.flop_per_s / 1e12:.2f} TFLOP/s at a prefill's shape in "
+            f"{health['precision']['dtype']}, {rates.read_bytes_per_s / 1e9:.1f} GB/s read, codec on one core "
+            f"{rates.codec_encode_s_per_s:.3f} s to encode and {rates.codec_decode_s_per_s:.3f} s to decode a second, "
+            f"{rates.cores} cores",
+            flush=True,
+        )
+        shares: dict[tuple[str, int], tuple[float, float]] = {}  # (path, count) -> (bound's ratio, share)
 
         def continue_call(index: int) -> Callable[[], None]:
             return continuation(http, url, source, args.clip_s, index)
@@ -153,15 +187,46 @@ def main() -> None:
                 audio_s = count * args.clip_s
                 if name == "/continue":
                     continue_throughput[count] = audio_s / wall_s
+                bound_s = costs[name].bound_s(rates, count)
+                shares[name, count] = (sequential_s / bound_s, bound_s / wall_s)
                 print(
                     f"  {name}: {count} requests: one after another {sequential_s:7.1f} s "
                     f"({audio_s / sequential_s:6.3f} s of audio/s), together {wall_s:7.1f} s "
-                    f"({audio_s / wall_s:6.3f} s of audio/s) -> {sequential_s / wall_s:5.2f}x",
+                    f"({audio_s / wall_s:6.3f} s of audio/s) -> {sequential_s / wall_s:5.2f}x; "
+                    f"the bound {sequential_s / bound_s:5.2f}x ({costs[name].arithmetic(rates, count)}): "
+                    f"{bound_s / wall_s:.0%} of it",
                     flush=True,
                 )
+    print_targets(shares)
 
     if args.transformers_baseline:
         against_transformers(settings, source, args, continue_throughput)
+
+
+# Targets: throughput as a share of the machine's bound, and the ratios the benchmarks page names,
+# each judged against what the bound lets this machine reach.
+SHARE_TARGETS = {("/continue", 8): 0.8, ("jobs", 8): 0.8}
+RATIO_TARGETS = {("/continue", 4): 2.5, ("/continue", 8): 4.0, ("jobs", 4): 2.5, ("jobs", 8): 4.0}
+
+
+def print_targets(shares: dict[tuple[str, int], tuple[float, float]]) -> None:
+    """Each target beside what was measured, and whether this machine can reach it at all."""
+    print("  targets:", flush=True)
+    for (path, count), target in SHARE_TARGETS.items():
+        if (path, count) in shares:
+            share = shares[path, count][1]
+            verdict = "met" if share >= target else "not met"
+            print(f"    {count} {path} at >= {target:.0%} of the bound: {share:.0%}, {verdict}", flush=True)
+    for (path, count), target in RATIO_TARGETS.items():
+        if (path, count) in shares:
+            bound, share = shares[path, count]
+            measured = bound * share
+            reach = "within this machine's reach" if bound >= target else "OUT OF THIS MACHINE'S REACH"
+            print(
+                f"    {count} {path} >= {target:g}x one after another: {measured:.2f}x measured; the bound is "
+                f"{bound:.2f}x, so {target:g}x is {reach}",
+                flush=True,
+            )
 
 
 def against_transformers(

@@ -16,7 +16,7 @@ from musicgen_bento.engine import DecodeEngine, DecodeRequest, EngineOptions, No
 from musicgen_bento.engine.finite import finite_slots
 from musicgen_bento.models.tiny import build_tiny_model
 
-from .conftest import Server
+from .conftest import Server, write_tone
 
 GREEDY = Sampling(cfg_coef=3.0, temperature=0.0)
 
@@ -110,3 +110,25 @@ def test_a_checkpoint_that_overflows_reports_error_at_warm_up(start_server: Any,
     assert "NaN or infinity" in str(health["detail"]) and "MUSICGEN_DTYPE" in str(health["detail"])
     refused = httpx.post(f"{server.url}/continue", json={"audio_path": "/x.wav"}, timeout=30)
     assert refused.status_code == 503
+
+
+def test_a_request_that_turns_non_finite_is_a_500_naming_the_fix_and_the_server_goes_on(
+    start_server: Any, overflowing_model: str, tmp_path: Path
+) -> None:
+    # Without a warm-up the server reports ready; the first request meets the NaN.
+    output = tmp_path / "output"
+    server: Server = start_server(
+        settings={"MUSICGEN_MODEL": overflowing_model, "MUSICGEN_WARMUP_S": "0", "MUSICGEN_OUTPUT_DIR": str(output)}
+    )
+    server.wait_until("ready", timeout=180)
+    source = write_tone(tmp_path / "source.wav", seconds=2.0)
+    for _ in range(2):
+        response = httpx.post(f"{server.url}/continue", json={"audio_path": str(source), "duration_s": 1}, timeout=120)
+        assert response.status_code == 500, response.text
+        message = response.json()["error"]
+        assert "NaN or infinity" in message and "float32" in message and "MUSICGEN_DTYPE" in message
+        assert "Traceback" not in response.text
+    assert server.health()["status"] == "ready"  # type: ignore[index]
+    metrics = httpx.get(f"{server.url}/metrics", timeout=30).text
+    assert "musicgen_engine_requests_nonfinite_total 2.0" in metrics
+    assert not [path for path in output.rglob("*") if path.is_file()], "a failed request leaves no file"

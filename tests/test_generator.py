@@ -155,6 +155,36 @@ def test_melody_model_continues_conditioned_on_the_prompt_melody(melody_generato
     assert not torch.equal(with_melody.audio, with_other.audio)
 
 
+def _audiocraft_windows(prompt_frames: int, total_frames: int, window: int, stride: int) -> list[tuple[int, int]]:
+    """(first frame, frames) of each pass of audiocraft 1.3.0's `MusicGen._generate_tokens` over a
+    generation of `total_frames` (its prompt included) longer than one window."""
+    windows, offset, prompt_length = [], 0, prompt_frames
+    while offset + prompt_length < total_frames:
+        length = min(total_frames - offset, window)  # int(min(duration - time_offset, max_duration) * rate)
+        windows.append((offset, length))
+        prompt_length = length - stride  # the next prompt: this pass's tokens after its first stride
+        offset += stride
+    return windows
+
+
+@pytest.mark.parametrize(
+    ("prompt_s", "new_s"),
+    [(0, 45), (10, 30), (8, 30), (10, 28), (0, 120), (5, 100), (29, 2)],
+    ids=["45 s job", "40 s continuation", "38 s continue", "38 s from 10 s", "120 s job", "105 s", "prompt-filled"],
+)
+def test_windows_start_where_audiocrafts_start(prompt_s: int, new_s: int) -> None:
+    prompt, new = prompt_s * 50, new_s * 50
+    windows = plan_windows(prompt, new, 1500, 900)
+    spans, end = [], 0
+    for window in windows:
+        start = end - window.prompt_frames if spans else 0
+        spans.append((start, window.prompt_frames + window.new_frames))
+        end = start + window.prompt_frames + window.new_frames
+    assert end == prompt + new
+    if len(windows) > 1:
+        assert spans == _audiocraft_windows(prompt, prompt + new, 1500, 900)
+
+
 class _RecordingBackend:
     """The static engine, keeping every window's conditioning tensors as the generator handed them."""
 

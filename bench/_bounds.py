@@ -42,10 +42,13 @@ def read_bandwidth_gb_s() -> float:
 
 
 def decoder_bytes(model: Any) -> int:
-    """The weights a step reads in full: every decoder layer's and the codebooks' heads (the
-    embeddings are looked up, four rows a step)."""
-    parts = [model.decoder.model.decoder.layers, model.decoder.lm_heads]
-    return sum(p.numel() * p.element_size() for part in parts for p in part.parameters())
+    """The weights a step reads in full: every decoder layer's and the codebooks' heads. Not the
+    embeddings (looked up, four rows a step), nor the cross-attention's key and value projections
+    (applied once to a request's text; the steps read their results from the cache)."""
+    layers = model.decoder.model.decoder.layers.named_parameters()
+    read = [p for name, p in layers if not name.endswith(("encoder_attn.k_proj.weight", "encoder_attn.v_proj.weight"))]
+    read += list(model.decoder.lm_heads.parameters())
+    return sum(p.numel() * p.element_size() for p in read)
 
 
 def product_flop_per_s(rows: int, inner: int, outer: int, dtype: Any, rounds: int = 5) -> float:

@@ -8,6 +8,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 OutputFormatField = Literal["wav", "flac", "ogg", "mp3"]
+SampleRateField = Literal[16000, 22050, 32000, 44100, 48000, 88200, 96000]
+SampleFormatField = Literal["pcm16", "pcm24", "float32"]
 NormalizationField = Literal["none", "clip", "peak", "rms", "loudness"]
 
 
@@ -62,6 +64,21 @@ class GenerationOptions(BaseModel):
     top_k: Integer = Field(250, ge=0, le=2048, description="Sample from the k most likely codes; 0 turns it off.")
     top_p: float = Field(0.0, ge=0, le=1, description="Nucleus sampling threshold; 0 turns it off.")
     output_format: OutputFormatField = Field("wav", description="Container of the output file.")
+    sample_rate: SampleRateField | None = Field(
+        None,
+        description="The file's sample rate in Hz: 16000, 22050, 32000, 44100, 48000, 88200 or 96000 (mp3 up to "
+        "48000), resampled after levelling. Omitted: the model's (32000), or the source's with match_source.",
+    )
+    sample_format: SampleFormatField = Field(
+        "pcm16",
+        description="The file's samples: pcm16, pcm24 (wav, flac) or float32 (wav). ogg and mp3 are lossy and have "
+        "none to choose: leave it out for them.",
+    )
+    match_source: bool = Field(
+        False,
+        description="The file takes the source's sample rate and channel count, to drop into its session; needs a "
+        "source (audio_path, or a job's continue_from) and no sample_rate.",
+    )
     normalization: NormalizationField = Field(
         "clip",
         description="Level of the new music: clip (as generated, within full scale), peak (highest peak at -1 dBFS), "

@@ -188,6 +188,23 @@ _TAKE = Parameter(
 )
 _LAST_EVENT_ID = Parameter("Last-Event-ID", "header", "The id of the last event received, to resume after it.")
 
+
+def _when(field: str, values: list[Any], then: dict[str, Any]) -> dict[str, Any]:
+    """A JSON Schema rule: where `field` is one of `values`, the body also meets `then`."""
+    return {"if": {"properties": {field: {"enum": values}}, "required": [field]}, "then": then}
+
+
+# As `render.check_plan` and `audio.files.check_output_form` have them: the sample formats and rates
+# each container holds, and match_source taking the source's rate (so no sample_rate beside it).
+_OUTPUT_FORM_RULES = [
+    _when("output_format", ["flac"], {"properties": {"sample_format": {"enum": ["pcm16", "pcm24"]}}}),
+    _when("output_format", ["ogg", "mp3"], {"properties": {"sample_format": {"enum": ["pcm16"]}}}),
+    _when(
+        "output_format", ["mp3"], {"properties": {"sample_rate": {"enum": [16000, 22050, 32000, 44100, 48000, None]}}}
+    ),
+    _when("match_source", [True], {"properties": {"sample_rate": {"enum": [None]}}}),
+]
+
 CONTINUE = Endpoint(
     "POST",
     "/continue",
@@ -197,6 +214,7 @@ CONTINUE = Endpoint(
     (*_SOURCE_REFUSALS, *_WRITE_REFUSALS, NonFiniteOutput),
     body=ContinueRequest,
     metered=True,
+    body_rules={"allOf": _OUTPUT_FORM_RULES},
 )
 CONTINUE_STREAM = Endpoint(
     "POST",
@@ -212,13 +230,15 @@ CONTINUE_STREAM = Endpoint(
     (*_SOURCE_REFUSALS, *_WRITE_REFUSALS),
     body=ContinueRequest,
     metered=True,
+    body_rules={"allOf": _OUTPUT_FORM_RULES},
     body_bounds={
         "output_format": {"enum": list(STREAM_FORMATS)},
         "normalization": {"enum": list(STREAMABLE_NORMALIZATION)},
         "takes": {"maximum": STREAM_TAKES},
     },
     description="The same body and refusals as /continue (every refusal comes before the first byte, as JSON). "
-    "Streams a 16-bit PCM WAV file whose header already holds the final length, then its audio as the codec "
+    "Streams a WAV file (at sample_rate, in sample_format) whose header already holds the final length, then its "
+    "audio as the codec "
     "decodes it; the complete stream equals the file named in X-Audio-Path. A stream carries one take, in wav, "
     "leveled by 'clip' or 'none'. A client that disconnects cancels the generation.",
     handler=continue_stream,
@@ -252,13 +272,19 @@ GENERATE = Endpoint(
     metered=True,
     # As `render.check_plan` has it: where a prompt starts means something only in a file to continue
     # (a key present but null is not one), and a job needs something to start from (a prompt that is
-    # not blank, a melody or music to continue).
+    # not blank, a melody or music to continue); a job matches a source only where it has one.
     body_rules={
         "allOf": [
             {
                 "if": {"required": ["prompt_start_s"], "properties": {"prompt_start_s": {"type": "number"}}},
                 "then": {"required": ["continue_from"], "properties": {"continue_from": {"type": "string"}}},
-            }
+            },
+            *_OUTPUT_FORM_RULES,
+            _when(
+                "match_source",
+                [True],
+                {"required": ["continue_from"], "properties": {"continue_from": {"type": "string"}}},
+            ),
         ],
         "anyOf": [
             {"required": ["prompt"], "properties": {"prompt": {"pattern": r"\S"}}},

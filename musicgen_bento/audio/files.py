@@ -17,17 +17,41 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from ..errors import InputTooLarge, InvalidInput, OutputFull, OutputUnwritable
+from ..errors import InputTooLarge, InvalidInput, InvalidParameter, OutputFull, OutputUnwritable
 from .clip import AudioClip
 from .paths import InputLimits
 
-# soundfile's (format, subtype) per output format; 16-bit PCM where the format has a choice.
-_WRITE_FORMATS: dict[str, tuple[str, str]] = {
-    "wav": ("WAV", "PCM_16"),
-    "flac": ("FLAC", "PCM_16"),
-    "ogg": ("OGG", "VORBIS"),
-    "mp3": ("MP3", "MPEG_LAYER_III"),
+# soundfile's container per output format, and its subtype for each sample format the container
+# holds: ogg and mp3 are lossy, with one subtype whatever the sample format says (pcm16, the default).
+_CONTAINERS = {"wav": "WAV", "flac": "FLAC", "ogg": "OGG", "mp3": "MP3"}
+_SUBTYPES: dict[str, dict[str, str]] = {
+    "wav": {"pcm16": "PCM_16", "pcm24": "PCM_24", "float32": "FLOAT"},
+    "flac": {"pcm16": "PCM_16", "pcm24": "PCM_24"},
+    "ogg": {"pcm16": "VORBIS"},
+    "mp3": {"pcm16": "MPEG_LAYER_III"},
 }
+# MPEG audio's sample rates (MPEG-1, -2 and 2.5): an mp3 file can hold no other.
+_MP3_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
+
+
+def check_output_form(output_format: str, sample_format: str, sample_rate: int | None, rate_field: str) -> None:
+    """Refuses a sample format or rate (None: not known yet) that `output_format` cannot hold
+    (`rate_field` names what set the rate: sample_rate, or match_source)."""
+    if sample_format not in _SUBTYPES[output_format]:
+        held = " or ".join(_SUBTYPES[output_format]) if output_format in ("wav", "flac") else "none to choose"
+        fix = "wav holds pcm16, pcm24 and float32; flac pcm16 and pcm24"
+        raise InvalidParameter(
+            f"{output_format} files hold {held}: leave it out or write another format ({fix}); got {sample_format!r}",
+            field="sample_format",
+        )
+    if output_format == "mp3" and sample_rate is not None and sample_rate not in _MP3_RATES:
+        raise InvalidParameter(
+            f"an mp3 file holds sample rates up to 48000 Hz ({', '.join(map(str, _MP3_RATES))}), not {sample_rate}: "
+            "choose one of them, or write wav or flac",
+            field=rate_field,
+        )
+
+
 MEDIA_TYPES: dict[str, str] = {
     "wav": "audio/wav",
     "flac": "audio/flac",
@@ -102,17 +126,23 @@ def _ascii(text: str) -> str:
 
 
 def write_audio(
-    samples: torch.Tensor, sample_rate: int, directory: Path, output_format: str, tags: FileTags | None = None
+    samples: torch.Tensor,
+    sample_rate: int,
+    directory: Path,
+    output_format: str,
+    tags: FileTags | None = None,
+    sample_format: str = "pcm16",
 ) -> Path:
     """Writes a new file in `directory` and returns its absolute path.
 
     The file is written under a hidden temporary name and hard-linked into place only when
     complete, so readers never see a partial file and nothing existing is ever overwritten.
-    A failed write leaves nothing behind. `tags` go into the file's own metadata.
+    A failed write leaves nothing behind. `tags` go into the file's own metadata; `sample_format`
+    must be one the container holds (`check_output_form`).
     """
     if samples.shape[-1] == 0:
         raise ValueError("no samples to write")  # the request limits make this a bug, never a user's doing
-    container, subtype = _WRITE_FORMATS[output_format]
+    container, subtype = _CONTAINERS[output_format], _SUBTYPES[output_format][sample_format]
     name = f"musicgen-{uuid.uuid4().hex}.{output_format}"
     final = directory / name
     partial = directory / f".{name}.partial"
@@ -133,22 +163,30 @@ def write_audio(
 
 
 class StreamedWav:
-    """A 16-bit PCM WAV file written while its audio is made, for a client and the disk at once.
+    """A WAV file written while its audio is made, for a client and the disk at once.
 
     The header comes first and already holds the final sizes (`frames` is known in advance), so
     the bytes handed out chunk by chunk form a standard WAV file as they stand once all have
     come. On disk the file grows under a hidden temporary name; `commit` links it into place
     only when every frame is written, and `discard` removes it: no partial file is ever visible
-    under its final name. The samples are converted exactly as `write_audio` converts them (`pcm16`).
+    under its final name. The samples are converted as `write_audio` converts them (`encode`).
     """
 
     def __init__(
-        self, directory: Path, frames: int, sample_rate: int, channels: int, tags: FileTags | None = None
+        self,
+        directory: Path,
+        frames: int,
+        sample_rate: int,
+        channels: int,
+        tags: FileTags | None = None,
+        sample_format: str = "pcm16",
     ) -> None:
         name = f"musicgen-{uuid.uuid4().hex}.wav"
         self.path = (directory / name).absolute()  # where `commit` puts it; nothing is there before
-        self.header = wav_header(frames, sample_rate, channels, tags)
+        self.header = wav_header(frames, sample_rate, channels, tags, sample_format)
         self.frames = frames
+        self.sample_format = sample_format
+        self.frame_bytes = channels * SAMPLE_BYTES[sample_format]
         self.written = 0
         self._partial = directory / f".{name}.partial"
         self._directory = directory
@@ -170,7 +208,7 @@ class StreamedWav:
         """Appends samples (channels, n) and returns their bytes; refuses more than `frames` in all."""
         if self.written + samples.shape[1] > self.frames:
             raise ValueError(f"the stream holds {self.frames} frames; {self.written + samples.shape[1]} were written")
-        data = pcm16(samples)
+        data = encode(samples, self.sample_format)
         handle = self._opened()
         try:
             handle.write(data)
@@ -201,12 +239,24 @@ class StreamedWav:
             self._partial.unlink(missing_ok=True)
 
 
-def pcm16(samples: torch.Tensor) -> bytes:
-    """Samples (channels, n) as interleaved little-endian 16-bit PCM, converted as libsndfile converts
-    the float32 samples `write_audio` gives it (checked bit for bit in the tests): clipped to ±1,
-    scaled by 32768 and rounded down, full scale kept at 32767."""
-    scaled = torch.floor(samples.detach().to(torch.float32).clamp(-1.0, 1.0) * 32768.0).clamp(-32768, 32767)
-    return bytes(scaled.to(torch.int16).T.contiguous().numpy().astype("<i2").tobytes())
+SAMPLE_BYTES = {"pcm16": 2, "pcm24": 3, "float32": 4}
+
+
+def encode(samples: torch.Tensor, sample_format: str) -> bytes:
+    """Samples (channels, n) as a WAV file's interleaved little-endian data in `sample_format`,
+    converted as libsndfile converts the float32 samples `write_audio` gives it (16-bit checked bit
+    for bit in the tests): clipped to ±1; PCM scaled by 2^(bits-1) and rounded down, full scale kept
+    at its largest code; float32 as it is."""
+    clipped = samples.detach().to(torch.float32).clamp(-1.0, 1.0).T.contiguous()
+    if sample_format == "float32":
+        return bytes(clipped.numpy().astype("<f4").tobytes())
+    bits = 8 * SAMPLE_BYTES[sample_format]
+    full = 2 ** (bits - 1)
+    codes = torch.floor(clipped.to(torch.float64) * full).clamp(-full, full - 1).to(torch.int32).numpy()
+    if sample_format == "pcm16":
+        return bytes(codes.astype("<i2").tobytes())
+    little = codes.astype("<i4").view(np.uint8).reshape(-1, 4)
+    return bytes(little[:, :3].tobytes())  # 24-bit: the low three bytes of each
 
 
 # RIFF INFO chunk ids of the tags a WAV file can carry (it has no licence field; copyright says it).
@@ -214,11 +264,15 @@ _INFO_IDS = {"title": b"INAM", "artist": b"IART", "comment": b"ICMT", "copyright
 _INFO_IDS["date"] = b"ICRD"
 
 
-def wav_header(frames: int, sample_rate: int, channels: int, tags: FileTags | None = None) -> bytes:
-    """The header of a 16-bit PCM WAV file of `frames` frames: RIFF, fmt, the tags (LIST/INFO) and
-    the data chunk's header, sized for the whole file."""
-    block = 2 * channels
-    fmt = b"fmt " + struct.pack("<IHHIIHH", 16, 1, channels, sample_rate, sample_rate * block, block, 16)
+def wav_header(
+    frames: int, sample_rate: int, channels: int, tags: FileTags | None = None, sample_format: str = "pcm16"
+) -> bytes:
+    """The header of a WAV file of `frames` frames in `sample_format` (PCM, or IEEE float for
+    float32): RIFF, fmt, the tags (LIST/INFO) and the data chunk's header, sized for the whole file."""
+    width = SAMPLE_BYTES[sample_format]
+    block = width * channels
+    code = 3 if sample_format == "float32" else 1  # WAVE_FORMAT_IEEE_FLOAT, WAVE_FORMAT_PCM
+    fmt = b"fmt " + struct.pack("<IHHIIHH", 16, code, channels, sample_rate, sample_rate * block, block, 8 * width)
     info = _info_chunk(tags.for_format("wav") if tags else {})
     data_bytes = frames * block
     riff_size = 4 + len(fmt) + len(info) + 8 + data_bytes

@@ -19,10 +19,11 @@ from pathlib import Path
 
 import torch
 
-from ..audio.clip import AudioClip, to_model_format
-from ..audio.files import FileTags, audio_file_duration_s, read_audio, write_audio
+from ..audio.clip import AudioClip, fit_length, to_model_format
+from ..audio.files import FileTags, audio_file_duration_s, check_output_form, read_audio, write_audio
 from ..audio.loudness import normalize
 from ..audio.paths import InputLimits, resolve_input_path
+from ..audio.resample import OutputForm
 from ..engine import PLANNED_TEXT_TOKENS
 from ..errors import InvalidInput, InvalidParameter
 from ..generation.params import (
@@ -94,6 +95,9 @@ class RenderPlan:
     source_path: str | None = None
     melody_path: str | None = None
     include_source: bool = False
+    sample_rate: int | None = None  # None: the model's, or the source's with match_source
+    sample_format: str = "pcm16"
+    match_source: bool = False
 
     @classmethod
     def of(cls, request: ContinueRequest | GenerateRequest, settings: Settings) -> RenderPlan:
@@ -118,6 +122,9 @@ class RenderPlan:
             source_path=source_path,
             melody_path=melody_path,
             include_source=isinstance(request, ContinueRequest) and request.include_source,
+            sample_rate=request.sample_rate,
+            sample_format=request.sample_format,
+            match_source=request.match_source,
         )
 
     @property
@@ -192,6 +199,13 @@ def check_plan(plan: RenderPlan, settings: Settings) -> None:
         )
     if plan.prompt_start_s is not None and not plan.source_path:
         raise InvalidParameter("takes a source to continue: give continue_from too", field="prompt_start_s")
+    if plan.match_source and not plan.source_path:
+        raise InvalidParameter("matches a source: give continue_from too (or leave it out)", field="match_source")
+    if plan.match_source and plan.sample_rate is not None:
+        raise InvalidParameter(
+            f"match_source takes the source's rate: give one or the other; got {plan.sample_rate}", field="sample_rate"
+        )
+    check_output_form(plan.output_format, plan.sample_format, plan.sample_rate, "sample_rate")
     if plan.source_path and plan.prompt_duration_s > settings.max_prompt_s:
         raise InvalidParameter(
             f"must be at most {settings.max_prompt_s:g} seconds so the {settings.window_s:g} s window keeps room "
@@ -232,6 +246,8 @@ def check_inputs(plan: RenderPlan, settings: Settings) -> dict[str, Path]:
         if field == plan.source_field:
             frame_samples = round(MIN_DURATION_S * clip.sample_rate)
             prompt_span(clip, plan.prompt_start_s, plan.prompt_duration_s, frame_samples, field)
+            if plan.match_source:
+                check_output_form(plan.output_format, plan.sample_format, clip.sample_rate, "match_source")
         paths[field] = path
     return paths
 
@@ -253,24 +269,25 @@ def render(
     """
     check_plan(plan, settings)
     check_model(plan, generator)
-    source, prompt, melody = read_inputs(plan, generator, settings)
+    inputs = read_inputs(plan, generator, settings)
     params = GenerationParams.from_options(plan.options, plan.duration_s)
     requests = [
-        GenerationRequest(take, audio_prompt=prompt, melody=melody) for take in takes_of(params, plan.options.takes)
+        GenerationRequest(take, audio_prompt=inputs.prompt, melody=inputs.melody)
+        for take in takes_of(params, plan.options.takes)
     ]
     results = _generate(generator, requests, progress, should_cancel, arrival)
-    span = None if prompt is None or source is None else (source.duration_s - prompt.duration_s, prompt.duration_s)
     takes: list[RenderedTake] = []
     try:
         for result in results:
-            takes.append(_write_take(plan, generator, settings, result, source, span))
+            takes.append(_write_take(plan, generator, settings, result, inputs))
     except BaseException:
         for written in takes:  # a request answers with all its takes or writes nothing
             written.path.unlink(missing_ok=True)
         raise
+    span = inputs.prompt_span_s
     return Rendered(
         takes=takes,
-        sample_rate=results[0].sample_rate,
+        sample_rate=inputs.form.sample_rate,
         model=generator.name,
         prompt_start_s=None if span is None else round(span[0], 6),
         prompt_duration_s=None if span is None else round(span[1], 6),
@@ -278,39 +295,65 @@ def render(
 
 
 def _write_take(
-    plan: RenderPlan,
-    generator: Generator,
-    settings: Settings,
-    result: GenerationResult,
-    source: AudioClip | None,
-    span: tuple[float, float] | None,
+    plan: RenderPlan, generator: Generator, settings: Settings, result: GenerationResult, inputs: RenderInputs
 ) -> RenderedTake:
-    """Levels, joins to the source when asked, and writes one take with its provenance."""
+    """Levels, puts in the file's form, joins to the source when asked, and writes one take with its
+    provenance."""
+    form = inputs.form
     # The new music only: the source part of include_source keeps its own level.
     audio = normalize(result.audio, result.sample_rate, plan.options.normalization, plan.options.loudness_lufs)
-    if plan.include_source and source is not None:
-        audio = torch.cat([source.samples, audio], dim=1)
-    provenance = provenance_of(plan, generator, settings, result.seed, span)
-    path = write_audio(audio, result.sample_rate, settings.output_dir, plan.output_format, tags_of(provenance))
+    audio = fit_length(form.conform(audio, result.sample_rate), round(plan.duration_s * form.sample_rate))
+    if plan.include_source and inputs.source is not None:
+        audio = torch.cat([inputs.source_in_form(), audio], dim=1)
+    provenance = provenance_of(plan, generator, settings, result.seed, inputs.prompt_span_s, form)
+    path = write_audio(
+        audio, form.sample_rate, settings.output_dir, plan.output_format, tags_of(provenance), form.sample_format
+    )
     return RenderedTake(path, round(audio_file_duration_s(path), 6), int(audio.shape[0]), result.seed, provenance)
 
 
-def read_inputs(
-    plan: RenderPlan, generator: Generator, settings: Settings
-) -> tuple[AudioClip | None, AudioClip | None, AudioClip | None]:
-    """The source (up to the prompt's end), the audio prompt and the melody, read and converted."""
-    source = prompt = melody = None
+@dataclass(frozen=True)
+class RenderInputs:
+    """A request's inputs, read: the audio prompt and the melody in the model's form, the source as
+    it was read (up to the prompt's end: what include_source outputs and match_source matches), and
+    the form of the file to write."""
+
+    prompt: AudioClip | None
+    melody: AudioClip | None
+    source: AudioClip | None
+    form: OutputForm
+    prompt_span_s: tuple[float, float] | None  # (start, duration) of the audio prompt in the source
+
+    def source_in_form(self) -> torch.Tensor:
+        """The source resampled plainly to the file's rate and channels (itself, with match_source)."""
+        assert self.source is not None
+        return self.form.conform(self.source.samples, self.source.sample_rate)
+
+
+def read_inputs(plan: RenderPlan, generator: Generator, settings: Settings) -> RenderInputs:
+    """The source, the audio prompt and the melody, read and converted, and the file's form."""
+    source = prompt = melody = span = None
     if plan.source_field and plan.source_path:
-        whole = _load(plan.source_path, plan.source_field, generator, settings)
+        original = _read(plan.source_path, plan.source_field, settings)
+        whole = to_model_format(original, generator.sample_rate, generator.channels)
         start, end = prompt_span(
             whole, plan.prompt_start_s, plan.prompt_duration_s, generator.frame_samples, plan.source_field
         )
         prompt = AudioClip(whole.samples[:, start:end], whole.sample_rate)
-        source = AudioClip(whole.samples[:, :end], whole.sample_rate)  # what include_source outputs
+        span = (start / whole.sample_rate, (end - start) / whole.sample_rate)
+        end_in_original = min(original.frames, round(end / whole.sample_rate * original.sample_rate))
+        source = AudioClip(original.samples[:, :end_in_original], original.sample_rate)
         melody = prompt if generator.is_melody else None
     if plan.melody_path:
-        melody = _load(plan.melody_path, "melody_path", generator, settings)
-    return source, prompt, melody
+        melody = to_model_format(
+            _read(plan.melody_path, "melody_path", settings), generator.sample_rate, generator.channels
+        )
+    if plan.match_source and source is not None:
+        check_output_form(plan.output_format, plan.sample_format, source.sample_rate, "match_source")
+        form = OutputForm(source.sample_rate, source.channels, plan.sample_format)
+    else:
+        form = OutputForm(plan.sample_rate or generator.sample_rate, generator.channels, plan.sample_format)
+    return RenderInputs(prompt, melody, source, form, span)
 
 
 def takes_of(params: GenerationParams, count: int) -> list[GenerationParams]:
@@ -398,7 +441,12 @@ def input_limits(settings: Settings) -> InputLimits:
 
 
 def provenance_of(
-    plan: RenderPlan, generator: Generator, settings: Settings, seed: int, prompt_span_s: tuple[float, float] | None
+    plan: RenderPlan,
+    generator: Generator,
+    settings: Settings,
+    seed: int,
+    prompt_span_s: tuple[float, float] | None,
+    form: OutputForm,
 ) -> Provenance:
     """Where the file comes from: model, licence, seed, this software, the prompt (unless the
     settings keep it out) and the parameters as resolved."""
@@ -410,6 +458,8 @@ def provenance_of(
         "top_k": options.top_k,
         "top_p": options.top_p,
         "normalization": options.normalization,
+        "sample_rate": form.sample_rate,
+        "sample_format": form.sample_format,
     }
     if options.normalization == "loudness":
         parameters["loudness_lufs"] = options.loudness_lufs
@@ -447,11 +497,10 @@ def tags_of(provenance: Provenance) -> FileTags:
     )
 
 
-def _load(raw_path: str, field: str, generator: Generator, settings: Settings) -> AudioClip:
-    """Checks, reads and converts an input file to the model's rate and channel count."""
+def _read(raw_path: str, field: str, settings: Settings) -> AudioClip:
+    """Checks and reads an input file, as it is."""
     limits = input_limits(settings)
-    path = resolve_input_path(raw_path, limits, field=field)
-    return to_model_format(read_audio(path, limits, field=field), generator.sample_rate, generator.channels)
+    return read_audio(resolve_input_path(raw_path, limits, field=field), limits, field=field)
 
 
 def _too_short(clip: AudioClip, frame_s: float, field: str) -> InvalidInput:

@@ -1,10 +1,12 @@
 """`/continue` streamed: the same checks, inputs and audio as `render`, handed to the client chunk
 by chunk as the codec decodes them, and written to a file at the same time.
 
-A stream is a 16-bit PCM WAV file whose header, sent first, already holds the final length (the
-request's duration decides it). It carries one take and levels nothing that needs the whole
-piece (peak, RMS or loudness normalization); those stay with `/continue`, and asking a stream
-for them is refused before anything is sent.
+A stream is a WAV file whose header, sent first, already holds the final length (the request's
+duration decides it) and the file's rate and sample format. It carries one take and levels nothing
+that needs the whole piece (peak, RMS or loudness normalization); those stay with `/continue`, and
+asking a stream for them is refused before anything is sent. At another rate than the model's, the
+chunks are resampled as they come (`audio.resample.StreamingResampler`), to what resampling the
+whole file gives.
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..audio.clip import AudioClip
 from ..audio.files import StreamedWav
+from ..audio.resample import OutputForm, StreamingResampler, to_channels
 from ..errors import InvalidParameter
 from ..generation.params import CancelFn, GenerationHooks, GenerationParams, GenerationRequest
 from ..generation.protocol import Generator
@@ -47,7 +49,7 @@ def check_stream(plan: RenderPlan) -> None:
     options = plan.options
     if plan.output_format not in STREAM_FORMATS:
         raise InvalidParameter(
-            f"a stream is a WAV file (16-bit PCM); leave it out or give 'wav' (POST /continue writes "
+            f"a stream is a WAV file; leave it out or give 'wav' (POST /continue writes "
             f"{plan.output_format}); got {plan.output_format!r}",
             field="output_format",
         )
@@ -71,28 +73,29 @@ class StreamedRender:
 
     generator: Generator
     request: GenerationRequest
-    source: AudioClip | None  # what include_source puts first; None without it
+    source: torch.Tensor | None  # what include_source puts first, in the file's form; None without it
+    form: OutputForm
     wav: StreamedWav
     provenance: Provenance
     prompt_span_s: tuple[float, float] | None  # (start, duration) of the audio prompt in the source
 
     @property
     def sample_rate(self) -> int:
-        return self.generator.sample_rate
+        return self.form.sample_rate
 
     @property
     def rendered(self) -> Rendered:
         """What the stream writes once it is complete: its file's name, length and provenance are
         known before any music is made."""
         duration_s = round(self.wav.frames / self.sample_rate, 6)
-        take = RenderedTake(self.wav.path, duration_s, self.generator.channels, self.provenance.seed, self.provenance)
+        take = RenderedTake(self.wav.path, duration_s, self.form.channels, self.provenance.seed, self.provenance)
         start, length = (None, None) if self.prompt_span_s is None else (round(v, 6) for v in self.prompt_span_s)
         return Rendered([take], self.sample_rate, self.generator.name, start, length)
 
     @property
     def content_length(self) -> int:
         """The stream's size in bytes, header included."""
-        return len(self.wav.header) + self.wav.frames * self.generator.channels * 2
+        return len(self.wav.header) + self.wav.frames * self.wav.frame_bytes
 
     def run(self, send: Callable[[bytes], None], should_cancel: CancelFn | None, arrival: int | None) -> RenderedTake:
         """Generates, handing `send` each chunk of the file after the header (on this thread) and
@@ -101,20 +104,34 @@ class StreamedRender:
         The chunk that completes the file is handed over only once the file is in place, so a
         client holding every byte finds it at its announced name."""
         completing: list[bytes] = []
+        model_rate = self.generator.sample_rate
+        resampler = StreamingResampler(model_rate, self.sample_rate) if model_rate != self.sample_rate else None
 
         def write(samples: torch.Tensor) -> None:
-            data = self.wav.write(samples)
+            # The file's length is the request's: what resampling adds past it is cut off.
+            samples = samples[:, : self.wav.frames - self.wav.written]
+            if not samples.shape[1]:
+                return
+            data = self.wav.write(to_channels(samples, self.form.channels))
             if self.wav.written < self.wav.frames:
                 send(data)
             else:
                 completing.append(data)
 
+        def new_audio(samples: torch.Tensor) -> None:
+            write(samples if resampler is None else resampler.push(samples))
+
         try:
             if self.source is not None:
-                write(self.source.samples)
+                write(self.source)
             self.generator.generate(
-                self.request, GenerationHooks(should_cancel=should_cancel, arrival=arrival, on_audio=write)
+                self.request, GenerationHooks(should_cancel=should_cancel, arrival=arrival, on_audio=new_audio)
             )
+            if resampler is not None:
+                write(resampler.finish())
+            missing = self.wav.frames - self.wav.written  # a resampled length may fall one frame short
+            if missing > 0:
+                write(torch.zeros(self.form.channels, missing))
             path = self.wav.commit()
         except BaseException:
             self.wav.discard()
@@ -129,15 +146,14 @@ def prepare_stream(plan: RenderPlan, generator: Generator, settings: Settings) -
     check_plan(plan, settings)
     check_model(plan, generator)
     check_stream(plan)
-    whole_source, prompt, melody = read_inputs(plan, generator, settings)
+    inputs = read_inputs(plan, generator, settings)
+    form = inputs.form
     params = takes_of(GenerationParams.from_options(plan.options, plan.duration_s), 1)[0]
     assert params.seed is not None  # takes_of resolves it: the file's tags name it before it is made
-    span = None
-    if prompt is not None and whole_source is not None:
-        span = (whole_source.duration_s - prompt.duration_s, prompt.duration_s)
-    provenance = provenance_of(plan, generator, settings, params.seed, span)
-    source = whole_source if plan.include_source else None
-    frames = round(plan.duration_s * generator.sample_rate) + (source.frames if source is not None else 0)
-    wav = StreamedWav(settings.output_dir, frames, generator.sample_rate, generator.channels, tags_of(provenance))
-    request = GenerationRequest(params, audio_prompt=prompt, melody=melody)
-    return StreamedRender(generator, request, source, wav, provenance, span)
+    provenance = provenance_of(plan, generator, settings, params.seed, inputs.prompt_span_s, form)
+    source = inputs.source_in_form() if plan.include_source and inputs.source is not None else None
+    frames = round(plan.duration_s * form.sample_rate) + (source.shape[1] if source is not None else 0)
+    tags = tags_of(provenance)
+    wav = StreamedWav(settings.output_dir, frames, form.sample_rate, form.channels, tags, form.sample_format)
+    request = GenerationRequest(params, audio_prompt=inputs.prompt, melody=inputs.melody)
+    return StreamedRender(generator, request, source, form, wav, provenance, inputs.prompt_span_s)

@@ -1,4 +1,5 @@
-"""The command line: `musicgen-bento serve|models ...`, also run as `python -m musicgen_bento`.
+"""The command line: `musicgen-bento serve|models|keys|settings`, also run as `python -m
+musicgen_bento`, and the client commands (`continue`, `generate`, `jobs`, `health`: `client_cli`).
 
 `serve` turns its flags into the service's environment variables and hands over to
 `bentoml serve`, so the node orchestrator's command line and `bentoml serve` configure
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .access.keys import KeysFile
+from .client_cli import add_client_commands
 from .errors import InvalidParameter, MusicGenError
 from .settings import Settings, SettingsError, setting_specs, settings_table
 
@@ -235,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     lister = model_commands.add_parser("list", help="List the MusicGen models in the store.")
     lister.set_defaults(run=models_list)
     _add_keys_commands(commands)
+    add_client_commands(commands)
     settings = commands.add_parser("settings", help="Print every setting: variable, flag, default and meaning.")
     settings.set_defaults(run=print_settings)
     return parser
@@ -247,6 +250,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv = ["serve", *argv]
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("transformers").setLevel(logging.ERROR)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request would bury the client's output
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args))

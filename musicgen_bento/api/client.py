@@ -26,7 +26,7 @@ import httpx
 from httpx_sse import EventSource
 
 from ..jobs.model import JobStatus
-from ..schemas import ContinueResponse, HealthResponse, JobAccepted, JobView
+from ..schemas import ContinueResponse, HealthResponse, JobAccepted, JobView, UploadResponse
 
 
 class MusicGenClientError(Exception):
@@ -156,6 +156,14 @@ class MusicGenClient:
             response.close()
             self._raise_for(response)
         return AudioStream(response)
+
+    def upload(self, path: str | Path) -> UploadResponse:
+        """POST /uploads: stores a local audio file on the server for later requests; its
+        `audio_path` is what `continue_`, `continue_stream` and `submit` then take."""
+        source = Path(path)
+        with source.open("rb") as handle:
+            response = self._call("POST", "/uploads", files={"file": (source.name, handle)})
+        return UploadResponse.model_validate(response.json())
 
     def submit(self, **options: Any) -> JobAccepted:
         """POST /generate: queues a job and returns at once."""

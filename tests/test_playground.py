@@ -110,7 +110,7 @@ def test_upload_and_continue_plays_and_draws_the_result(page: Any, song: Path, s
     expect_ready(page)
     page.get_by_label("Music to continue").set_input_files(str(song))
     expect(page.locator("#source-info")).to_contain_text("my song.wav: 4.0 s", timeout=30_000)
-    page.get_by_label("Prompt").fill("a calm organ")
+    page.get_by_label("Prompt", exact=True).fill("a calm organ")
     page.get_by_label("Length of new music (seconds)").fill("3")
     page.get_by_label("Seed").fill("42")
     before = waveform_pixels(page)
@@ -131,7 +131,7 @@ def test_a_job_shows_its_progress_and_can_be_canceled(page: Any) -> None:
     from playwright.sync_api import expect
 
     expect_ready(page)
-    page.get_by_label("Prompt").fill("a long drone")
+    page.get_by_label("Prompt", exact=True).fill("a long drone")
     page.get_by_label("Length of new music (seconds)").fill("30")
     page.get_by_role("button", name="Generate", exact=True).click()
     progress = page.get_by_label("Progress")
@@ -173,3 +173,116 @@ def test_a_file_that_is_not_audio_is_refused_next_to_the_source(page: Any, tmp_p
     expect(page.locator("#source-error")).to_contain_text("'notes.wav' is not a readable audio file", timeout=30_000)
     page.get_by_role("button", name="Continue", exact=True).click()
     expect(page.locator("#source-error")).to_contain_text("Choose the music to continue first")
+
+
+def _source_loaded(page: Any, song: Path) -> None:
+    from playwright.sync_api import expect
+
+    expect_ready(page)
+    page.get_by_label("Music to continue").set_input_files(str(song))
+    expect(page.locator("#source-info")).to_contain_text("4.0 s", timeout=30_000)
+    expect(page.get_by_label("Prompt starts at (seconds)")).to_be_visible()
+
+
+def _newest_output(server: Server, since: float) -> Path:
+    """The newest file the server wrote in its output directory after `since` (time.time())."""
+    output = Path(server.env["MUSICGEN_OUTPUT_DIR"])
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        files = [path for path in output.glob("musicgen-*") if path.stat().st_mtime >= since]
+        if files:
+            return max(files, key=lambda path: path.stat().st_mtime)
+        time.sleep(0.1)
+    raise AssertionError("the server wrote no file")
+
+
+def test_dragging_the_prompt_region_sets_what_the_server_receives(page: Any, song: Path, server: Server) -> None:
+    import json
+
+    import soundfile as sf
+    from playwright.sync_api import expect
+
+    _source_loaded(page, song)
+    # The region starts as the server's default: the last 4 s of a 4 s source (at most 10 s).
+    start = page.get_by_label("Prompt starts at (seconds)")
+    length = page.get_by_label("Prompt length (seconds)")
+    assert (start.input_value(), length.input_value()) == ("0.00", "4.00")
+    canvas = page.locator("#source-wave")
+    box = canvas.bounding_box()
+    assert box is not None
+    # Drag the region's left edge to the middle (resize), then the whole region to the left (move).
+    y = box["y"] + box["height"] / 2
+    page.mouse.move(box["x"] + 2, y)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.5, y, steps=8)
+    page.mouse.up()
+    assert float(start.input_value()) == pytest.approx(2.0, abs=0.1)
+    assert float(length.input_value()) == pytest.approx(2.0, abs=0.1)
+    page.mouse.move(box["x"] + box["width"] * 0.75, y)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.5, y, steps=8)
+    page.mouse.up()
+    shown_start, shown_length = float(start.input_value()), float(length.input_value())
+    assert shown_start == pytest.approx(1.0, abs=0.1) and shown_length == pytest.approx(2.0, abs=0.1)
+    page.get_by_label("Length of new music (seconds)").fill("1")
+    since = time.time()
+    page.get_by_role("button", name="Continue", exact=True).click()
+    expect(page.locator("#activity")).to_have_text("Done.", timeout=60_000)
+    # What the server received is in the file it wrote: its provenance, in the file's own metadata.
+    with sf.SoundFile(str(_newest_output(server, since))) as written:
+        parameters = json.loads(written.comment)
+    assert parameters["prompt_start_s"] == pytest.approx(shown_start, abs=0.011)
+    assert parameters["prompt_duration_s"] == pytest.approx(shown_length, abs=0.021)  # whole codec frames
+    # The timeline: the source up to the region's end, then the new music, the join marked there.
+    timeline = page.locator("#timeline")
+    assert float(timeline.get_attribute("data-join-s") or "nan") == pytest.approx(shown_start + shown_length, abs=0.02)
+    join_x = int(timeline.get_attribute("data-join-x") or "-1")
+    assert join_x == pytest.approx(800 * (shown_start + shown_length) / (shown_start + shown_length + 1.0), abs=2)
+    marker = page.evaluate(
+        f"""() => Array.from(document.getElementById("timeline").getContext("2d")
+                .getImageData({join_x}, 45, 1, 1).data)"""
+    )
+    assert marker[:3] == [255, 209, 102], "the join is marked in yellow"
+    expect(page.locator("#timeline-info")).to_contain_text("then 1.00 s of new music")
+
+
+def test_three_takes_get_three_players_each_with_its_download(page: Any, song: Path) -> None:
+    from playwright.sync_api import expect
+
+    _source_loaded(page, song)
+    page.get_by_label("Length of new music (seconds)").fill("1")
+    page.get_by_label("Seed").fill("7")
+    page.get_by_label("Takes", exact=True).fill("3")
+    page.get_by_label("Sample rate").select_option("48000")
+    page.get_by_label("Bit depth").select_option("pcm24")
+    page.get_by_role("button", name="Continue", exact=True).click()
+    expect(page.locator("#activity")).to_have_text("Done.", timeout=90_000)
+    takes = page.get_by_role("list", name="The takes made").locator("li")
+    expect(takes).to_have_count(3)
+    for index, seed in enumerate((7, 8, 9)):
+        expect(takes.nth(index)).to_contain_text(f"Take {index + 1} · seed {seed}")
+        assert takes.nth(index).get_by_role("link", name=f"Download continuation-{seed}.wav").is_visible()
+    wait_until(page, "Array.from(document.querySelectorAll('#take-list audio')).every((a) => a.duration > 0)")
+    durations = page.evaluate("Array.from(document.querySelectorAll('#take-list audio')).map((a) => a.duration)")
+    assert durations == pytest.approx([1.0, 1.0, 1.0], abs=0.01)
+
+
+def test_the_level_controls_reach_the_server(page: Any, song: Path, server: Server) -> None:
+    import json
+
+    import soundfile as sf
+    from playwright.sync_api import expect
+
+    _source_loaded(page, song)
+    assert page.get_by_label("Loudness target (LUFS)").is_disabled()
+    page.get_by_label("Level").select_option("loudness")
+    page.get_by_label("Loudness target (LUFS)").fill("-20")
+    page.get_by_label("File format").select_option("flac")
+    page.get_by_label("Length of new music (seconds)").fill("1")
+    since = time.time()
+    page.get_by_role("button", name="Continue", exact=True).click()
+    expect(page.locator("#activity")).to_have_text("Done.", timeout=60_000)
+    with sf.SoundFile(str(_newest_output(server, since))) as written:
+        parameters = json.loads(written.comment)
+        assert written.format == "FLAC"
+    assert (parameters["normalization"], parameters["loudness_lufs"]) == ("loudness", -20.0)

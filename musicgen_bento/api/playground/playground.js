@@ -1,25 +1,37 @@
 // The playground: one page, talking to this server's own API. No libraries, nothing fetched from
-// elsewhere. Continue streams POST /continue/stream and plays the WAV chunks with Web Audio as
-// they arrive; Generate runs a job (POST /generate) followed through GET /jobs/{id}/events. Where
-// the server asks for an API key, every call carries the one the person gives (kept in this tab).
+// elsewhere. The source is drawn as a waveform with the audio prompt as a region to drag and
+// resize. Continue streams POST /continue/stream and plays the WAV chunks with Web Audio as they
+// arrive (one take, WAV, levelled as made); several takes, another format or a level of the whole
+// piece run as a job continuing the file. Generate runs a job (POST /generate) followed through
+// GET /jobs/{id}/events. Each result is drawn after its source on one timeline, the join marked,
+// and every take gets its own player. Where the server asks for an API key, every call carries the
+// one the person gives (kept in this tab).
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const FIELDS = ["prompt", "duration_s", "cfg_coef", "temperature", "top_k", "top_p", "seed", "output_format"];
+const FIELDS = [
+  "prompt", "duration_s", "cfg_coef", "temperature", "top_k", "top_p", "seed", "output_format", "sample_rate",
+  "sample_format", "normalization", "loudness_lufs", "takes", "prompt_start_s", "prompt_duration_s",
+];
 // Where an error about a request field is shown: the control that sets it.
 const ERROR_HOME = {
-  Authorization: "api_key", audio_path: "source", continue_from: "source", file: "source", prompt_start_s: "source",
-  prompt_duration_s: "source", melody_path: "melody", takes: "general", normalization: "general",
+  Authorization: "api_key", audio_path: "source", continue_from: "source", file: "source",
+  melody_path: "melody", match_source: "sample_rate",
 };
 const LABELS = {
   prompt: "Prompt", source: "Music to continue", melody: "Melody", duration_s: "Length",
   cfg_coef: "Guidance", temperature: "Temperature", top_k: "Top-k", top_p: "Top-p", seed: "Seed",
-  output_format: "File format",
+  output_format: "File format", sample_rate: "Sample rate", sample_format: "Bit depth", normalization: "Level",
+  loudness_lufs: "Loudness target", takes: "Takes", prompt_start_s: "Prompt starts at",
+  prompt_duration_s: "Prompt length",
 };
+// What a stream carries (render.stream): one take, a WAV file, levelled as it is made.
+const STREAMABLE_LEVELS = ["clip", "none"];
 
 const state = {
-  ready: false, melody: false, limits: { continue: 30, job: 120 },
+  ready: false, melody: false, limits: { continue: 30, job: 120, prompt: 29, promptDefault: 10 },
   source: null, melodyUpload: null, busy: false, jobId: null, events: null, results: [],
+  sourceAudio: null, region: null, drag: null,
 };
 
 // ---- the server ---------------------------------------------------------------------------------
@@ -113,6 +125,10 @@ async function readLimits() {
       .map((branch) => branch.maximum).find((value) => value !== undefined);
     state.limits.continue = maximum(schemas.ContinueRequest) ?? state.limits.continue;
     state.limits.job = maximum(schemas.GenerateRequest) ?? state.limits.job;
+    const prompt = schemas.ContinueRequest.properties.prompt_duration_s;
+    state.limits.prompt = (prompt.anyOf || [prompt]).map((branch) => branch.maximum)
+      .find((value) => value !== undefined) ?? state.limits.prompt;
+    if (typeof prompt.default === "number") state.limits.promptDefault = prompt.default;
     // What an omitted duration means on this server (the default, or the limit where it is lower).
     const omitted = schemas.ContinueRequest.properties.duration_s.default;
     if (typeof omitted === "number") $("duration_s").value = String(omitted);
@@ -172,6 +188,7 @@ async function upload(file, role) {
   }
   const stored = await response.json();
   state[role === "source" ? "source" : "melodyUpload"] = stored;
+  if (role === "source") await showSource(file, stored);
   const channels = stored.channels === 1 ? "mono" : stored.channels === 2 ? "stereo" : `${stored.channels} channels`;
   info.textContent = `${file.name}: ${stored.duration_s.toFixed(1)} s, ${stored.sample_rate} Hz, ${channels}`;
   updateButtons();
@@ -188,18 +205,123 @@ function acceptDrops(zone, input, role) {
   input.addEventListener("change", () => { if (input.files.length) upload(input.files[0], role); });
 }
 
+// ---- the source, and the audio prompt as a region on it ------------------------------------------
+
+// Decodes the chosen file here for its picture (the server has its own copy), and puts the prompt
+// region where the server would take it: the last prompt_duration_s seconds.
+async function showSource(file, stored) {
+  let samples = new Float32Array(0), rate = stored.sample_rate;
+  try {
+    const decoded = await decodeAudio(await file.arrayBuffer(), stored.sample_rate);
+    samples = decoded.data;
+    rate = decoded.rate;
+  } catch (error) { /* the browser cannot decode it: the region still works on the numbers */ }
+  const duration = stored.duration_s;
+  state.sourceAudio = { samples, rate, duration };
+  const length = Math.min(state.limits.promptDefault, state.limits.prompt, duration);
+  setRegion(duration - length, length);
+  $("prompt_start_s").max = String(duration);
+  $("prompt_duration_s").max = String(Math.min(state.limits.prompt, duration));
+  $("source-view").hidden = false;
+}
+
+// Keeps the region inside the source and the prompt's limits, shows it in the two fields, draws it.
+function setRegion(start, length) {
+  const audio = state.sourceAudio;
+  const longest = Math.min(state.limits.prompt, audio.duration);
+  length = Math.min(Math.max(length, 0.02), longest);
+  start = Math.min(Math.max(start, 0), audio.duration - length);
+  state.region = { start, length };
+  $("prompt_start_s").value = round2(start).toFixed(2);
+  $("prompt_duration_s").value = round2(length).toFixed(2);
+  drawSource();
+}
+
+function drawSource() {
+  const canvas = $("source-wave");
+  const g = canvas.getContext("2d");
+  const audio = state.sourceAudio;
+  g.fillStyle = "#0f1220";
+  g.fillRect(0, 0, canvas.width, canvas.height);
+  if (!audio) return;
+  drawEnvelope(g, audio.samples, 0, canvas.width, canvas.height, "#9aa3b5");
+  const { start, length } = state.region;
+  const x0 = (start / audio.duration) * canvas.width, x1 = ((start + length) / audio.duration) * canvas.width;
+  g.fillStyle = "rgba(122, 162, 255, 0.35)";
+  g.fillRect(x0, 0, x1 - x0, canvas.height);
+  g.fillStyle = "#7aa2ff";
+  g.fillRect(x0 - 1, 0, 3, canvas.height);
+  g.fillRect(x1 - 2, 0, 3, canvas.height);
+}
+
+// Dragging inside the region moves it; dragging one of its edges resizes it; anywhere else moves it there.
+function regionPointer(event) {
+  const audio = state.sourceAudio;
+  if (!audio || !state.region) return;
+  const box = $("source-wave").getBoundingClientRect();
+  const at = ((event.clientX - box.left) / box.width) * audio.duration;
+  const reach = (8 / box.width) * audio.duration;  // 8 px either side of an edge grabs it
+  const { start, length } = state.region;
+  if (event.type === "pointerdown") {
+    let mode = "move";
+    if (Math.abs(at - start) <= reach) mode = "start";
+    else if (Math.abs(at - (start + length)) <= reach) mode = "end";
+    else if (at < start || at > start + length) setRegion(at - length / 2, length);
+    state.drag = { mode, from: at, start: state.region.start, length: state.region.length };
+    $("source-wave").setPointerCapture(event.pointerId);
+    $("source-wave").classList.add("dragging");
+    return;
+  }
+  if (!state.drag) return;
+  if (event.type === "pointerup" || event.type === "pointercancel") {
+    state.drag = null;
+    $("source-wave").classList.remove("dragging");
+    return;
+  }
+  const drag = state.drag, moved = at - drag.from;
+  if (drag.mode === "move") setRegion(drag.start + moved, drag.length);
+  else if (drag.mode === "start") {
+    const end = drag.start + drag.length;
+    const newStart = Math.min(drag.start + moved, end - 0.02);
+    setRegion(newStart, end - newStart);
+  } else setRegion(drag.start, drag.length + moved);
+}
+
+function regionTyped() {
+  if (!state.sourceAudio) return;
+  const start = Number($("prompt_start_s").value), length = Number($("prompt_duration_s").value);
+  if (Number.isFinite(start) && Number.isFinite(length) && length > 0) {
+    state.region = { start, length };  // shown as typed; the server judges it (its error lands here)
+    drawSource();
+  }
+}
+
 // ---- the request --------------------------------------------------------------------------------
 
 function options() {
   const body = { prompt: $("prompt").value };
-  for (const name of ["duration_s", "cfg_coef", "temperature", "top_p"]) {
+  for (const name of ["duration_s", "cfg_coef", "temperature", "top_p", "top_k", "seed", "takes"]) {
     if ($(name).value !== "") body[name] = Number($(name).value);
   }
-  for (const name of ["top_k", "seed"]) {
-    if ($(name).value !== "") body[name] = Number($(name).value);
+  body.output_format = $("output_format").value;
+  body.sample_format = $("sample_format").value;
+  body.normalization = $("normalization").value;
+  if (body.normalization === "loudness" && $("loudness_lufs").value !== "") {
+    body.loudness_lufs = Number($("loudness_lufs").value);
   }
+  const rate = $("sample_rate").value;
+  if (rate === "match") body.match_source = true;
+  else if (rate !== "") body.sample_rate = Number(rate);
   return body;
 }
+
+// The audio prompt: the region of the source, as the request says it.
+function promptFields() {
+  if (!state.region) return {};
+  return { prompt_start_s: round2(state.region.start), prompt_duration_s: round2(state.region.length) };
+}
+
+function round2(value) { return Math.round(value * 100) / 100; }
 
 function updateButtons() {
   $("continue").disabled = !state.ready || state.busy;
@@ -216,24 +338,35 @@ function setBusy(busy, activity) {
 // ---- Continue: streamed -------------------------------------------------------------------------
 
 function parseWavHeader(bytes) {
-  // Finds the data chunk; the header before it holds the format (the server writes 16-bit PCM).
+  // Finds the data chunk; the header before it holds the format: PCM (16 or 24 bits) or IEEE float.
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  let offset = 12, channels = 1, sampleRate = 32000;
+  let offset = 12, channels = 1, sampleRate = 32000, float = false, bytesPerSample = 2;
   while (offset + 8 <= bytes.length) {
     const id = String.fromCharCode(...bytes.subarray(offset, offset + 4));
     const size = view.getUint32(offset + 4, true);
     if (id === "fmt ") {
+      float = view.getUint16(offset + 8, true) === 3;
       channels = view.getUint16(offset + 10, true);
       sampleRate = view.getUint32(offset + 12, true);
+      bytesPerSample = view.getUint16(offset + 22, true) / 8;
     }
-    if (id === "data") return { dataStart: offset + 8, channels, sampleRate };
+    if (id === "data") return { dataStart: offset + 8, channels, sampleRate, float, bytesPerSample };
     offset += 8 + size + (size % 2);
   }
   return null;
 }
 
+function readSample(view, at, format) {
+  if (format.float) return view.getFloat32(at, true);
+  if (format.bytesPerSample === 3) {
+    const value = view.getUint8(at) | (view.getUint8(at + 1) << 8) | (view.getInt8(at + 2) << 16);
+    return value / 8388608;
+  }
+  return view.getInt16(at, true) / 32768;
+}
+
 class StreamPlayer {
-  // Plays 16-bit PCM chunks back to back as they come, and keeps the samples for the waveform.
+  // Plays the stream's chunks back to back as they come, and keeps the samples for the waveform.
   constructor(format) {
     this.format = format;
     this.context = new AudioContext({ sampleRate: format.sampleRate });
@@ -246,7 +379,8 @@ class StreamPlayer {
     const joined = new Uint8Array(this.leftover.length + bytes.length);
     joined.set(this.leftover);
     joined.set(bytes, this.leftover.length);
-    const frameBytes = 2 * this.format.channels;
+    const width = this.format.bytesPerSample;
+    const frameBytes = width * this.format.channels;
     const usable = joined.length - (joined.length % frameBytes);
     this.leftover = joined.slice(usable);
     const frames = usable / frameBytes;
@@ -257,7 +391,7 @@ class StreamPlayer {
     for (let channel = 0; channel < this.format.channels; channel++) {
       const data = buffer.getChannelData(channel);
       for (let i = 0; i < frames; i++) {
-        data[i] = view.getInt16((i * this.format.channels + channel) * 2, true) / 32768;
+        data[i] = readSample(view, (i * this.format.channels + channel) * width, this.format);
         mono[i] += data[i] / this.format.channels;
       }
     }
@@ -285,7 +419,12 @@ async function continueStreamed() {
     showError("file", "choose the music to continue first (a wav, flac, ogg or mp3 file)");
     return;
   }
-  const body = { ...options(), audio_path: state.source.audio_path };
+  const body = { ...options(), ...promptFields() };
+  if ((body.takes || 1) > 1 || body.output_format !== "wav" || !STREAMABLE_LEVELS.includes(body.normalization)) {
+    await runJob({ ...body, continue_from: state.source.audio_path }, "Continue");
+    return;
+  }
+  body.audio_path = state.source.audio_path;
   setBusy(true, "Starting…");
   $("progress").value = 0;
   const started = performance.now();
@@ -344,7 +483,8 @@ async function continueStreamed() {
   const blob = new Blob(chunks, { type: "audio/wav" });
   const elapsed = (performance.now() - started) / 1000;
   const timing = `first sound after ${firstAudio !== null ? firstAudio.toFixed(2) : "?"} s, complete after ${elapsed.toFixed(1)} s`;
-  await showResult(blob, { kind: "Continue", seed, timing, name: `continuation-${seed}.wav`, samples: player.all(), rate: header.sampleRate });
+  const take = { blob, seed, name: `continuation-${seed}.wav`, samples: player.all(), rate: header.sampleRate };
+  await showResult({ kind: "Continue", timing, takes: [take], joinS: state.region && state.region.start + state.region.length });
   setBusy(false, "Done.");
 }
 
@@ -359,11 +499,18 @@ function concat(chunks) {
 
 async function generateJob() {
   clearErrors();
-  const body = { ...options(), output_format: $("output_format").value };
+  const body = options();
   if (state.melody && state.melodyUpload) body.melody_path = state.melodyUpload.audio_path;
+  delete body.match_source;  // no source to match here
+  await runJob(body, "Generate");
+}
+
+// A job (POST /generate), followed through its events; then every take is downloaded and shown.
+async function runJob(body, kind) {
   setBusy(true, "Queueing…");
   $("progress").value = 0;
   const started = performance.now();
+  const joinS = kind === "Continue" && state.region ? state.region.start + state.region.length : null;
   const response = await api("/generate", {
     method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body),
   }).catch(() => null);
@@ -392,15 +539,18 @@ async function generateJob() {
     state.jobId = null;
     if (view.status === "succeeded") {
       $("progress").value = 1;
-      const audio = await api(`/jobs/${view.job_id}/audio`);
-      const blob = await audio.blob();
-      const elapsed = ((performance.now() - started) / 1000).toFixed(1);
       const format = view.request.output_format || "wav";
-      const samples = await decodeForPicture(blob);
-      await showResult(blob, {
-        kind: "Generate", seed: view.result.seed, timing: `complete after ${elapsed} s`,
-        name: `generation-${view.result.seed}.${format}`, samples: samples.data, rate: samples.rate,
-      });
+      const prefix = kind === "Continue" ? "continuation" : "generation";
+      const takes = [];
+      for (let index = 0; index < view.result.takes.length; index++) {
+        const audio = await api(`/jobs/${view.job_id}/audio${index ? `?take=${index}` : ""}`);
+        const blob = await audio.blob();
+        const seed = view.result.takes[index].seed;
+        const picture = await decodeForPicture(blob);
+        takes.push({ blob, seed, name: `${prefix}-${seed}.${format}`, samples: picture.data, rate: picture.rate });
+      }
+      const elapsed = ((performance.now() - started) / 1000).toFixed(1);
+      await showResult({ kind, timing: `complete after ${elapsed} s`, takes, joinS });
       setBusy(false, "Done.");
     } else if (view.status === "canceled") {
       setBusy(false, "Canceled.");
@@ -430,29 +580,72 @@ async function cancelJob() {
 
 async function decodeForPicture(blob) {
   try {
-    const context = new OfflineAudioContext(1, 1, 32000);
-    const decoded = await context.decodeAudioData(await blob.arrayBuffer());
-    return { data: decoded.getChannelData(0), rate: decoded.sampleRate };
+    return await decodeAudio(await blob.arrayBuffer(), 32000);
   } catch (error) {
     return { data: new Float32Array(0), rate: 32000 };
   }
 }
 
+// Audio bytes as one channel of samples (the channels averaged) at `rate`.
+async function decodeAudio(bytes, rate) {
+  const context = new OfflineAudioContext(1, 1, rate);
+  const decoded = await context.decodeAudioData(bytes);
+  const mono = new Float32Array(decoded.length);
+  for (let channel = 0; channel < decoded.numberOfChannels; channel++) {
+    const data = decoded.getChannelData(channel);
+    for (let i = 0; i < data.length; i++) mono[i] += data[i] / decoded.numberOfChannels;
+  }
+  return { data: mono, rate: decoded.sampleRate };
+}
+
 // ---- the result ---------------------------------------------------------------------------------
 
-async function showResult(blob, result) {
-  const url = URL.createObjectURL(blob);
-  const player = $("player");
-  player.src = url;
-  $("download").href = url;
-  $("download").download = result.name;
+async function showResult(result) {
+  // result: { kind, timing, takes: [{ blob, seed, name, samples, rate }], joinS (Continue only) }
+  for (const take of result.takes) take.url = URL.createObjectURL(take.blob);
+  const first = result.takes[0];
+  $("player").src = first.url;
+  $("download").href = first.url;
+  $("download").download = first.name;
   $("download").hidden = false;
-  $("download").textContent = `Download ${result.name}`;
-  $("result-info").textContent = `${result.kind} · seed ${result.seed} · ${result.timing}`;
-  drawWaveform(result.samples);
-  drawSpectrogram(result.samples, result.rate);
-  state.results.unshift({ ...result, url });
+  $("download").textContent = `Download ${first.name}`;
+  const seeds = result.takes.map((take) => take.seed).join(", ");
+  $("result-info").textContent = `${result.kind} · seed ${seeds} · ${result.timing}`;
+  drawWaveform(first.samples);
+  drawSpectrogram(first.samples, first.rate);
+  drawTimeline(first, result.joinS);
+  renderTakes(result.takes);
+  state.results.unshift({ ...result, seed: seeds, url: first.url, name: first.name, samples: first.samples, rate: first.rate });
   renderHistory();
+}
+
+// Several takes side by side: each its own player and download, its pictures drawn when it plays.
+function renderTakes(takes) {
+  const list = $("take-list");
+  list.replaceChildren();
+  if (takes.length < 2) return;  // one take: the player and the download link above are it
+  takes.forEach((take, index) => {
+    const item = document.createElement("li");
+    const label = document.createElement("p");
+    label.className = "label";
+    label.id = `take-${index + 1}-label`;
+    label.textContent = `Take ${index + 1} · seed ${take.seed}`;
+    const audio = document.createElement("audio");
+    audio.controls = true;
+    audio.preload = "metadata";
+    audio.src = take.url;
+    audio.setAttribute("aria-labelledby", label.id);
+    audio.addEventListener("play", () => {
+      drawWaveform(take.samples);
+      drawSpectrogram(take.samples, take.rate);
+    });
+    const link = document.createElement("a");
+    link.href = take.url;
+    link.download = take.name;
+    link.textContent = `Download ${take.name}`;
+    item.append(label, audio, link);
+    list.append(item);
+  });
 }
 
 function renderHistory() {
@@ -486,23 +679,56 @@ function drawWaveform(samples) {
   const g = canvas.getContext("2d");
   g.fillStyle = "#0f1220";
   g.fillRect(0, 0, canvas.width, canvas.height);
-  if (!samples.length) return;
-  const middle = canvas.height / 2;
-  const perColumn = Math.max(1, Math.floor(samples.length / canvas.width));
-  g.strokeStyle = "#7aa2ff";
+  drawEnvelope(g, samples, 0, canvas.width, canvas.height, "#7aa2ff");
+}
+
+// The samples' highs and lows, one column per pixel, from x = `left` over `width` pixels.
+function drawEnvelope(g, samples, left, width, height, colour) {
+  if (!samples.length || width < 1) return;
+  const middle = height / 2;
+  const perColumn = samples.length / width;
+  g.strokeStyle = colour;
   g.beginPath();
-  for (let x = 0; x < canvas.width; x++) {
+  for (let x = 0; x < Math.floor(width); x++) {
     let low = 0, high = 0;
-    const from = x * perColumn;
-    if (from >= samples.length) break;
-    for (let i = from; i < Math.min(samples.length, from + perColumn); i++) {
+    const from = Math.floor(x * perColumn), to = Math.max(from + 1, Math.floor((x + 1) * perColumn));
+    for (let i = from; i < Math.min(samples.length, to); i++) {
       if (samples[i] < low) low = samples[i];
       if (samples[i] > high) high = samples[i];
     }
-    g.moveTo(x + 0.5, middle - Math.max(high, 0.004) * middle);
-    g.lineTo(x + 0.5, middle - Math.min(low, -0.004) * middle);
+    g.moveTo(left + x + 0.5, middle - Math.max(high, 0.004) * middle);
+    g.lineTo(left + x + 0.5, middle - Math.min(low, -0.004) * middle);
   }
   g.stroke();
+}
+
+// The source up to the join (grey), then the new music (blue), on one time axis; the join in yellow.
+// A result without a source (Generate) is the new music alone.
+function drawTimeline(take, joinS) {
+  const canvas = $("timeline");
+  const g = canvas.getContext("2d");
+  g.fillStyle = "#0f1220";
+  g.fillRect(0, 0, canvas.width, canvas.height);
+  const newS = take.samples.length / take.rate;
+  const source = joinS != null && state.sourceAudio ? state.sourceAudio : null;
+  const beforeS = source ? joinS : 0;
+  const total = beforeS + newS;
+  if (!total) return;
+  const joinX = Math.round((beforeS / total) * canvas.width);
+  if (source) {
+    const upTo = source.samples.subarray(0, Math.round(joinS * source.rate));
+    drawEnvelope(g, upTo, 0, joinX, canvas.height, "#9aa3b5");
+  }
+  drawEnvelope(g, take.samples, joinX, canvas.width - joinX, canvas.height, "#7aa2ff");
+  canvas.dataset.joinS = source ? String(round2(joinS)) : "";
+  canvas.dataset.joinX = source ? String(joinX) : "";
+  if (source) {
+    g.fillStyle = "#ffd166";
+    g.fillRect(joinX - 1, 0, 2, canvas.height);
+  }
+  $("timeline-info").textContent = source
+    ? `The source up to ${joinS.toFixed(2)} s, then ${newS.toFixed(2)} s of new music (the join is marked).`
+    : `${newS.toFixed(2)} s of new music.`;
 }
 
 function drawSpectrogram(samples, rate) {
@@ -556,6 +782,14 @@ function drawSpectrogram(samples, rate) {
 document.addEventListener("DOMContentLoaded", () => {
   acceptDrops($("source-drop"), $("source"), "source");
   acceptDrops($("melody-field"), $("melody"), "melody");
+  for (const type of ["pointerdown", "pointermove", "pointerup", "pointercancel"]) {
+    $("source-wave").addEventListener(type, regionPointer);
+  }
+  $("prompt_start_s").addEventListener("change", regionTyped);
+  $("prompt_duration_s").addEventListener("change", regionTyped);
+  $("normalization").addEventListener("change", () => {
+    $("loudness_lufs").disabled = $("normalization").value !== "loudness";
+  });
   $("continue").addEventListener("click", continueStreamed);
   $("generate").addEventListener("click", generateJob);
   $("cancel").addEventListener("click", cancelJob);

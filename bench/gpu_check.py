@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from _support import starting, use_private_store, write_tone
+from bench_service_throughput import together
 
 PHASES = ("tokens", "precision", "memory", "http", "targets")
 SAMPLE_RATE = 32000
@@ -381,12 +382,6 @@ def _post(http: Any, url: str, body: dict[str, Any]) -> None:
     response = http.post(url, json=body)
     if response.status_code != 200:
         raise RuntimeError(f"{url} answered {response.status_code}: {response.text}")
-
-
-def together(calls: list[Callable[[], None]]) -> float:
-    from bench_service_throughput import together as released_together
-
-    return released_together(calls)
 
 
 def job_wall_s(url: str, bodies: list[dict[str, Any]]) -> float:

@@ -196,10 +196,23 @@ def _newest_output(server: Server, since: float) -> Path:
     raise AssertionError("the server wrote no file")
 
 
-def test_dragging_the_prompt_region_sets_what_the_server_receives(page: Any, song: Path, server: Server) -> None:
+def _continue_and_read_provenance(page: Any, server: Server) -> tuple[dict[str, Any], str]:
+    """Presses Continue and returns what the server received, from the provenance in the file it
+    wrote (its own metadata), and that file's format."""
     import json
 
     import soundfile as sf
+    from playwright.sync_api import expect
+
+    since = time.time()
+    page.get_by_role("button", name="Continue", exact=True).click()
+    expect(page.locator("#activity")).to_have_text("Done.", timeout=60_000)
+    with sf.SoundFile(str(_newest_output(server, since))) as written:
+        return json.loads(written.comment), written.format
+
+
+def test_dragging_the_prompt_region_sets_what_the_server_receives(page: Any, song: Path, server: Server) -> None:
+
     from playwright.sync_api import expect
 
     _source_loaded(page, song)
@@ -225,12 +238,7 @@ def test_dragging_the_prompt_region_sets_what_the_server_receives(page: Any, son
     shown_start, shown_length = float(start.input_value()), float(length.input_value())
     assert shown_start == pytest.approx(1.0, abs=0.1) and shown_length == pytest.approx(2.0, abs=0.1)
     page.get_by_label("Length of new music (seconds)").fill("1")
-    since = time.time()
-    page.get_by_role("button", name="Continue", exact=True).click()
-    expect(page.locator("#activity")).to_have_text("Done.", timeout=60_000)
-    # What the server received is in the file it wrote: its provenance, in the file's own metadata.
-    with sf.SoundFile(str(_newest_output(server, since))) as written:
-        parameters = json.loads(written.comment)
+    parameters, _ = _continue_and_read_provenance(page, server)
     assert parameters["prompt_start_s"] == pytest.approx(shown_start, abs=0.011)
     assert parameters["prompt_duration_s"] == pytest.approx(shown_length, abs=0.021)  # whole codec frames
     # The timeline: the source up to the region's end, then the new music, the join marked there.
@@ -268,10 +276,6 @@ def test_three_takes_get_three_players_each_with_its_download(page: Any, song: P
 
 
 def test_the_level_controls_reach_the_server(page: Any, song: Path, server: Server) -> None:
-    import json
-
-    import soundfile as sf
-    from playwright.sync_api import expect
 
     _source_loaded(page, song)
     assert page.get_by_label("Loudness target (LUFS)").is_disabled()
@@ -279,10 +283,6 @@ def test_the_level_controls_reach_the_server(page: Any, song: Path, server: Serv
     page.get_by_label("Loudness target (LUFS)").fill("-20")
     page.get_by_label("File format").select_option("flac")
     page.get_by_label("Length of new music (seconds)").fill("1")
-    since = time.time()
-    page.get_by_role("button", name="Continue", exact=True).click()
-    expect(page.locator("#activity")).to_have_text("Done.", timeout=60_000)
-    with sf.SoundFile(str(_newest_output(server, since))) as written:
-        parameters = json.loads(written.comment)
-        assert written.format == "FLAC"
+    parameters, written_format = _continue_and_read_provenance(page, server)
+    assert written_format == "FLAC"
     assert (parameters["normalization"], parameters["loudness_lufs"]) == ("loudness", -20.0)

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 import torchaudio.functional as audio_functional
 
+from .resample import to_channels
+
 # How long the correction at a continuation's join fades out: long enough to be inaudible,
 # short enough not to touch the music.
 _JOIN_FADE_S = 0.005
@@ -38,10 +40,7 @@ def to_model_format(clip: AudioClip, sample_rate: int, channels: int) -> AudioCl
     samples = clip.samples
     if clip.sample_rate != sample_rate:
         samples = audio_functional.resample(samples, clip.sample_rate, sample_rate)
-    if samples.shape[0] != channels:
-        mono = samples.mean(dim=0, keepdim=True)
-        samples = mono.expand(channels, -1).contiguous()
-    return AudioClip(samples.contiguous(), sample_rate)
+    return AudioClip(to_channels(samples, channels).contiguous(), sample_rate)
 
 
 def fit_length(samples: torch.Tensor, frames: int) -> torch.Tensor:
